@@ -1,0 +1,138 @@
+//! Subcommands and exit codes; nothing else. Exit codes: 0 ok, 1 runtime
+//! failure, 2 usage or config error.
+
+use crate::config::Config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Store-and-forward telemetry producer: local events into a durable SQLite outbox, out to Kafka",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.\n\
+                  Environment: FERRY_BROKERS (comma list), FERRY_DATA_DIR, FERRY_NODE_ID, FERRY_DURABILITY, FERRY_LOG / RUST_LOG."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (what systemd starts).
+    Run {
+        /// Config file (default: /etc/ferry/ferry.toml if present, else built-in defaults).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Store one event, or one event per stdin line when VALUE is absent.
+    /// Exits 0 only after every event is durably stored.
+    Send {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Destination topic.
+        #[arg(short, long)]
+        topic: String,
+        /// Event key (decides the Kafka partition).
+        #[arg(short, long)]
+        key: Option<String>,
+        /// Header NAME=VALUE; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// Event timestamp in milliseconds since the epoch (default: when stored).
+        #[arg(long, value_name = "MS")]
+        timestamp: Option<i64>,
+        /// The event value; without it, every stdin line is one event.
+        value: Option<String>,
+    },
+    /// Show uplink state, rates, outbox backlog and counters.
+    Status {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config and print the effective configuration.
+    CheckConfig {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    init_logging();
+    match cli.command {
+        Command::Run { config } => with_config(config, crate::daemon::run),
+        Command::Send {
+            config,
+            topic,
+            key,
+            headers,
+            timestamp,
+            value,
+        } => with_config(config, |c| {
+            crate::client::send(
+                &c,
+                &crate::client::SendArgs {
+                    topic,
+                    key,
+                    headers,
+                    timestamp,
+                    value,
+                },
+            )
+        }),
+        Command::Status { config, json } => with_config(config, |c| crate::client::status(&c, json)),
+        Command::CheckConfig { config } => with_config(config, |c| {
+            print!("{}", c.to_toml());
+            EXIT_OK
+        }),
+    }
+}
+
+fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> i32) -> i32 {
+    match Config::load(path.as_deref()) {
+        Ok(c) => f(c),
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// env_logger on stderr, `FERRY_LOG` (or `RUST_LOG`) to filter, info by
+/// default. Under journald (`JOURNAL_STREAM` set) print `<N>` priority
+/// prefixes instead of timestamps so `journalctl -p warning` works.
+fn init_logging() {
+    use std::io::Write;
+    let filter = std::env::var("FERRY_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let mut b = env_logger::Builder::new();
+    b.parse_filters(&filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.format(|buf, record| {
+            let prio = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{prio}>{}", record.args())
+        });
+    }
+    let _ = b.try_init();
+}

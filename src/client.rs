@@ -1,0 +1,315 @@
+//! The local client side of the frames protocol: `ferry send` (streams
+//! event frames over the unix socket and counts acks) and `ferry status`
+//! (asks the daemon; falls back to reading the outbox when it is down).
+
+use crate::cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use crate::config::Config;
+use crate::event::validate_topic;
+use crate::ingest::frame::{self, Reply};
+use crate::stats::{Snapshot, now_ms};
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+pub struct SendArgs {
+    pub topic: String,
+    pub key: Option<String>,
+    pub headers: Vec<String>,
+    pub timestamp: Option<i64>,
+    pub value: Option<String>,
+}
+
+/// Show at most this many refusals; the rest are counted.
+const MAX_REPORTED_REFUSALS: u64 = 10;
+
+pub fn send(config: &Config, args: &SendArgs) -> i32 {
+    if let Err(e) = validate_topic(&args.topic) {
+        eprintln!("ferry send: -t: {e}");
+        return EXIT_USAGE;
+    }
+    let mut headers: Vec<(&str, &[u8])> = Vec::new();
+    for h in &args.headers {
+        match h.split_once('=') {
+            Some((name, value)) if !name.is_empty() => headers.push((name, value.as_bytes())),
+            _ => {
+                eprintln!("ferry send: -H {h:?}: a header is NAME=VALUE with a non-empty NAME");
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let Some(socket) = config.control_socket() else {
+        eprintln!("ferry send: no unix listener with format \"frames\" is configured; add one to the config");
+        return EXIT_USAGE;
+    };
+    let stream = match connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry send: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let writer_stream = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry send: cannot use the socket {}: {e}", socket.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let key = args.key.clone();
+    let topic = args.topic.clone();
+    let timestamp = args.timestamp;
+    let single = args.value.clone();
+    let owned_headers: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+    // Write on one thread and read acks on this one, so a long stdin stream
+    // is pipelined instead of waiting for each commit.
+    let writer = std::thread::spawn(move || -> Result<u64, String> {
+        let headers: Vec<(&str, &[u8])> = owned_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let mut out = BufWriter::with_capacity(64 * 1024, writer_stream);
+        let mut frame_buf = Vec::new();
+        let mut count = 0u64;
+        let mut put = |value: &[u8], out: &mut BufWriter<UnixStream>| -> Result<(), String> {
+            frame_buf.clear();
+            frame::encode_event(
+                &mut frame_buf,
+                &topic,
+                key.as_deref().map(str::as_bytes),
+                &headers,
+                value,
+                timestamp,
+            );
+            out.write_all(&frame_buf)
+                .map_err(|e| format!("writing to ferry failed: {e}"))
+        };
+        match single {
+            Some(v) => {
+                put(v.as_bytes(), &mut out)?;
+                count = 1;
+            }
+            None => {
+                let stdin = std::io::stdin();
+                let mut input = stdin.lock();
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let n = input
+                        .read_until(b'\n', &mut line)
+                        .map_err(|e| format!("reading stdin failed: {e}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    let value = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let value = value.strip_suffix(b"\r").unwrap_or(value);
+                    put(value, &mut out)?;
+                    count += 1;
+                }
+            }
+        }
+        out.flush()
+            .map_err(|e| format!("writing to ferry failed: {e}"))?;
+        // Half-close: ferry sees the end and still answers what it read.
+        let _ = out.get_ref().shutdown(std::net::Shutdown::Write);
+        Ok(count)
+    });
+
+    let mut reader = std::io::BufReader::new(stream);
+    let (mut acked, mut refused) = (0u64, 0u64);
+    let mut body = Vec::new();
+    let mut broken: Option<String> = None;
+    loop {
+        match read_reply(&mut reader, &mut body) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        }
+        match Reply::decode(&body) {
+            Some(Reply::Ack(n)) => acked += n as u64,
+            Some(Reply::Error(n, code, msg)) => {
+                if refused < MAX_REPORTED_REFUSALS {
+                    eprintln!(
+                        "ferry send: event {} refused ({code:?}): {msg}",
+                        acked + refused + 1
+                    );
+                }
+                refused += n as u64;
+            }
+            Some(Reply::Fatal(code, msg)) => {
+                broken = Some(format!("ferry closed the connection ({code:?}): {msg}"));
+                break;
+            }
+            Some(Reply::Status(_)) | None => {
+                broken = Some("ferry sent a reply this client does not understand".into());
+                break;
+            }
+        }
+    }
+    let sent = match writer.join() {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            eprintln!("ferry send: {e}");
+            return EXIT_FAILURE;
+        }
+        Err(_) => {
+            eprintln!("ferry send: the writer thread failed");
+            return EXIT_FAILURE;
+        }
+    };
+    if let Some(e) = broken {
+        eprintln!("ferry send: {e}");
+    }
+    if acked == sent {
+        return EXIT_OK;
+    }
+    let lost = sent - acked - refused.min(sent - acked);
+    if refused > 0 {
+        eprintln!("ferry send: {refused} of {sent} events refused");
+    }
+    if lost > 0 {
+        eprintln!(
+            "ferry send: the connection ended with {lost} of {sent} events unacknowledged; they may not be stored"
+        );
+    }
+    EXIT_FAILURE
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, String> {
+    UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to ferry at {}: {e} (is `ferry run` running with the same config/FERRY_DATA_DIR?)",
+            socket.display()
+        )
+    })
+}
+
+/// Read one reply into `body`; Ok(false) on a clean end of stream.
+fn read_reply(r: &mut impl Read, body: &mut Vec<u8>) -> Result<bool, String> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
+        Err(e) => return Err(format!("reading from ferry failed: {e}")),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > frame::HARD_MAX_FRAME {
+        return Err(format!("ferry sent a reply of {len} bytes; giving up"));
+    }
+    body.resize(len, 0);
+    r.read_exact(body)
+        .map_err(|e| format!("reading from ferry failed: {e}"))?;
+    Ok(true)
+}
+
+/// Ask the daemon for its status snapshot.
+pub fn query_status(socket: &Path) -> Result<Snapshot, String> {
+    let mut s = connect(socket)?;
+    let mut req = Vec::new();
+    frame::encode_status_request(&mut req);
+    s.write_all(&req)
+        .map_err(|e| format!("writing to ferry failed: {e}"))?;
+    let mut body = Vec::new();
+    if !read_reply(&mut s, &mut body)? {
+        return Err("ferry closed the connection without answering".into());
+    }
+    match Reply::decode(&body) {
+        Some(Reply::Status(json)) => serde_json::from_str(json)
+            .map_err(|e| format!("ferry sent a status this client cannot read: {e}")),
+        _ => Err("ferry did not answer the status request".into()),
+    }
+}
+
+pub fn status(config: &Config, json: bool) -> i32 {
+    let socket = config.control_socket();
+    let live = match &socket {
+        Some(s) => query_status(s),
+        None => Err("no unix frames listener configured".into()),
+    };
+    let (snap, running) = match live {
+        Ok(s) => (s, Ok(())),
+        Err(e) => match offline_snapshot(config) {
+            Ok(s) => (s, Err(e)),
+            Err(e2) => {
+                eprintln!("ferry status: daemon not reachable ({e}) and outbox not readable ({e2})");
+                return EXIT_FAILURE;
+            }
+        },
+    };
+    if json {
+        let mut v = serde_json::to_value(&snap).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("running".into(), running.is_ok().into());
+        }
+        println!("{v}");
+    } else {
+        match &running {
+            Ok(()) => println!("daemon:      running (node {})", snap.node_id),
+            Err(e) => println!("daemon:      not running ({e})"),
+        }
+        if running.is_ok() {
+            println!("uplink:      {}", if snap.uplink_up { "up" } else { "down" });
+            if let Some(e) = &snap.last_error {
+                println!("last error:  {e}");
+            }
+        }
+        println!(
+            "backlog:     {} events, {} bytes stored ({} raw), oldest {}",
+            snap.backlog_events,
+            snap.backlog_bytes,
+            snap.backlog_raw_bytes,
+            snap.oldest_age_s
+                .map(|s| format!("{s:.1} s ago"))
+                .unwrap_or_else(|| "-".into())
+        );
+        println!(
+            "since start: received {}, stored {}, rejected {}, sent {}, produce errors {}",
+            snap.received, snap.stored, snap.rejected, snap.sent, snap.produce_errors
+        );
+        println!(
+            "all time:    dropped {} events ({} bytes) by policy, quarantined {}",
+            snap.dropped_events, snap.dropped_bytes, snap.quarantined
+        );
+    }
+    if running.is_ok() { EXIT_OK } else { EXIT_FAILURE }
+}
+
+/// Backlog read straight from the outbox counters (no scan) when the
+/// daemon is not running.
+fn offline_snapshot(config: &Config) -> Result<Snapshot, String> {
+    let path = config.outbox_path();
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let get = |k: &str| -> Result<u64, String> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, i64>(0))
+            .map(|v| v.max(0) as u64)
+            .map_err(|e| format!("cannot read {} from {}: {e}", k, path.display()))
+    };
+    let oldest: Option<i64> = conn
+        .query_row(
+            "SELECT created_ms FROM blocks ORDER BY seq_first LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    Ok(Snapshot {
+        node_id: config.node_id.clone(),
+        backlog_events: get("events")?,
+        backlog_bytes: get("stored_bytes")?,
+        backlog_raw_bytes: get("raw_bytes")?,
+        dropped_events: get("dropped_events")?,
+        dropped_bytes: get("dropped_bytes")?,
+        quarantined: get("quarantined_events")?,
+        oldest_age_s: oldest.map(|o| (now_ms() - o).max(0) as f64 / 1000.0),
+        ..Snapshot::default()
+    })
+}

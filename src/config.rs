@@ -1,0 +1,726 @@
+//! Configuration: the TOML file, `FERRY_*` environment overrides, and
+//! validation whose errors name the file, the line and the key.
+//!
+//! Precedence: built-in defaults < config file < environment. With no file
+//! at all ferry runs on defaults that need nothing installed.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where ferry looks for its config when `-c` is not given.
+pub const SYSTEM_CONFIG: &str = "/etc/ferry/ferry.toml";
+
+/// Kafka's default `message.max.bytes` is 1 048 588 bytes for a whole record
+/// batch; an event larger than 1 MiB can never be produced with defaults.
+pub const KAFKA_MAX_EVENT_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// First half of every `ferry-id`; must be unique in the fleet.
+    pub node_id: String,
+    /// Outbox database and default unix socket live here.
+    pub data_dir: PathBuf,
+    pub kafka: KafkaConfig,
+    pub outbox: OutboxConfig,
+    pub ingest: IngestConfig,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: Vec<String>,
+    pub client_id: String,
+    pub compression: Compression,
+    pub linger_ms: u64,
+    #[serde(with = "size")]
+    pub max_batch_bytes: u64,
+    pub max_batch_events: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Lz4,
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Defaults to `<data_dir>/outbox.db`.
+    pub path: Option<PathBuf>,
+    pub durability: Durability,
+    /// Cap on stored (compressed) bytes; 0 = unlimited.
+    #[serde(with = "size")]
+    pub max_bytes: u64,
+    /// Events older than this are dropped (counted); 0 = unlimited.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    pub when_full: WhenFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Fsync,
+    Relaxed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    DropOldest,
+    Reject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest event (key + value + headers) accepted at the door.
+    #[serde(with = "size")]
+    pub max_event_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    Unix,
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Lines,
+    Frames,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(rename = "type")]
+    pub kind: ListenerKind,
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// unix: socket path (default `<data_dir>/ferry.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// unix: file mode, octal string (default "0660").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// unix: group that may write to the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// tcp/udp: bind address (default 127.0.0.1 and port 7070).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// lines: destination topic of every line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// lines: optional key of every line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+fn default_format() -> Format {
+    Format::Frames
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topic pattern; `*` matches any run of characters.
+    pub pattern: String,
+    /// Destination topics for events whose topic matches.
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "duration")]
+    pub initial: Duration,
+    #[serde(with = "duration")]
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: default_node_id(),
+            data_dir: PathBuf::from("./ferry-data"),
+            kafka: KafkaConfig::default(),
+            outbox: OutboxConfig::default(),
+            ingest: IngestConfig::default(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".to_string()],
+            client_id: "ferry".to_string(),
+            compression: Compression::Lz4,
+            linger_ms: 5,
+            max_batch_bytes: 1_000_000,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            durability: Durability::Fsync,
+            max_bytes: 1024 * 1024 * 1024,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            when_full: WhenFull::DropOldest,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: KAFKA_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry".to_string())
+}
+
+/// A config problem, located as precisely as we can.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error")?;
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, " in {}, line {}", file.display(), line)?,
+            (Some(file), None) => write!(f, " in {}", file.display())?,
+            (None, _) => write!(f, " in environment/defaults")?,
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Load from `explicit` (`-c`), else the system file if present, else
+    /// defaults; then apply the environment and validate.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None if Path::new(SYSTEM_CONFIG).exists() => Some(PathBuf::from(SYSTEM_CONFIG)),
+            None => None,
+        };
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                    file: Some(path.clone()),
+                    line: None,
+                    key: None,
+                    message: format!("cannot read the config file: {e}"),
+                })?;
+                Self::from_toml(&text, Some(&path), &env)
+            }
+            None => Self::from_toml("", None, &env),
+        }
+    }
+
+    /// Parse `text` (the contents of `file`), apply `env` overrides, validate.
+    pub fn from_toml(
+        text: &str,
+        file: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => locate_span(text, span.start),
+                None => (None, None),
+            };
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                line,
+                key,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.apply_env(env)?;
+        config.fill_defaults();
+        config.validate().map_err(|(key, message)| ConfigError {
+            file: file.map(Path::to_path_buf),
+            line: find_key_line(text, &key),
+            key: Some(key),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        for (name, value) in env {
+            match name.as_str() {
+                "FERRY_BROKERS" => {
+                    self.kafka.brokers = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+                "FERRY_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "FERRY_NODE_ID" => self.node_id = value.clone(),
+                "FERRY_DURABILITY" => {
+                    self.outbox.durability = match value.as_str() {
+                        "fsync" => Durability::Fsync,
+                        "relaxed" => Durability::Relaxed,
+                        other => {
+                            return Err(ConfigError {
+                                file: None,
+                                line: None,
+                                key: Some("FERRY_DURABILITY".into()),
+                                message: format!(
+                                    "`{other}` is not a durability; use \"fsync\" or \"relaxed\""
+                                ),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_defaults(&mut self) {
+        if self.listeners.is_empty() {
+            self.listeners.push(ListenerConfig {
+                kind: ListenerKind::Unix,
+                format: Format::Frames,
+                path: None,
+                mode: None,
+                group: None,
+                address: None,
+                topic: None,
+                key: None,
+            });
+        }
+    }
+
+    /// Semantic checks; the error names the key (`section.key`).
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.node_id.is_empty() || self.node_id.contains(':') {
+            return Err((
+                "node_id".into(),
+                format!(
+                    "`{}` is not a node id: it must be non-empty and contain no ':'",
+                    self.node_id
+                ),
+            ));
+        }
+        if self.kafka.brokers.is_empty() {
+            return Err((
+                "kafka.brokers".into(),
+                "no brokers: list at least one host:port".into(),
+            ));
+        }
+        for b in &self.kafka.brokers {
+            if !b.contains(':') {
+                return Err((
+                    "kafka.brokers".into(),
+                    format!("`{b}` is not host:port (for example \"10.0.0.5:9092\")"),
+                ));
+            }
+        }
+        if self.kafka.max_batch_events == 0 {
+            return Err(("kafka.max_batch_events".into(), "must be at least 1".into()));
+        }
+        if self.kafka.max_batch_bytes < 1024 {
+            return Err((
+                "kafka.max_batch_bytes".into(),
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.ingest.max_event_bytes == 0 || self.ingest.max_event_bytes > KAFKA_MAX_EVENT_BYTES
+        {
+            return Err((
+                "ingest.max_event_bytes".into(),
+                format!(
+                    "{} is out of range: it must be between 1 and {} (what a default Kafka broker accepts)",
+                    self.ingest.max_event_bytes, KAFKA_MAX_EVENT_BYTES
+                ),
+            ));
+        }
+        if !(self.retry.multiplier >= 1.0 && self.retry.multiplier <= 100.0) {
+            return Err((
+                "retry.multiplier".into(),
+                "must be between 1 and 100".into(),
+            ));
+        }
+        if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
+            return Err((
+                "retry.initial".into(),
+                "must be above zero and not above retry.max".into(),
+            ));
+        }
+        for l in &self.listeners {
+            self.validate_listener(l)?;
+        }
+        for r in &self.routes {
+            if r.pattern.is_empty() {
+                return Err(("route.pattern".into(), "must not be empty".into()));
+            }
+            if r.to.is_empty() {
+                return Err((
+                    "route.to".into(),
+                    format!("route `{}` has no destination topics", r.pattern),
+                ));
+            }
+            for t in &r.to {
+                crate::event::validate_topic(t)
+                    .map_err(|e| ("route.to".to_string(), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_listener(&self, l: &ListenerConfig) -> Result<(), (String, String)> {
+        match l.kind {
+            ListenerKind::Unix => {
+                if l.address.is_some() {
+                    return Err((
+                        "listener.address".into(),
+                        "a unix listener takes `path`, not `address`".into(),
+                    ));
+                }
+                if let Some(mode) = &l.mode {
+                    parse_mode(mode).map_err(|m| ("listener.mode".to_string(), m))?;
+                }
+            }
+            ListenerKind::Tcp | ListenerKind::Udp => {
+                if l.path.is_some() || l.mode.is_some() || l.group.is_some() {
+                    return Err((
+                        "listener.path".into(),
+                        "tcp and udp listeners take `address`, not path/mode/group".into(),
+                    ));
+                }
+                if let Some(a) = &l.address {
+                    a.parse::<std::net::SocketAddr>().map_err(|_| {
+                        (
+                            "listener.address".to_string(),
+                            format!("`{a}` is not ip:port (for example \"127.0.0.1:7070\")"),
+                        )
+                    })?;
+                }
+            }
+        }
+        match l.format {
+            Format::Lines => match &l.topic {
+                None => {
+                    return Err((
+                        "listener.topic".into(),
+                        "a `lines` listener needs `topic`: lines carry only a value".into(),
+                    ));
+                }
+                Some(t) => crate::event::validate_topic(t)
+                    .map_err(|e| ("listener.topic".to_string(), e.to_string()))?,
+            },
+            Format::Frames => {
+                if l.topic.is_some() || l.key.is_some() {
+                    return Err((
+                        "listener.topic".into(),
+                        "a `frames` listener takes topic and key from each frame; remove `topic`/`key`".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn outbox_path(&self) -> PathBuf {
+        self.outbox
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("outbox.db"))
+    }
+
+    pub fn listener_path(&self, l: &ListenerConfig) -> PathBuf {
+        l.path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ferry.sock"))
+    }
+
+    pub fn listener_address(l: &ListenerConfig) -> String {
+        l.address
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:7070".to_string())
+    }
+
+    /// The socket `ferry send` and `ferry status` talk to: the first unix
+    /// listener that speaks frames.
+    pub fn control_socket(&self) -> Option<PathBuf> {
+        self.listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Unix && l.format == Format::Frames)
+            .map(|l| self.listener_path(l))
+    }
+
+    /// The effective configuration as TOML (no secrets exist yet to redact).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Parse an octal file mode such as "0660".
+pub fn parse_mode(mode: &str) -> Result<u32, String> {
+    u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{mode}` is not an octal file mode such as \"0660\""))
+}
+
+/// Line (1-based) of byte `offset`, and the dotted key written on that line
+/// (with its `[section]`), for parse errors that only carry a span.
+fn locate_span(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let mut section = String::new();
+    let mut key = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if i + 1 > line_no {
+            break;
+        }
+        if let Some(s) = trimmed.strip_prefix('[') {
+            section = s.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if i + 1 == line_no {
+                key = Some(section.clone());
+            }
+        } else if i + 1 == line_no {
+            key = trimmed.split_once('=').map(|(k, _)| {
+                let k = k.trim().trim_matches('"');
+                if section.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{section}.{k}")
+                }
+            });
+        }
+    }
+    (Some(line_no), key)
+}
+
+/// Line (1-based) where `section.key` is set in `text`, if it is.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (want_section, want_key) = match dotted.rsplit_once('.') {
+        Some((s, k)) => (s, k),
+        None => ("", dotted),
+    };
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(s) = trimmed.strip_prefix('[') {
+            section = s.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        } else if let Some((k, _)) = trimmed.split_once('=') {
+            if section == want_section && k.trim().trim_matches('"') == want_key {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+/// Parse "64MiB", "1GB", "512k" or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as \"64MiB\" or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        _ => return Err(format!("`{s}` has an unknown unit; use B, KiB, MiB, GiB, kB, MB, GB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parse "500ms", "30s", "5m", "12h", "7d" or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as \"30s\" or \"7d\""))?;
+    let ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m, h or d")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrString {
+    Num(u64),
+    Str(String),
+}
+
+mod size {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match NumOrString::deserialize(d)? {
+            NumOrString::Num(n) => Ok(n),
+            NumOrString::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod duration {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", v.as_millis()))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match NumOrString::deserialize(d)? {
+            NumOrString::Num(n) => Ok(Duration::from_secs(n)),
+            NumOrString::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Some(Path::new("/etc/ferry/test.toml")), &[])
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = parse("").unwrap();
+        assert_eq!(c.kafka.brokers, vec!["127.0.0.1:9092"]);
+        assert_eq!(c.data_dir, PathBuf::from("./ferry-data"));
+        assert_eq!(c.control_socket(), Some(PathBuf::from("./ferry-data/ferry.sock")));
+        assert_eq!(c.outbox.when_full, WhenFull::DropOldest);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("node_id = \"a\"\n[outbox]\nmax_bytez = 5\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("/etc/ferry/test.toml, line 3"), "{text}");
+        assert!(text.contains("outbox.max_bytez"), "{text}");
+        assert!(text.contains("unknown field"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_key() {
+        let e = parse("[outbox]\n\nmax_bytes = \"12 parsecs\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("outbox.max_bytes"), "{text}");
+    }
+
+    #[test]
+    fn semantic_error_names_line_and_key() {
+        let e = parse("[ingest]\nmax_event_bytes = \"2MiB\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("ingest.max_event_bytes"), "{text}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = vec![
+            ("FERRY_BROKERS".to_string(), "a:1, b:2".to_string()),
+            ("FERRY_DATA_DIR".to_string(), "/var/lib/ferry".to_string()),
+        ];
+        let c = Config::from_toml("[kafka]\nbrokers=[\"x:9\"]\n", None, &env).unwrap();
+        assert_eq!(c.kafka.brokers, vec!["a:1", "b:2"]);
+        assert_eq!(c.outbox_path(), PathBuf::from("/var/lib/ferry/outbox.db"));
+    }
+
+    #[test]
+    fn lines_listener_needs_topic() {
+        let e = parse("[[listener]]\ntype = \"tcp\"\nformat = \"lines\"\n").unwrap_err();
+        assert!(e.to_string().contains("listener.topic"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 * 1024 * 1024);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("5 furlongs").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1y").is_err());
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = parse("[kafka]\nlinger_ms = 7\n").unwrap();
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(again.kafka.linger_ms, 7);
+    }
+}

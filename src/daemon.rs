@@ -1,0 +1,134 @@
+//! `ferry run`: open the outbox, bind the listeners, tell systemd we are
+//! ready, forward until SIGTERM/SIGINT, then stop in order: listeners
+//! first, then the forwarder, then the outbox writer after its last commit.
+
+use crate::cli::{EXIT_FAILURE, EXIT_OK};
+use crate::config::Config;
+use crate::forward::Forwarder;
+use crate::ingest::{self, Context};
+use crate::stats::Stats;
+use crate::{notify, outbox, shutdown};
+use log::{error, info, warn};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often events older than `outbox.max_age` are looked for.
+const AGE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How long tasks may take to stop after the signal.
+const STOP_GRACE: Duration = Duration::from_secs(8);
+
+pub fn run(config: Config) -> i32 {
+    let _lock = match lock_data_dir(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get().min(2))
+        .unwrap_or(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("ferry-net")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            error!("{e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+
+    let stats = Arc::new(Stats::default());
+    let (outbox, writer) = outbox::start(&config.outbox, config.outbox_path(), stats.clone())?;
+    let bound = ingest::bind_all(&config).await?;
+    let (trigger, shutdown) = shutdown::channel();
+    let ctx = Arc::new(Context {
+        outbox: outbox.clone(),
+        stats: stats.clone(),
+        max_event_bytes: config.ingest.max_event_bytes as usize,
+        node_id: config.node_id.clone(),
+    });
+    ingest::spawn_all(bound, ctx, &shutdown);
+    tokio::spawn(Forwarder::new(&config, outbox.clone(), stats.clone()).run(shutdown.clone()));
+    tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
+    drop(outbox);
+
+    info!(
+        "ferry {} ready: node {}, outbox {}, brokers {}",
+        env!("CARGO_PKG_VERSION"),
+        config.node_id,
+        config.outbox_path().display(),
+        config.kafka.brokers.join(",")
+    );
+    if let Err(e) = notify::notify("READY=1\nSTATUS=forwarding") {
+        warn!("cannot notify systemd: {e}");
+    }
+
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        _ = sigint.recv() => info!("SIGINT: stopping"),
+    }
+    let _ = notify::notify("STOPPING=1");
+    trigger.fire();
+    drop(shutdown);
+    if tokio::time::timeout(STOP_GRACE, trigger.wait_for_tasks())
+        .await
+        .is_err()
+    {
+        warn!("some tasks did not stop within {STOP_GRACE:?}; what was acknowledged is committed");
+        return Ok(());
+    }
+    // Every outbox handle is gone now: the writer commits what is queued and ends.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn evict_aged(outbox: outbox::Outbox, mut shutdown: shutdown::Shutdown) {
+    loop {
+        outbox.evict_aged().await;
+        tokio::select! {
+            _ = tokio::time::sleep(AGE_CHECK_INTERVAL) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// One daemon per data directory: two would send every event twice.
+fn lock_data_dir(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    let path = dir.join("ferry.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        format!(
+            "another ferry is already running on data directory {} ({}: {e}); stop it first",
+            dir.display(),
+            path.display()
+        )
+    })
+}

@@ -1,0 +1,577 @@
+//! Getting events in: `unix`, `tcp` and `udp` listeners speaking `frames`
+//! (acked after commit) or `lines` (topic/key from the listener, no ack).
+//!
+//! Every connection reads into one reused buffer, turns each complete
+//! frame or line into an [`Event`] borrowing that buffer, and encodes it
+//! straight into the batch handed to the outbox: no allocation per event.
+//! Bad input earns that client a clear error (or a counted, rate-limited
+//! log line where there is nobody to answer) and touches nothing else.
+
+pub mod frame;
+
+use crate::config::{Config, Format, ListenerConfig, ListenerKind};
+use crate::event::{Event, validate_topic};
+use crate::log_limit::LogLimiter;
+use crate::outbox::{AppendBatch, Outbox, StoreError};
+use crate::shutdown::Shutdown;
+use crate::stats::{Stats, now_ms};
+use frame::{Check, ErrorCode, Frame, Reply};
+use log::{info, warn};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+
+/// Read this much at a time; a frame larger than this grows the buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Room for topic, key length, timestamp and header framing around
+/// `max_event_bytes` of payload.
+const FRAME_OVERHEAD: usize = 1024;
+
+/// What every connection needs, shared.
+pub struct Context {
+    pub outbox: Outbox,
+    pub stats: Arc<Stats>,
+    pub max_event_bytes: usize,
+    pub node_id: String,
+}
+
+/// A bound listener, ready to serve.
+pub enum Bound {
+    Unix(UnixListener, PathBuf, ListenerConfig),
+    Tcp(TcpListener, ListenerConfig),
+    Udp(UdpSocket, ListenerConfig),
+}
+
+impl Bound {
+    pub fn describe(&self) -> String {
+        match self {
+            Bound::Unix(_, p, l) => format!("unix {} ({:?})", p.display(), l.format),
+            Bound::Tcp(t, l) => format!(
+                "tcp {} ({:?})",
+                t.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                l.format
+            ),
+            Bound::Udp(u, l) => format!(
+                "udp {} ({:?})",
+                u.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                l.format
+            ),
+        }
+    }
+}
+
+/// Bind every configured listener; errors name the listener and the cause.
+pub async fn bind_all(config: &Config) -> Result<Vec<Bound>, String> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        out.push(match l.kind {
+            ListenerKind::Unix => {
+                let path = config.listener_path(l);
+                let listener = bind_unix(&path, l)?;
+                Bound::Unix(listener, path, l.clone())
+            }
+            ListenerKind::Tcp => {
+                let addr = Config::listener_address(l);
+                let t = TcpListener::bind(&addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on tcp {addr}: {e}"))?;
+                Bound::Tcp(t, l.clone())
+            }
+            ListenerKind::Udp => {
+                let addr = Config::listener_address(l);
+                let u = UdpSocket::bind(&addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+                Bound::Udp(u, l.clone())
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn bind_unix(path: &std::path::Path, l: &ListenerConfig) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "another ferry is already listening on {}; stop it or use another data_dir",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
+    let mode = match &l.mode {
+        Some(m) => crate::config::parse_mode(m)?,
+        None => 0o660,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:o} on {}: {e}", path.display()))?;
+    if let Some(group) = &l.group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(|e| format!("cannot look up group {group}: {e}"))?
+            .ok_or_else(|| format!("group {group} (listener.group) does not exist"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| format!("cannot give {} to group {group}: {e}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Serve every bound listener until shutdown.
+pub fn spawn_all(bound: Vec<Bound>, ctx: Arc<Context>, shutdown: &Shutdown) {
+    for b in bound {
+        info!("listening: {}", b.describe());
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match b {
+                Bound::Unix(l, _, cfg) => accept_loop(shutdown, ctx, cfg, l).await,
+                Bound::Tcp(l, cfg) => accept_loop(shutdown, ctx, cfg, l).await,
+                Bound::Udp(sock, cfg) => serve_udp(sock, cfg, ctx, shutdown).await,
+            }
+        });
+    }
+}
+
+/// A stream listener (unix or tcp).
+trait Acceptor {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Acceptor for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Acceptor for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        let (s, _) = self.accept().await?;
+        // Acks are small and latency-bound.
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+async fn accept_loop<A: Acceptor>(
+    mut shutdown: Shutdown,
+    ctx: Arc<Context>,
+    cfg: ListenerConfig,
+    listener: A,
+) {
+    let limiter = Arc::new(LogLimiter::default());
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept_one() => r,
+            _ = shutdown.recv() => return,
+        };
+        match stream {
+            Ok(stream) => {
+                let (ctx, cfg, shutdown, limiter) =
+                    (ctx.clone(), cfg.clone(), shutdown.clone(), limiter.clone());
+                tokio::spawn(async move {
+                    match cfg.format {
+                        Format::Frames => serve_frames(stream, &ctx, shutdown).await,
+                        Format::Lines => serve_lines(stream, &ctx, &cfg, shutdown, &limiter).await,
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: never spin on it.
+                warn!("accept failed: {e}; pausing this listener for 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What to answer, in order, once the batch of this round is committed.
+enum Planned {
+    Stored(u32),
+    Refused(ErrorCode, String),
+    Status,
+}
+
+/// One `frames` connection.
+async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    ctx: &Context,
+    mut shutdown: Shutdown,
+) {
+    let max_frame = ctx.max_event_bytes + FRAME_OVERHEAD;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    let mut plan: Vec<Planned> = Vec::new();
+    // Bytes of a refused oversized frame still to be discarded.
+    let mut skip = 0usize;
+    loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = tokio::select! {
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(n) => n,
+                Err(_) => return,
+            },
+            _ = shutdown.recv() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        if skip > 0 {
+            let d = skip.min(buf.len());
+            buf.drain(..d);
+            skip -= d;
+        }
+        let now = now_ms();
+        let mut batch = AppendBatch::default();
+        let mut pos = 0usize;
+        let mut fatal: Option<String> = None;
+        while pos < buf.len() {
+            let total = match frame::check(&buf[pos..]) {
+                Check::Incomplete(_) => {
+                    // An oversized frame is refused as soon as its length is
+                    // known, and its bytes are skipped as they arrive.
+                    match frame::declared_len(&buf[pos..]) {
+                        Some(len) if len > max_frame => {
+                            ctx.stats.received.fetch_add(1, Relaxed);
+                            ctx.stats.rejected.fetch_add(1, Relaxed);
+                            plan.push(Planned::Refused(ErrorCode::TooLarge, too_large(len, ctx)));
+                            skip = 4 + len - (buf.len() - pos);
+                            pos = buf.len();
+                        }
+                        _ => {}
+                    }
+                    break;
+                }
+                Check::Garbage { declared } => {
+                    fatal = Some(format!(
+                        "garbage on the stream at byte {pos} of this read: a frame length of {declared} bytes (limit {}); is the client speaking ferry frames version {}?",
+                        frame::HARD_MAX_FRAME,
+                        frame::VERSION
+                    ));
+                    break;
+                }
+                Check::Complete { total } => total,
+            };
+            let body = &buf[pos + 4..pos + total];
+            pos += total;
+            if body.len() > max_frame {
+                ctx.stats.received.fetch_add(1, Relaxed);
+                ctx.stats.rejected.fetch_add(1, Relaxed);
+                plan.push(Planned::Refused(ErrorCode::TooLarge, too_large(body.len(), ctx)));
+                continue;
+            }
+            match frame::decode(body) {
+                Ok(Frame::Status) => plan.push(Planned::Status),
+                Ok(Frame::Event(mut event, ts)) => {
+                    ctx.stats.received.fetch_add(1, Relaxed);
+                    if let Err(refusal) = admit(&event, ctx) {
+                        ctx.stats.rejected.fetch_add(1, Relaxed);
+                        plan.push(refusal);
+                        continue;
+                    }
+                    event.timestamp_ms = ts.unwrap_or(now);
+                    if event.encode_into(&mut batch.data).is_err() {
+                        ctx.stats.rejected.fetch_add(1, Relaxed);
+                        plan.push(Planned::Refused(
+                            ErrorCode::Malformed,
+                            "event cannot be encoded for storage".into(),
+                        ));
+                        continue;
+                    }
+                    batch.count += 1;
+                    match plan.last_mut() {
+                        Some(Planned::Stored(n)) => *n += 1,
+                        _ => plan.push(Planned::Stored(1)),
+                    }
+                }
+                Err(e) => {
+                    // The length prefix was sound, so the stream stays in
+                    // step: refuse this frame and go on with the next.
+                    ctx.stats.received.fetch_add(1, Relaxed);
+                    ctx.stats.rejected.fetch_add(1, Relaxed);
+                    plan.push(Planned::Refused(e.code, e.message));
+                }
+            }
+        }
+        buf.drain(..pos);
+        let stored = if batch.count > 0 {
+            ctx.outbox.append(batch).await
+        } else {
+            Ok(())
+        };
+        out.clear();
+        for p in plan.drain(..) {
+            match p {
+                Planned::Stored(n) => match &stored {
+                    Ok(()) => Reply::Ack(n).encode_into(&mut out),
+                    Err(e) => Reply::Error(n, store_code(e), &e.to_string()).encode_into(&mut out),
+                },
+                Planned::Refused(code, msg) => Reply::Error(1, code, &msg).encode_into(&mut out),
+                Planned::Status => {
+                    let snap = ctx.stats.snapshot(&ctx.node_id, now_ms());
+                    let json = serde_json::to_string(&snap).unwrap_or_default();
+                    Reply::Status(&json).encode_into(&mut out)
+                }
+            }
+        }
+        if let Some(msg) = &fatal {
+            Reply::Fatal(ErrorCode::Malformed, msg).encode_into(&mut out);
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+        if fatal.is_some() {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+fn too_large(len: usize, ctx: &Context) -> String {
+    format!(
+        "event frame of {len} bytes refused: events may carry at most {} bytes of key, headers and value (ingest.max_event_bytes)",
+        ctx.max_event_bytes
+    )
+}
+
+fn store_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Full { .. } => ErrorCode::OutboxFull,
+        StoreError::Storage(_) => ErrorCode::Storage,
+        StoreError::Closed => ErrorCode::ShuttingDown,
+    }
+}
+
+/// The checks every event passes at the door.
+fn admit(event: &Event<'_>, ctx: &Context) -> Result<(), Planned> {
+    if let Err(e) = validate_topic(event.topic) {
+        return Err(Planned::Refused(ErrorCode::InvalidTopic, e.to_string()));
+    }
+    let len = event.payload_len();
+    if len > ctx.max_event_bytes {
+        return Err(Planned::Refused(
+            ErrorCode::TooLarge,
+            format!(
+                "event of {len} bytes (key + headers + value) refused: the limit is {} bytes (ingest.max_event_bytes)",
+                ctx.max_event_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One `lines` connection: each `\n`-terminated line is one event.
+async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    ctx: &Context,
+    cfg: &ListenerConfig,
+    mut shutdown: Shutdown,
+    limiter: &LogLimiter,
+) {
+    let mut lines = LineSplitter::new(cfg, ctx.max_event_bytes);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    loop {
+        buf.clear();
+        let n = tokio::select! {
+            r = stream.read_buf(&mut buf) => r.unwrap_or(0),
+            _ = shutdown.recv() => 0,
+        };
+        let at_eof = n == 0;
+        let mut batch = AppendBatch::default();
+        lines.feed(&buf, at_eof, now_ms(), &mut batch, ctx, limiter);
+        if batch.count > 0 {
+            if let Err(e) = ctx.outbox.append(batch).await {
+                limiter.warn(&format!("lines listener: events not stored: {e}"));
+            }
+        }
+        if at_eof {
+            return;
+        }
+    }
+}
+
+/// Splits a byte stream into lines, carrying a partial line between reads
+/// and discarding (with a count) lines over the size limit.
+struct LineSplitter {
+    topic: String,
+    key: Option<Vec<u8>>,
+    max: usize,
+    partial: Vec<u8>,
+    discarding: bool,
+}
+
+impl LineSplitter {
+    fn new(cfg: &ListenerConfig, max: usize) -> Self {
+        Self {
+            topic: cfg.topic.clone().unwrap_or_default(),
+            key: cfg.key.as_ref().map(|k| k.as_bytes().to_vec()),
+            max,
+            partial: Vec::new(),
+            discarding: false,
+        }
+    }
+
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        at_eof: bool,
+        now: i64,
+        batch: &mut AppendBatch,
+        ctx: &Context,
+        limiter: &LogLimiter,
+    ) {
+        while let Some(nl) = memchr(b'\n', data) {
+            let (line, rest) = (&data[..nl], &data[nl + 1..]);
+            data = rest;
+            if self.discarding {
+                self.discarding = false;
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.emit(line, now, batch, ctx, limiter);
+            } else {
+                let mut joined = std::mem::take(&mut self.partial);
+                joined.extend_from_slice(line);
+                self.emit(&joined, now, batch, ctx, limiter);
+                joined.clear();
+                self.partial = joined;
+            }
+        }
+        if !self.discarding {
+            if self.partial.len() + data.len() > self.max {
+                self.partial.clear();
+                self.discarding = true;
+                self.refuse_oversized(ctx, limiter);
+            } else {
+                self.partial.extend_from_slice(data);
+            }
+        }
+        if at_eof && !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.emit(&last, now, batch, ctx, limiter);
+        }
+    }
+
+    fn refuse_oversized(&self, ctx: &Context, limiter: &LogLimiter) {
+        ctx.stats.received.fetch_add(1, Relaxed);
+        ctx.stats.rejected.fetch_add(1, Relaxed);
+        limiter.warn(&format!(
+            "lines listener for topic {}: a line longer than {} bytes (ingest.max_event_bytes) was discarded",
+            self.topic, self.max
+        ));
+    }
+
+    fn emit(&self, line: &[u8], now: i64, batch: &mut AppendBatch, ctx: &Context, limiter: &LogLimiter) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return;
+        }
+        if line.len() > self.max {
+            self.refuse_oversized(ctx, limiter);
+            return;
+        }
+        ctx.stats.received.fetch_add(1, Relaxed);
+        let event = Event {
+            topic: &self.topic,
+            key: self.key.as_deref(),
+            headers: &[],
+            value: line,
+            timestamp_ms: now,
+        };
+        if event.encode_into(&mut batch.data).is_ok() {
+            batch.count += 1;
+        }
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// One UDP socket: each datagram holds lines, or frames (never answered).
+async fn serve_udp(sock: UdpSocket, cfg: ListenerConfig, ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let limiter = LogLimiter::default();
+    let mut buf = vec![0u8; 65_536];
+    let max_frame = ctx.max_event_bytes + FRAME_OVERHEAD;
+    loop {
+        let n = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, _)) => n,
+                Err(e) => {
+                    limiter.warn(&format!("udp receive failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => return,
+        };
+        let datagram = &buf[..n];
+        let now = now_ms();
+        let mut batch = AppendBatch::default();
+        match cfg.format {
+            Format::Lines => {
+                let mut lines = LineSplitter::new(&cfg, ctx.max_event_bytes);
+                lines.feed(datagram, true, now, &mut batch, &ctx, &limiter);
+            }
+            Format::Frames => {
+                let mut rest = datagram;
+                while !rest.is_empty() {
+                    let Check::Complete { total } = frame::check(rest) else {
+                        ctx.stats.rejected.fetch_add(1, Relaxed);
+                        limiter.warn("udp frames listener: a datagram ends in a truncated frame; the rest of it was dropped");
+                        break;
+                    };
+                    let body = &rest[4..total];
+                    rest = &rest[total..];
+                    if let Ok(Frame::Status) = frame::decode(body) {
+                        continue;
+                    }
+                    ctx.stats.received.fetch_add(1, Relaxed);
+                    let refusal = if body.len() > max_frame {
+                        Some(too_large(body.len(), &ctx))
+                    } else {
+                        match frame::decode(body) {
+                            Ok(Frame::Event(mut event, ts)) => match admit(&event, &ctx) {
+                                Ok(()) => {
+                                    event.timestamp_ms = ts.unwrap_or(now);
+                                    if event.encode_into(&mut batch.data).is_ok() {
+                                        batch.count += 1;
+                                    }
+                                    None
+                                }
+                                Err(Planned::Refused(_, msg)) => Some(msg),
+                                Err(_) => None,
+                            },
+                            Ok(Frame::Status) => None,
+                            Err(e) => Some(e.message),
+                        }
+                    };
+                    if let Some(msg) = refusal {
+                        ctx.stats.rejected.fetch_add(1, Relaxed);
+                        limiter.warn(&format!("udp frames listener: event refused: {msg}"));
+                    }
+                }
+            }
+        }
+        if batch.count > 0 {
+            if let Err(e) = ctx.outbox.append(batch).await {
+                limiter.warn(&format!("udp listener: events not stored: {e}"));
+            }
+        }
+    }
+}

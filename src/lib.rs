@@ -1,0 +1,17 @@
+//! ferry: a store-and-forward telemetry producer for Linux gateways.
+//! Local programs hand it events; it stores them durably in a SQLite outbox
+//! at once and forwards them to Kafka whenever the uplink is up.
+
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod forward;
+pub mod ingest;
+pub mod log_limit;
+pub mod notify;
+pub mod outbox;
+pub mod shutdown;
+pub mod stats;

@@ -1,0 +1,709 @@
+//! The durable outbox: one SQLite database in WAL mode, owned by a single
+//! writer thread. Ingest hands it batches of encoded events; it group-commits
+//! everything waiting into LZ4-compressed, CRC-checked blocks and only then
+//! acknowledges. The forwarder reads blocks in sequence order and deletes
+//! them once Kafka has acknowledged every event in them.
+//!
+//! A block is the unit of storage: one row holds many events (cheap per
+//! event, few flash writes), `seq_first..seq_first+count` are its events'
+//! sequence numbers. Counters live in the `meta` table and are updated in
+//! the same transactions, so start-up needs no scan.
+
+mod schema;
+
+use crate::config::{Durability, OutboxConfig, WhenFull};
+use crate::event::Event;
+use crate::stats::{Stats, now_ms};
+use log::{error, info, warn};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Cut a new block once this many raw bytes are in it.
+const BLOCK_TARGET_RAW: usize = 256 * 1024;
+/// Stop gathering a group commit at this many raw bytes.
+const GROUP_COMMIT_MAX_RAW: usize = 8 * 1024 * 1024;
+/// Commands waiting for the writer; senders wait when it is full (backpressure).
+const QUEUE_DEPTH: usize = 256;
+
+/// Events encoded back to back with [`Event::encode_into`].
+#[derive(Debug, Default)]
+pub struct AppendBatch {
+    pub data: Vec<u8>,
+    pub count: u32,
+}
+
+/// A stored block, decompressed and verified.
+#[derive(Debug)]
+pub struct Block {
+    pub seq_first: i64,
+    pub count: u32,
+    pub created_ms: i64,
+    pub data: Vec<u8>,
+}
+
+impl Block {
+    /// The event stored at `offset` (as yielded by [`Block::events`]).
+    pub fn event_at(&self, offset: usize) -> Option<Event<'_>> {
+        Event::decode_from(self.data.get(offset..)?).ok().map(|(e, _)| e)
+    }
+
+    /// The block's events with their sequence numbers and offsets.
+    pub fn events(&self) -> BlockEvents<'_> {
+        BlockEvents {
+            rest: &self.data,
+            offset: 0,
+            seq: self.seq_first,
+        }
+    }
+}
+
+pub struct BlockEvents<'a> {
+    rest: &'a [u8],
+    offset: usize,
+    seq: i64,
+}
+
+impl<'a> Iterator for BlockEvents<'a> {
+    /// Sequence number, byte offset in the block, the event.
+    type Item = (i64, usize, Event<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.len() == self.offset {
+            return None;
+        }
+        // Blocks are verified when read, so a failure cannot happen here.
+        let (event, rest) = Event::decode_from(&self.rest[self.offset..]).ok()?;
+        let offset = self.offset;
+        self.offset = self.rest.len() - rest.len();
+        let seq = self.seq;
+        self.seq += 1;
+        Some((seq, offset, event))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// `when_full = "reject"` and the outbox is at `max_bytes`.
+    Full { max_bytes: u64 },
+    /// SQLite failed; the events are not stored.
+    Storage(String),
+    /// ferry is stopping.
+    Closed,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Full { max_bytes } => write!(
+                f,
+                "outbox full ({max_bytes} bytes, when_full = \"reject\"): event not stored; retry later or raise outbox.max_bytes"
+            ),
+            StoreError::Storage(e) => write!(f, "outbox write failed, event not stored: {e}"),
+            StoreError::Closed => write!(f, "ferry is shutting down: event not stored"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+enum Command {
+    Append {
+        batch: AppendBatch,
+        reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+    Read {
+        after: i64,
+        max_events: usize,
+        max_raw_bytes: usize,
+        reply: oneshot::Sender<Result<Vec<Block>, String>>,
+    },
+    Delete {
+        seq_firsts: Vec<i64>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    EvictAged,
+}
+
+/// Cheap, cloneable handle to the outbox writer thread.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Command>,
+    /// Signalled after every commit that stored events.
+    pub committed: Arc<Notify>,
+}
+
+/// Open (creating or migrating) the outbox database at `path`.
+pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create outbox directory {}: {e}", dir.display()))?;
+    }
+    let conn = Connection::open(path)
+        .map_err(|e| format!("cannot open outbox {}: {e}", path.display()))?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"
+    ))
+    .map_err(|e| format!("cannot configure outbox {}: {e}", path.display()))?;
+    schema::migrate(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+/// Open the outbox, load its counters into `stats` and start the writer.
+pub fn start(
+    config: &OutboxConfig,
+    path: PathBuf,
+    stats: Arc<Stats>,
+) -> Result<(Outbox, std::thread::JoinHandle<()>), String> {
+    let conn = open_connection(&path, config.durability)?;
+    let writer = Writer::new(conn, config.clone(), stats, path)?;
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let committed = Arc::new(Notify::new());
+    let notify = committed.clone();
+    let handle = std::thread::Builder::new()
+        .name("ferry-outbox".into())
+        .spawn(move || writer.run(rx, notify))
+        .map_err(|e| format!("cannot start the outbox thread: {e}"))?;
+    Ok((Outbox { tx, committed }, handle))
+}
+
+impl Outbox {
+    /// Store a batch; resolves once it is committed (or refused).
+    pub async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                batch,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Store a batch without waiting for the commit (formats with no ack).
+    pub async fn append_no_ack(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Append { batch, reply: None })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Blocks after `after`, in order, up to the given limits (at least one).
+    pub async fn read(
+        &self,
+        after: i64,
+        max_events: usize,
+        max_raw_bytes: usize,
+    ) -> Result<Vec<Block>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Read {
+                after,
+                max_events,
+                max_raw_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| "outbox closed".to_string())?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// Delete blocks whose every event Kafka has acknowledged.
+    pub async fn delete(&self, seq_firsts: Vec<i64>) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Delete { seq_firsts, reply })
+            .await
+            .map_err(|_| "outbox closed".to_string())?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// Ask the writer to drop events older than `max_age`.
+    pub async fn evict_aged(&self) {
+        let _ = self.tx.send(Command::EvictAged).await;
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    config: OutboxConfig,
+    stats: Arc<Stats>,
+    path: PathBuf,
+    next_seq: i64,
+    /// Reused buffers: the block being built and its compressed form.
+    block: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+impl Writer {
+    fn new(
+        conn: Connection,
+        config: OutboxConfig,
+        stats: Arc<Stats>,
+        path: PathBuf,
+    ) -> Result<Self, String> {
+        let m = schema::load_meta(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        stats.backlog_events.store(m.events, Relaxed);
+        stats.backlog_bytes.store(m.stored_bytes, Relaxed);
+        stats.backlog_raw_bytes.store(m.raw_bytes, Relaxed);
+        stats.dropped_events.store(m.dropped_events, Relaxed);
+        stats.dropped_bytes.store(m.dropped_bytes, Relaxed);
+        stats.quarantined.store(m.quarantined_events, Relaxed);
+        let mut w = Self {
+            conn,
+            config,
+            stats,
+            path,
+            next_seq: m.next_seq,
+            block: Vec::with_capacity(BLOCK_TARGET_RAW + 64 * 1024),
+            compressed: Vec::new(),
+        };
+        w.refresh_oldest();
+        info!(
+            "outbox {} open: {} events ({} bytes) waiting, next sequence {}",
+            w.path.display(),
+            m.events,
+            m.stored_bytes,
+            m.next_seq
+        );
+        Ok(w)
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, committed: Arc<Notify>) {
+        let mut group: Vec<(AppendBatch, Option<oneshot::Sender<Result<(), StoreError>>>)> =
+            Vec::new();
+        let mut deferred: Vec<Command> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut raw = 0usize;
+            let mut next = Some(first);
+            // Gather everything already waiting into one transaction.
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { batch, reply } => {
+                        raw += batch.data.len();
+                        group.push((batch, reply));
+                    }
+                    other => deferred.push(other),
+                }
+                if raw < GROUP_COMMIT_MAX_RAW {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                let stored = self.commit_group(&mut group);
+                if stored {
+                    committed.notify_one();
+                }
+            }
+            for cmd in deferred.drain(..) {
+                self.handle(cmd);
+            }
+        }
+        info!("outbox {} closed", self.path.display());
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append { .. } => unreachable!("appends are grouped"),
+            Command::Read {
+                after,
+                max_events,
+                max_raw_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.read(after, max_events, max_raw_bytes));
+            }
+            Command::Delete { seq_firsts, reply } => {
+                let r = self.delete(&seq_firsts).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::EvictAged => {
+                if let Err(e) = self.evict_aged() {
+                    error!("outbox {}: age eviction failed: {e}", self.path.display());
+                }
+            }
+        }
+    }
+
+    /// Commit a group of batches; acknowledge each. True if anything stored.
+    fn commit_group(
+        &mut self,
+        group: &mut Vec<(AppendBatch, Option<oneshot::Sender<Result<(), StoreError>>>)>,
+    ) -> bool {
+        let reject_full = self.config.when_full == WhenFull::Reject
+            && self.config.max_bytes > 0
+            && self.stats.backlog_bytes.load(Relaxed) >= self.config.max_bytes;
+        let result = if reject_full {
+            Err(StoreError::Full {
+                max_bytes: self.config.max_bytes,
+            })
+        } else {
+            let seq_before = self.next_seq;
+            self.write_group(group).map_err(|e| {
+                // Nothing was stored, so the sequence numbers are unused.
+                self.next_seq = seq_before;
+                error!(
+                    "outbox {}: commit failed, {} batches refused: {e}",
+                    self.path.display(),
+                    group.len()
+                );
+                StoreError::Storage(e.to_string())
+            })
+        };
+        let stored = result.is_ok();
+        let n: u64 = group.iter().map(|(b, _)| b.count as u64).sum();
+        if stored {
+            self.stats.stored.fetch_add(n, Relaxed);
+        } else {
+            self.stats.rejected.fetch_add(n, Relaxed);
+        }
+        for (_, reply) in group.drain(..) {
+            if let Some(reply) = reply {
+                let _ = reply.send(result.clone());
+            }
+        }
+        stored
+    }
+
+    fn write_group(
+        &mut self,
+        group: &[(AppendBatch, Option<oneshot::Sender<Result<(), StoreError>>>)],
+    ) -> rusqlite::Result<()> {
+        let now = now_ms();
+        let seq_before = self.next_seq;
+        let mut added = Totals::default();
+        let tx = self.conn.transaction()?;
+        self.block.clear();
+        let mut block_first = self.next_seq;
+        let mut block_count = 0u32;
+        for (batch, _) in group {
+            self.block.extend_from_slice(&batch.data);
+            block_count += batch.count;
+            self.next_seq += batch.count as i64;
+            if self.block.len() >= BLOCK_TARGET_RAW {
+                added += insert_block(&tx, &self.block, &mut self.compressed, block_first, block_count, now)?;
+                self.block.clear();
+                block_first = self.next_seq;
+                block_count = 0;
+            }
+        }
+        if block_count > 0 {
+            added += insert_block(&tx, &self.block, &mut self.compressed, block_first, block_count, now)?;
+        }
+        schema::add_meta(&tx, "next_seq", self.next_seq - seq_before)?;
+        schema::add_meta(&tx, "events", added.events as i64)?;
+        schema::add_meta(&tx, "stored_bytes", added.stored as i64)?;
+        schema::add_meta(&tx, "raw_bytes", added.raw as i64)?;
+        let dropped = if self.config.when_full == WhenFull::DropOldest && self.config.max_bytes > 0
+        {
+            let limit = self.config.max_bytes;
+            let current = self.stats.backlog_bytes.load(Relaxed) + added.stored;
+            evict_oldest_over(&tx, current, limit, seq_before)?
+        } else {
+            Totals::default()
+        };
+        tx.commit()?;
+        self.apply(added, dropped, "outbox.max_bytes reached (when_full = \"drop_oldest\")");
+        if self.stats.oldest_ms.load(Relaxed) == 0 || dropped.events > 0 {
+            self.refresh_oldest();
+        }
+        Ok(())
+    }
+
+    /// Move committed totals into the in-memory stats and log drops.
+    fn apply(&mut self, added: Totals, dropped: Totals, reason: &str) {
+        let s = &self.stats;
+        s.backlog_events.fetch_add(added.events, Relaxed);
+        s.backlog_bytes.fetch_add(added.stored, Relaxed);
+        s.backlog_raw_bytes.fetch_add(added.raw, Relaxed);
+        if dropped.events > 0 {
+            sub(&s.backlog_events, dropped.events);
+            sub(&s.backlog_bytes, dropped.stored);
+            sub(&s.backlog_raw_bytes, dropped.raw);
+            s.dropped_events.fetch_add(dropped.events, Relaxed);
+            s.dropped_bytes.fetch_add(dropped.raw, Relaxed);
+            warn!(
+                "outbox {}: dropped {} events ({} bytes), sequences {}..={}: {reason}",
+                self.path.display(),
+                dropped.events,
+                dropped.raw,
+                dropped.seq_min,
+                dropped.seq_max
+            );
+        }
+    }
+
+    fn refresh_oldest(&mut self) {
+        let oldest: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT created_ms FROM blocks ORDER BY seq_first LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten();
+        self.stats.oldest_ms.store(oldest.unwrap_or(0), Relaxed);
+    }
+
+    fn read(
+        &mut self,
+        after: i64,
+        max_events: usize,
+        max_raw_bytes: usize,
+    ) -> Result<Vec<Block>, String> {
+        let mut out = Vec::new();
+        let mut corrupt = Vec::new();
+        let (mut events, mut raw) = (0usize, 0usize);
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq_first, count, raw_bytes, created_ms, crc, payload FROM blocks \
+                     WHERE seq_first > ?1 ORDER BY seq_first",
+                )
+                .map_err(|e| e.to_string())?;
+            let mut rows = stmt.query([after]).map_err(|e| e.to_string())?;
+            while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+                let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
+                let count: u32 = row.get(1).map_err(|e| e.to_string())?;
+                let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
+                let created_ms: i64 = row.get(3).map_err(|e| e.to_string())?;
+                let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
+                let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
+                let payload = payload.map_err(|e| e.to_string())?;
+                match verify_block(payload, crc, count, raw_bytes) {
+                    Ok(data) => {
+                        events += count as usize;
+                        raw += data.len();
+                        out.push(Block {
+                            seq_first,
+                            count,
+                            created_ms,
+                            data,
+                        });
+                    }
+                    Err(why) => corrupt.push((seq_first, count, why)),
+                }
+                if events >= max_events || raw >= max_raw_bytes {
+                    break;
+                }
+            }
+        }
+        for (seq_first, count, why) in corrupt {
+            if let Err(e) = self.quarantine(seq_first, &why) {
+                error!("outbox {}: cannot quarantine block {seq_first}: {e}", self.path.display());
+            } else {
+                error!(
+                    "outbox {}: block of {count} events (sequences {seq_first}..{}) is corrupt ({why}); quarantined, the events behind it go on",
+                    self.path.display(),
+                    seq_first + count as i64 - 1
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn quarantine(&mut self, seq_first: i64, why: &str) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO quarantine (seq_first, count, raw_bytes, created_ms, crc, payload, reason, quarantined_ms) \
+             SELECT seq_first, count, raw_bytes, created_ms, crc, payload, ?2, ?3 FROM blocks WHERE seq_first = ?1",
+            params![seq_first, why, now_ms()],
+        )?;
+        let removed = delete_blocks(&tx, &[seq_first])?;
+        schema::add_meta(&tx, "quarantined_events", removed.events as i64)?;
+        tx.commit()?;
+        self.apply_removed(removed);
+        self.stats.quarantined.fetch_add(removed.events, Relaxed);
+        Ok(())
+    }
+
+    fn delete(&mut self, seq_firsts: &[i64]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        let removed = delete_blocks(&tx, seq_firsts)?;
+        tx.commit()?;
+        self.apply_removed(removed);
+        Ok(())
+    }
+
+    fn apply_removed(&mut self, removed: Totals) {
+        sub(&self.stats.backlog_events, removed.events);
+        sub(&self.stats.backlog_bytes, removed.stored);
+        sub(&self.stats.backlog_raw_bytes, removed.raw);
+        self.refresh_oldest();
+    }
+
+    fn evict_aged(&mut self) -> rusqlite::Result<()> {
+        if self.config.max_age.is_zero() {
+            return Ok(());
+        }
+        let cutoff = now_ms() - self.config.max_age.as_millis() as i64;
+        let tx = self.conn.transaction()?;
+        let victims: Vec<i64> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq_first FROM blocks WHERE created_ms < ?1 ORDER BY seq_first",
+            )?;
+            stmt.query_map([cutoff], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let dropped = delete_blocks(&tx, &victims)?;
+        schema::add_meta(&tx, "dropped_events", dropped.events as i64)?;
+        schema::add_meta(&tx, "dropped_bytes", dropped.raw as i64)?;
+        tx.commit()?;
+        self.apply(Totals::default(), dropped, "older than outbox.max_age");
+        self.refresh_oldest();
+        Ok(())
+    }
+}
+
+fn sub(a: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = a.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    events: u64,
+    stored: u64,
+    raw: u64,
+    seq_min: i64,
+    seq_max: i64,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, o: Self) {
+        if o.events == 0 {
+            return;
+        }
+        if self.events == 0 {
+            self.seq_min = o.seq_min;
+        }
+        self.events += o.events;
+        self.stored += o.stored;
+        self.raw += o.raw;
+        self.seq_min = self.seq_min.min(o.seq_min);
+        self.seq_max = self.seq_max.max(o.seq_max);
+    }
+}
+
+fn insert_block(
+    tx: &rusqlite::Transaction<'_>,
+    raw: &[u8],
+    compressed: &mut Vec<u8>,
+    seq_first: i64,
+    count: u32,
+    now: i64,
+) -> rusqlite::Result<Totals> {
+    compressed.clear();
+    compressed.resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+    let n = lz4_flex::block::compress_into(raw, compressed)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    compressed.truncate(n);
+    let crc = crc32fast::hash(compressed);
+    tx.prepare_cached(
+        "INSERT INTO blocks (seq_first, count, raw_bytes, created_ms, crc, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![seq_first, count, raw.len() as i64, now, crc, &compressed[..]])?;
+    Ok(Totals {
+        events: count as u64,
+        stored: n as u64,
+        raw: raw.len() as u64,
+        seq_min: seq_first,
+        seq_max: seq_first + count as i64 - 1,
+    })
+}
+
+/// Check the CRC, decompress and check every event decodes.
+fn verify_block(payload: &[u8], crc: u32, count: u32, raw_bytes: usize) -> Result<Vec<u8>, String> {
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let data = lz4_flex::block::decompress(payload, raw_bytes)
+        .map_err(|e| format!("decompression failed: {e}"))?;
+    if data.len() != raw_bytes {
+        return Err(format!("decompressed to {} bytes, expected {raw_bytes}", data.len()));
+    }
+    let mut rest = &data[..];
+    for i in 0..count {
+        match Event::decode_from(rest) {
+            Ok((_, r)) => rest = r,
+            Err(e) => return Err(format!("event {i} does not decode: {e}")),
+        }
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after {count} events", rest.len()));
+    }
+    Ok(data)
+}
+
+fn delete_blocks(tx: &rusqlite::Transaction<'_>, seq_firsts: &[i64]) -> rusqlite::Result<Totals> {
+    let mut t = Totals::default();
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM blocks WHERE seq_first = ?1 RETURNING count, length(payload), raw_bytes",
+    )?;
+    for &s in seq_firsts {
+        let row: Option<(i64, i64, i64)> = stmt
+            .query_row([s], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((events, stored, raw)) = row {
+            let (events, stored, raw) = (events as u64, stored as u64, raw as u64);
+            t += Totals {
+                events,
+                stored,
+                raw,
+                seq_min: s,
+                seq_max: s + events as i64 - 1,
+            };
+        }
+    }
+    drop(stmt);
+    schema::add_meta(tx, "events", -(t.events as i64))?;
+    schema::add_meta(tx, "stored_bytes", -(t.stored as i64))?;
+    schema::add_meta(tx, "raw_bytes", -(t.raw as i64))?;
+    Ok(t)
+}
+
+/// Drop the oldest blocks (never those at or after `keep_from`) until the
+/// stored bytes are within `limit`.
+fn evict_oldest_over(
+    tx: &rusqlite::Transaction<'_>,
+    mut current: u64,
+    limit: u64,
+    keep_from: i64,
+) -> rusqlite::Result<Totals> {
+    let mut victims = Vec::new();
+    if current > limit {
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq_first, length(payload) FROM blocks WHERE seq_first < ?1 ORDER BY seq_first",
+        )?;
+        let mut rows = stmt.query([keep_from])?;
+        while current > limit {
+            let Some(row) = rows.next()? else { break };
+            let seq: i64 = row.get(0)?;
+            let len = row.get::<_, i64>(1)? as u64;
+            victims.push(seq);
+            current = current.saturating_sub(len);
+        }
+    }
+    if victims.is_empty() {
+        return Ok(Totals::default());
+    }
+    let dropped = delete_blocks(tx, &victims)?;
+    schema::add_meta(tx, "dropped_events", dropped.events as i64)?;
+    schema::add_meta(tx, "dropped_bytes", dropped.raw as i64)?;
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! Outbox schema and its migrations. `PRAGMA user_version` is the schema
+//! version; each migration moves it up by one inside a transaction, so a
+//! crash mid-migration leaves the previous version intact.
+
+use rusqlite::{Connection, params};
+
+/// Each entry takes the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: blocks of events, quarantine, counters.
+    "CREATE TABLE blocks (
+         seq_first  INTEGER PRIMARY KEY,
+         count      INTEGER NOT NULL,
+         raw_bytes  INTEGER NOT NULL,
+         created_ms INTEGER NOT NULL,
+         crc        INTEGER NOT NULL,
+         payload    BLOB NOT NULL
+     );
+     CREATE TABLE quarantine (
+         seq_first      INTEGER PRIMARY KEY,
+         count          INTEGER NOT NULL,
+         raw_bytes      INTEGER NOT NULL,
+         created_ms     INTEGER NOT NULL,
+         crc            INTEGER NOT NULL,
+         payload        BLOB NOT NULL,
+         reason         TEXT NOT NULL,
+         quarantined_ms INTEGER NOT NULL
+     );
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+     INSERT INTO meta (key, value) VALUES
+         ('next_seq', 1), ('events', 0), ('stored_bytes', 0), ('raw_bytes', 0),
+         ('dropped_events', 0), ('dropped_bytes', 0), ('quarantined_events', 0);",
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read schema version: {e}"))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "schema version {version} is newer than this ferry understands ({SCHEMA_VERSION}); \
+             run a newer ferry or move the outbox aside"
+        ));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = from + 1;
+        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"))
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                format!("migration of the schema from version {from} to {to} failed: {e}")
+            })?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+pub struct Meta {
+    pub next_seq: i64,
+    pub events: u64,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub dropped_events: u64,
+    pub dropped_bytes: u64,
+    pub quarantined_events: u64,
+}
+
+pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
+    let get = |key: &str| -> Result<i64, String> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(|e| format!("cannot read counter {key}: {e}"))
+    };
+    Ok(Meta {
+        next_seq: get("next_seq")?,
+        events: get("events")?.max(0) as u64,
+        stored_bytes: get("stored_bytes")?.max(0) as u64,
+        raw_bytes: get("raw_bytes")?.max(0) as u64,
+        dropped_events: get("dropped_events")?.max(0) as u64,
+        dropped_bytes: get("dropped_bytes")?.max(0) as u64,
+        quarantined_events: get("quarantined_events")?.max(0) as u64,
+    })
+}
+
+pub fn add_meta(conn: &Connection, key: &str, delta: i64) -> rusqlite::Result<()> {
+    if delta != 0 {
+        conn.prepare_cached("UPDATE meta SET value = value + ?2 WHERE key = ?1")?
+            .execute(params![key, delta])?;
+    }
+    Ok(())
+}

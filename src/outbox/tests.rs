@@ -1,0 +1,173 @@
+//! Outbox tests on a real SQLite file in a temp directory.
+
+use super::*;
+use crate::config::OutboxConfig;
+use std::time::Duration;
+
+fn batch(topic: &str, values: &[&str]) -> AppendBatch {
+    let mut b = AppendBatch::default();
+    for v in values {
+        Event {
+            topic,
+            key: None,
+            headers: &[],
+            value: v.as_bytes(),
+            timestamp_ms: 1,
+        }
+        .encode_into(&mut b.data)
+        .unwrap();
+        b.count += 1;
+    }
+    b
+}
+
+fn values(blocks: &[Block]) -> Vec<(i64, String)> {
+    blocks
+        .iter()
+        .flat_map(|b| b.events())
+        .map(|(seq, _, e)| (seq, String::from_utf8_lossy(e.value).into_owned()))
+        .collect()
+}
+
+fn open(dir: &Path, config: OutboxConfig) -> (Outbox, std::thread::JoinHandle<()>, Arc<Stats>) {
+    let stats = Arc::new(Stats::default());
+    let (o, h) = start(&config, dir.join("outbox.db"), stats.clone()).unwrap();
+    (o, h, stats)
+}
+
+fn close(o: Outbox, h: std::thread::JoinHandle<()>) {
+    drop(o);
+    h.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_read_delete_and_sequence_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, h, stats) = open(dir.path(), OutboxConfig::default());
+    o.append(batch("t", &["a", "b"])).await.unwrap();
+    o.append(batch("t", &["c"])).await.unwrap();
+    let blocks = o.read(0, 100, 1 << 20).await.unwrap();
+    assert_eq!(
+        values(&blocks),
+        vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
+    );
+    assert_eq!(stats.backlog_events.load(Relaxed), 3);
+    o.delete(blocks.iter().map(|b| b.seq_first).collect()).await.unwrap();
+    assert_eq!(stats.backlog_events.load(Relaxed), 0);
+    close(o, h);
+
+    let (o, h, stats) = open(dir.path(), OutboxConfig::default());
+    assert_eq!(stats.backlog_events.load(Relaxed), 0);
+    o.append(batch("t", &["d"])).await.unwrap();
+    let blocks = o.read(0, 100, 1 << 20).await.unwrap();
+    assert_eq!(values(&blocks), vec![(4, "d".into())], "sequence must not repeat");
+    close(o, h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_restart_without_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, h, _) = open(dir.path(), OutboxConfig::default());
+    for i in 0..50 {
+        o.append(batch("t", &[&format!("v{i}"), "x"])).await.unwrap();
+    }
+    close(o, h);
+    let (o, h, stats) = open(dir.path(), OutboxConfig::default());
+    assert_eq!(stats.backlog_events.load(Relaxed), 100);
+    assert!(stats.backlog_bytes.load(Relaxed) > 0);
+    assert!(stats.oldest_ms.load(Relaxed) > 0);
+    close(o, h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_when_full_refuses_with_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        max_bytes: 1,
+        when_full: WhenFull::Reject,
+        ..OutboxConfig::default()
+    };
+    let (o, h, stats) = open(dir.path(), config);
+    o.append(batch("t", &["first"])).await.unwrap();
+    let e = o.append(batch("t", &["second"])).await.unwrap_err();
+    assert_eq!(e, StoreError::Full { max_bytes: 1 });
+    assert!(e.to_string().contains("outbox full"), "{e}");
+    assert_eq!(stats.rejected.load(Relaxed), 1);
+    assert_eq!(values(&o.read(0, 10, 1 << 20).await.unwrap()), vec![(1, "first".into())]);
+    close(o, h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_keeps_newest_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        max_bytes: 200,
+        ..OutboxConfig::default()
+    };
+    let (o, h, stats) = open(dir.path(), config);
+    for i in 0..20 {
+        let v = format!("{i:0>60}");
+        o.append(batch("t", &[&v])).await.unwrap();
+    }
+    let kept = values(&o.read(0, 100, 1 << 20).await.unwrap());
+    let dropped = stats.dropped_events.load(Relaxed);
+    assert!(dropped > 0);
+    assert_eq!(kept.len() as u64 + dropped, 20);
+    assert_eq!(kept.last().unwrap().0, 20, "the newest event is kept");
+    assert!(stats.backlog_bytes.load(Relaxed) <= 200);
+    close(o, h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_cap_drops_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        max_age: Duration::from_millis(1),
+        ..OutboxConfig::default()
+    };
+    let (o, h, stats) = open(dir.path(), config);
+    o.append(batch("t", &["old"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    o.evict_aged().await;
+    assert!(o.read(0, 10, 1 << 20).await.unwrap().is_empty());
+    assert_eq!(stats.dropped_events.load(Relaxed), 1);
+    assert_eq!(stats.backlog_events.load(Relaxed), 0);
+    close(o, h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_block_is_quarantined_and_does_not_block_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, h, _) = open(dir.path(), OutboxConfig::default());
+    o.append(batch("t", &["bad"])).await.unwrap();
+    o.append(batch("t", &["good"])).await.unwrap();
+    close(o, h);
+    {
+        let conn = Connection::open(dir.path().join("outbox.db")).unwrap();
+        conn.execute("UPDATE blocks SET payload = x'00112233' WHERE seq_first = 1", [])
+            .unwrap();
+    }
+    let (o, h, stats) = open(dir.path(), OutboxConfig::default());
+    let blocks = o.read(0, 10, 1 << 20).await.unwrap();
+    assert_eq!(values(&blocks), vec![(2, "good".into())]);
+    assert_eq!(stats.quarantined.load(Relaxed), 1);
+    assert_eq!(stats.backlog_events.load(Relaxed), 1);
+    close(o, h);
+    let conn = Connection::open(dir.path().join("outbox.db")).unwrap();
+    let reason: String = conn
+        .query_row("SELECT reason FROM quarantine WHERE seq_first = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reason, "checksum mismatch");
+}
+
+#[test]
+fn newer_schema_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    }
+    let e = open_connection(&path, Durability::Relaxed).err().unwrap();
+    assert!(e.contains("schema version 99"), "{e}");
+}
