@@ -12,6 +12,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Parser, Debug)]
 #[command(
     name = "ferry",
+    propagate_version = true,
     version,
     about = "Store-and-forward telemetry producer: local events into a durable SQLite outbox, out to Kafka",
     after_help = "Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.\n\
@@ -95,7 +96,9 @@ pub fn main() -> i32 {
                 },
             )
         }),
-        Command::Status { config, json } => with_config(config, |c| crate::client::status(&c, json)),
+        Command::Status { config, json } => {
+            with_config(config, |c| crate::client::status(&c, json))
+        }
         Command::CheckConfig { config } => with_config(config, |c| {
             print!("{}", c.to_toml());
             EXIT_OK

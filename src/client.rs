@@ -38,7 +38,9 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
         }
     }
     let Some(socket) = config.control_socket() else {
-        eprintln!("ferry send: no unix listener with format \"frames\" is configured; add one to the config");
+        eprintln!(
+            "ferry send: no unix listener with format \"frames\" is configured; add one to the config"
+        );
         return EXIT_USAGE;
     };
     let stream = match connect(&socket) {
@@ -51,7 +53,10 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
     let writer_stream = match stream.try_clone() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ferry send: cannot use the socket {}: {e}", socket.display());
+            eprintln!(
+                "ferry send: cannot use the socket {}: {e}",
+                socket.display()
+            );
             return EXIT_FAILURE;
         }
     };
@@ -237,7 +242,9 @@ pub fn status(config: &Config, json: bool) -> i32 {
         Err(e) => match offline_snapshot(config) {
             Ok(s) => (s, Err(e)),
             Err(e2) => {
-                eprintln!("ferry status: daemon not reachable ({e}) and outbox not readable ({e2})");
+                eprintln!(
+                    "ferry status: daemon not reachable ({e}) and outbox not readable ({e2})"
+                );
                 return EXIT_FAILURE;
             }
         },
@@ -254,7 +261,10 @@ pub fn status(config: &Config, json: bool) -> i32 {
             Err(e) => println!("daemon:      not running ({e})"),
         }
         if running.is_ok() {
-            println!("uplink:      {}", if snap.uplink_up { "up" } else { "down" });
+            println!(
+                "uplink:      {}",
+                if snap.uplink_up { "up" } else { "down" }
+            );
             if let Some(e) = &snap.last_error {
                 println!("last error:  {e}");
             }
@@ -277,22 +287,26 @@ pub fn status(config: &Config, json: bool) -> i32 {
             snap.dropped_events, snap.dropped_bytes, snap.quarantined
         );
     }
-    if running.is_ok() { EXIT_OK } else { EXIT_FAILURE }
+    if running.is_ok() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
 }
 
 /// Backlog read straight from the outbox counters (no scan) when the
 /// daemon is not running.
 fn offline_snapshot(config: &Config) -> Result<Snapshot, String> {
     let path = config.outbox_path();
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let get = |k: &str| -> Result<u64, String> {
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, i64>(0))
-            .map(|v| v.max(0) as u64)
-            .map_err(|e| format!("cannot read {} from {}: {e}", k, path.display()))
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|v| v.max(0) as u64)
+        .map_err(|e| format!("cannot read {} from {}: {e}", k, path.display()))
     };
     let oldest: Option<i64> = conn
         .query_row(

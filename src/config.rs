@@ -383,8 +383,7 @@ impl Config {
                 "must be at least 1024 bytes".into(),
             ));
         }
-        if self.ingest.max_event_bytes == 0 || self.ingest.max_event_bytes > KAFKA_MAX_EVENT_BYTES
-        {
+        if self.ingest.max_event_bytes == 0 || self.ingest.max_event_bytes > KAFKA_MAX_EVENT_BYTES {
             return Err((
                 "ingest.max_event_bytes".into(),
                 format!(
@@ -588,7 +587,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1024 * 1024,
         "g" | "gb" => 1000 * 1000 * 1000,
         "gib" => 1024 * 1024 * 1024,
-        _ => return Err(format!("`{s}` has an unknown unit; use B, KiB, MiB, GiB, kB, MB, GB")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit; use B, KiB, MiB, GiB, kB, MB, GB"
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
@@ -661,7 +664,10 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.kafka.brokers, vec!["127.0.0.1:9092"]);
         assert_eq!(c.data_dir, PathBuf::from("./ferry-data"));
-        assert_eq!(c.control_socket(), Some(PathBuf::from("./ferry-data/ferry.sock")));
+        assert_eq!(
+            c.control_socket(),
+            Some(PathBuf::from("./ferry-data/ferry.sock"))
+        );
         assert_eq!(c.outbox.when_full, WhenFull::DropOldest);
     }
 
@@ -712,7 +718,10 @@ mod tests {
         assert_eq!(parse_size("64MiB").unwrap(), 64 * 1024 * 1024);
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("5 furlongs").is_err());
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("1y").is_err());
     }

@@ -53,7 +53,10 @@ pub struct HeaderIter<'a> {
 impl<'a> HeaderIter<'a> {
     pub fn new(raw: &'a [u8]) -> Self {
         if raw.len() < 2 {
-            return Self { rest: &[], remaining: 0 };
+            return Self {
+                rest: &[],
+                remaining: 0,
+            };
         }
         Self {
             remaining: u16::from_be_bytes([raw[0], raw[1]]),
@@ -130,7 +133,10 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
 }
 
 /// Build a header list in wire encoding (for clients and tests).
-pub fn encode_headers<'h>(headers: impl IntoIterator<Item = (&'h str, &'h [u8])>, out: &mut Vec<u8>) {
+pub fn encode_headers<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0, 0]);
     let mut count: u16 = 0;

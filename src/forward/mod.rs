@@ -109,7 +109,8 @@ impl Forwarder {
             let blocks = match blocks {
                 Ok(b) => b,
                 Err(e) => {
-                    self.log.error(&format!("cannot read the outbox: {e}; retrying"));
+                    self.log
+                        .error(&format!("cannot read the outbox: {e}; retrying"));
                     if !self.pause(&mut shutdown).await {
                         break;
                     }
@@ -131,14 +132,17 @@ impl Forwarder {
                 continue;
             };
             let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
-            if !self.deliver(Arc::new(blocks), &mut shutdown).await {
-                break;
+            match self.deliver(Arc::new(blocks), &mut shutdown).await {
+                Delivery::Done => {}
+                Delivery::Reread => continue,
+                Delivery::Shutdown => break,
             }
             if let Err(e) = self.outbox.delete(ids).await {
                 // Delivered but still stored: they will be sent again after a
                 // restart, which `ferry-id` lets consumers drop.
-                self.log
-                    .error(&format!("cannot delete delivered events from the outbox: {e}"));
+                self.log.error(&format!(
+                    "cannot delete delivered events from the outbox: {e}"
+                ));
             }
             cursor = last;
         }
@@ -154,12 +158,12 @@ impl Forwarder {
         }
     }
 
-    /// Deliver every event of `blocks`; false if shutdown interrupted.
-    async fn deliver(&mut self, blocks: Arc<Vec<Block>>, shutdown: &mut Shutdown) -> bool {
+    /// Deliver every event of `blocks`.
+    async fn deliver(&mut self, blocks: Arc<Vec<Block>>, shutdown: &mut Shutdown) -> Delivery {
         let mut lanes: Option<Vec<Lane>> = None;
         loop {
             if shutdown.is_shutdown() {
-                return false;
+                return Delivery::Shutdown;
             }
             match self.attempt(&blocks, &mut lanes, shutdown).await {
                 Ok(()) => {
@@ -169,9 +173,9 @@ impl Forwarder {
                     self.failures = 0;
                     self.backoff.reset();
                     self.stats.uplink_up.store(true, Relaxed);
-                    return true;
+                    return Delivery::Done;
                 }
-                Err(Failure::Shutdown) => return false,
+                Err(Failure::Shutdown) => return Delivery::Shutdown,
                 Err(Failure::Error(e)) => {
                     self.failures += 1;
                     self.stats.produce_errors.fetch_add(1, Relaxed);
@@ -187,10 +191,41 @@ impl Forwarder {
                         self.partitions.clear();
                     }
                     if !self.pause(shutdown).await {
-                        return false;
+                        return Delivery::Shutdown;
+                    }
+                    match lanes.as_mut() {
+                        Some(lanes) => self.forget_dropped(&blocks, lanes).await,
+                        // Nothing sent yet: read the window afresh, which
+                        // also leaves out what was dropped meanwhile.
+                        None => return Delivery::Reread,
                     }
                 }
             }
+        }
+    }
+
+    /// While we waited, the outbox may have dropped some of this window's
+    /// blocks by policy (size or age cap). Those drops are counted and
+    /// announced; do not send them anyway.
+    async fn forget_dropped(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
+        let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
+        let Ok(present) = self.outbox.present(ids).await else {
+            return;
+        };
+        if present.len() == blocks.len() {
+            return;
+        }
+        let keep: Vec<bool> = blocks
+            .iter()
+            .map(|b| present.binary_search(&b.seq_first).is_ok())
+            .collect();
+        for lane in lanes.iter_mut() {
+            let done = lane.done;
+            let mut i = 0;
+            lane.items.retain(|item| {
+                i += 1;
+                i <= done || keep[item.block as usize]
+            });
         }
     }
 
@@ -279,7 +314,11 @@ impl Forwarder {
             .build();
         let client = match tokio::time::timeout(CLIENT_RETRY_DEADLINE * 2, build).await {
             Ok(Ok(c)) => Arc::new(c),
-            Ok(Err(e)) => return Err(Failure::Error(format!("cannot reach Kafka at {brokers}: {e}"))),
+            Ok(Err(e)) => {
+                return Err(Failure::Error(format!(
+                    "cannot reach Kafka at {brokers}: {e}"
+                )));
+            }
             Err(_) => {
                 return Err(Failure::Error(format!(
                     "cannot reach Kafka at {brokers}: no answer within {:?}",
@@ -310,9 +349,10 @@ impl Forwarder {
         let Some(first_missing) = missing else {
             return Ok(());
         };
-        let topics = client.list_topics().await.map_err(|e| {
-            Failure::Error(format!("cannot read topic metadata from Kafka: {e}"))
-        })?;
+        let topics = client
+            .list_topics()
+            .await
+            .map_err(|e| Failure::Error(format!("cannot read topic metadata from Kafka: {e}")))?;
         self.partitions = topics
             .into_iter()
             .filter(|t| !t.partitions.is_empty())
@@ -392,6 +432,13 @@ impl Forwarder {
     }
 }
 
+enum Delivery {
+    Done,
+    /// Not started; read the window again.
+    Reread,
+    Shutdown,
+}
+
 enum Failure {
     Shutdown,
     Error(String),
@@ -433,15 +480,21 @@ impl LaneJob {
             let n = records.len();
             let topic = self.client.topic().to_string();
             let partition = self.client.partition();
-            match tokio::time::timeout(PRODUCE_TIMEOUT, self.client.produce(records, self.compression))
-                .await
+            match tokio::time::timeout(
+                PRODUCE_TIMEOUT,
+                self.client.produce(records, self.compression),
+            )
+            .await
             {
                 Ok(Ok(_offsets)) => {
                     done += n;
                     self.stats.sent.fetch_add(n as u64, Relaxed);
                 }
                 Ok(Err(e)) => {
-                    return (done, Err(format!("produce to {topic}/{partition} failed: {e}")));
+                    return (
+                        done,
+                        Err(format!("produce to {topic}/{partition} failed: {e}")),
+                    );
                 }
                 Err(_) => {
                     return (
@@ -472,8 +525,7 @@ fn to_record(event: &crate::event::Event<'_>, node_id: &str, seq: i64) -> Record
         key: event.key.map(<[u8]>::to_vec),
         value: Some(event.value.to_vec()),
         headers,
-        timestamp: chrono::DateTime::from_timestamp_millis(event.timestamp_ms)
-            .unwrap_or_default(),
+        timestamp: chrono::DateTime::from_timestamp_millis(event.timestamp_ms).unwrap_or_default(),
     }
 }
 

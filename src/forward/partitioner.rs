@@ -74,11 +74,19 @@ mod tests {
             (b"foobar", -790332482),
             (b"a-little-bit-long-string", -985981536),
             (b"a-little-bit-longer-string", -1486304829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             (b"abc", 479470107),
         ];
         for (key, want) in cases {
-            assert_eq!(murmur2(key), *want, "key {:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                murmur2(key),
+                *want,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 
@@ -90,7 +98,10 @@ mod tests {
             assert_eq!(p, (murmur2(key) & 0x7fff_ffff) % 7);
         }
         // "21" hashes negative: toPositive, not abs.
-        assert_eq!(partition_for_key(b"21", 1000), (-973932308i32 & 0x7fff_ffff) % 1000);
+        assert_eq!(
+            partition_for_key(b"21", 1000),
+            (-973932308i32 & 0x7fff_ffff) % 1000
+        );
     }
 
     #[test]

@@ -135,15 +135,17 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>, FrameError> {
         .split_first()
         .ok_or_else(|| malformed("event frame truncated before its flags byte".into()))?;
     if flags & !(FLAG_KEY | FLAG_TIMESTAMP) != 0 {
-        return Err(malformed(format!("unknown flag bits {flags:#04x} in event frame")));
+        return Err(malformed(format!(
+            "unknown flag bits {flags:#04x} in event frame"
+        )));
     }
     let (topic, rest) = take_prefixed(rest, 2).ok_or_else(|| {
         malformed(format!(
             "event frame truncated in the topic (frame body is {len} bytes)"
         ))
     })?;
-    let topic = std::str::from_utf8(topic)
-        .map_err(|_| malformed("topic is not valid UTF-8".into()))?;
+    let topic =
+        std::str::from_utf8(topic).map_err(|_| malformed("topic is not valid UTF-8".into()))?;
     let (key, rest) = if flags & FLAG_KEY != 0 {
         let (k, rest) = take_prefixed(rest, 4).ok_or_else(|| {
             malformed(format!(
@@ -155,9 +157,9 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>, FrameError> {
         (None, rest)
     };
     let (timestamp, rest) = if flags & FLAG_TIMESTAMP != 0 {
-        let ts = rest.get(..8).ok_or_else(|| {
-            malformed("event frame truncated in the timestamp".into())
-        })?;
+        let ts = rest
+            .get(..8)
+            .ok_or_else(|| malformed("event frame truncated in the timestamp".into()))?;
         let mut b = [0u8; 8];
         b.copy_from_slice(ts);
         (Some(i64::from_be_bytes(b)), &rest[8..])
@@ -185,7 +187,10 @@ fn headers_span(buf: &[u8]) -> Result<usize, FrameError> {
     let mut rest = &buf[2..];
     for i in 0..count {
         let (name, r) = take_prefixed(rest, 2).ok_or_else(|| {
-            malformed(format!("event frame truncated in the name of header {}", i + 1))
+            malformed(format!(
+                "event frame truncated in the name of header {}",
+                i + 1
+            ))
         })?;
         if name.is_empty() || std::str::from_utf8(name).is_err() {
             return Err(malformed(format!(
@@ -194,7 +199,10 @@ fn headers_span(buf: &[u8]) -> Result<usize, FrameError> {
             )));
         }
         let (_, r) = take_prefixed(r, 4).ok_or_else(|| {
-            malformed(format!("event frame truncated in the value of header {}", i + 1))
+            malformed(format!(
+                "event frame truncated in the value of header {}",
+                i + 1
+            ))
         })?;
         rest = r;
     }
@@ -297,12 +305,14 @@ impl Reply<'_> {
             }
             REPLY_ERROR => {
                 let count = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-                let code = ErrorCode::from_u16(u16::from_be_bytes(rest.get(4..6)?.try_into().ok()?))?;
+                let code =
+                    ErrorCode::from_u16(u16::from_be_bytes(rest.get(4..6)?.try_into().ok()?))?;
                 Some(Reply::Error(count, code, text(&rest[6..])?))
             }
             REPLY_STATUS => Some(Reply::Status(text(rest)?)),
             REPLY_FATAL => {
-                let code = ErrorCode::from_u16(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?))?;
+                let code =
+                    ErrorCode::from_u16(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?))?;
                 Some(Reply::Fatal(code, text(&rest[2..])?))
             }
             _ => None,
@@ -336,7 +346,10 @@ mod tests {
         assert_eq!(e.key, Some(&b"dev-1"[..]));
         assert_eq!(e.value, b"{\"t\":21.5}");
         assert_eq!(ts, Some(42));
-        assert_eq!(e.header_iter().collect::<Vec<_>>(), vec![("unit", &b"C"[..])]);
+        assert_eq!(
+            e.header_iter().collect::<Vec<_>>(),
+            vec![("unit", &b"C"[..])]
+        );
     }
 
     #[test]
@@ -354,9 +367,19 @@ mod tests {
     #[test]
     fn every_truncation_is_incomplete_or_a_clear_error() {
         let mut buf = Vec::new();
-        encode_event(&mut buf, "topic", Some(b"k"), &[("h", b"v")], b"value", Some(1));
+        encode_event(
+            &mut buf,
+            "topic",
+            Some(b"k"),
+            &[("h", b"v")],
+            b"value",
+            Some(1),
+        );
         for cut in 0..buf.len() {
-            assert!(matches!(check(&buf[..cut]), Check::Incomplete(_)), "cut {cut}");
+            assert!(
+                matches!(check(&buf[..cut]), Check::Incomplete(_)),
+                "cut {cut}"
+            );
         }
         // A body cut short but with a length prefix claiming it is whole.
         for cut in 0..buf.len() - 4 - 5 {
@@ -371,7 +394,9 @@ mod tests {
     fn garbage_length_is_detected() {
         assert_eq!(
             check(b"GET / HTTP/1.1\r\n"),
-            Check::Garbage { declared: u32::from_be_bytes(*b"GET ") as usize }
+            Check::Garbage {
+                declared: u32::from_be_bytes(*b"GET ") as usize
+            }
         );
     }
 

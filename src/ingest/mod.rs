@@ -19,8 +19,8 @@ use frame::{Check, ErrorCode, Frame, Reply};
 use log::{info, warn};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
@@ -272,7 +272,10 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             if body.len() > max_frame {
                 ctx.stats.received.fetch_add(1, Relaxed);
                 ctx.stats.rejected.fetch_add(1, Relaxed);
-                plan.push(Planned::Refused(ErrorCode::TooLarge, too_large(body.len(), ctx)));
+                plan.push(Planned::Refused(
+                    ErrorCode::TooLarge,
+                    too_large(body.len(), ctx),
+                ));
                 continue;
             }
             match frame::decode(body) {
@@ -476,7 +479,14 @@ impl LineSplitter {
         ));
     }
 
-    fn emit(&self, line: &[u8], now: i64, batch: &mut AppendBatch, ctx: &Context, limiter: &LogLimiter) {
+    fn emit(
+        &self,
+        line: &[u8],
+        now: i64,
+        batch: &mut AppendBatch,
+        ctx: &Context,
+        limiter: &LogLimiter,
+    ) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return;
@@ -504,7 +514,12 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 }
 
 /// One UDP socket: each datagram holds lines, or frames (never answered).
-async fn serve_udp(sock: UdpSocket, cfg: ListenerConfig, ctx: Arc<Context>, mut shutdown: Shutdown) {
+async fn serve_udp(
+    sock: UdpSocket,
+    cfg: ListenerConfig,
+    ctx: Arc<Context>,
+    mut shutdown: Shutdown,
+) {
     let limiter = LogLimiter::default();
     let mut buf = vec![0u8; 65_536];
     let max_frame = ctx.max_event_bytes + FRAME_OVERHEAD;

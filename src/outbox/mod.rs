@@ -48,7 +48,9 @@ pub struct Block {
 impl Block {
     /// The event stored at `offset` (as yielded by [`Block::events`]).
     pub fn event_at(&self, offset: usize) -> Option<Event<'_>> {
-        Event::decode_from(self.data.get(offset..)?).ok().map(|(e, _)| e)
+        Event::decode_from(self.data.get(offset..)?)
+            .ok()
+            .map(|(e, _)| e)
     }
 
     /// The block's events with their sequence numbers and offsets.
@@ -109,10 +111,15 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Where to send the result of storing a batch (none for formats without acks).
+type AckSender = Option<oneshot::Sender<Result<(), StoreError>>>;
+/// A batch waiting for the next group commit.
+type Pending = (AppendBatch, AckSender);
+
 enum Command {
     Append {
         batch: AppendBatch,
-        reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+        reply: AckSender,
     },
     Read {
         after: i64,
@@ -125,6 +132,10 @@ enum Command {
         reply: oneshot::Sender<Result<(), String>>,
     },
     EvictAged,
+    Present {
+        seq_firsts: Vec<i64>,
+        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+    },
 }
 
 /// Cheap, cloneable handle to the outbox writer thread.
@@ -225,6 +236,17 @@ impl Outbox {
         rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
     }
 
+    /// Which of these blocks are still stored (the others were dropped by
+    /// policy while waiting to be delivered).
+    pub async fn present(&self, seq_firsts: Vec<i64>) -> Result<Vec<i64>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Present { seq_firsts, reply })
+            .await
+            .map_err(|_| "outbox closed".to_string())?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
     /// Ask the writer to drop events older than `max_age`.
     pub async fn evict_aged(&self) {
         let _ = self.tx.send(Command::EvictAged).await;
@@ -277,8 +299,7 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>, committed: Arc<Notify>) {
-        let mut group: Vec<(AppendBatch, Option<oneshot::Sender<Result<(), StoreError>>>)> =
-            Vec::new();
+        let mut group: Vec<Pending> = Vec::new();
         let mut deferred: Vec<Command> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut raw = 0usize;
@@ -324,6 +345,9 @@ impl Writer {
                 let r = self.delete(&seq_firsts).map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            Command::Present { seq_firsts, reply } => {
+                let _ = reply.send(self.present(&seq_firsts).map_err(|e| e.to_string()));
+            }
             Command::EvictAged => {
                 if let Err(e) = self.evict_aged() {
                     error!("outbox {}: age eviction failed: {e}", self.path.display());
@@ -333,10 +357,7 @@ impl Writer {
     }
 
     /// Commit a group of batches; acknowledge each. True if anything stored.
-    fn commit_group(
-        &mut self,
-        group: &mut Vec<(AppendBatch, Option<oneshot::Sender<Result<(), StoreError>>>)>,
-    ) -> bool {
+    fn commit_group(&mut self, group: &mut Vec<Pending>) -> bool {
         let reject_full = self.config.when_full == WhenFull::Reject
             && self.config.max_bytes > 0
             && self.stats.backlog_bytes.load(Relaxed) >= self.config.max_bytes;
@@ -372,10 +393,7 @@ impl Writer {
         stored
     }
 
-    fn write_group(
-        &mut self,
-        group: &[(AppendBatch, Option<oneshot::Sender<Result<(), StoreError>>>)],
-    ) -> rusqlite::Result<()> {
+    fn write_group(&mut self, group: &[Pending]) -> rusqlite::Result<()> {
         let now = now_ms();
         let seq_before = self.next_seq;
         let mut added = Totals::default();
@@ -388,14 +406,28 @@ impl Writer {
             block_count += batch.count;
             self.next_seq += batch.count as i64;
             if self.block.len() >= BLOCK_TARGET_RAW {
-                added += insert_block(&tx, &self.block, &mut self.compressed, block_first, block_count, now)?;
+                added += insert_block(
+                    &tx,
+                    &self.block,
+                    &mut self.compressed,
+                    block_first,
+                    block_count,
+                    now,
+                )?;
                 self.block.clear();
                 block_first = self.next_seq;
                 block_count = 0;
             }
         }
         if block_count > 0 {
-            added += insert_block(&tx, &self.block, &mut self.compressed, block_first, block_count, now)?;
+            added += insert_block(
+                &tx,
+                &self.block,
+                &mut self.compressed,
+                block_first,
+                block_count,
+                now,
+            )?;
         }
         schema::add_meta(&tx, "next_seq", self.next_seq - seq_before)?;
         schema::add_meta(&tx, "events", added.events as i64)?;
@@ -410,7 +442,11 @@ impl Writer {
             Totals::default()
         };
         tx.commit()?;
-        self.apply(added, dropped, "outbox.max_bytes reached (when_full = \"drop_oldest\")");
+        self.apply(
+            added,
+            dropped,
+            "outbox.max_bytes reached (when_full = \"drop_oldest\")",
+        );
         if self.stats.oldest_ms.load(Relaxed) == 0 || dropped.events > 0 {
             self.refresh_oldest();
         }
@@ -500,13 +536,29 @@ impl Writer {
         }
         for (seq_first, count, why) in corrupt {
             if let Err(e) = self.quarantine(seq_first, &why) {
-                error!("outbox {}: cannot quarantine block {seq_first}: {e}", self.path.display());
+                error!(
+                    "outbox {}: cannot quarantine block {seq_first}: {e}",
+                    self.path.display()
+                );
             } else {
                 error!(
                     "outbox {}: block of {count} events (sequences {seq_first}..{}) is corrupt ({why}); quarantined, the events behind it go on",
                     self.path.display(),
                     seq_first + count as i64 - 1
                 );
+            }
+        }
+        Ok(out)
+    }
+
+    fn present(&mut self, seq_firsts: &[i64]) -> rusqlite::Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blocks WHERE seq_first = ?1")?;
+        let mut out = Vec::with_capacity(seq_firsts.len());
+        for &s in seq_firsts {
+            if stmt.exists([s])? {
+                out.push(s);
             }
         }
         Ok(out)
@@ -632,7 +684,10 @@ fn verify_block(payload: &[u8], crc: u32, count: u32, raw_bytes: usize) -> Resul
     let data = lz4_flex::block::decompress(payload, raw_bytes)
         .map_err(|e| format!("decompression failed: {e}"))?;
     if data.len() != raw_bytes {
-        return Err(format!("decompressed to {} bytes, expected {raw_bytes}", data.len()));
+        return Err(format!(
+            "decompressed to {} bytes, expected {raw_bytes}",
+            data.len()
+        ));
     }
     let mut rest = &data[..];
     for i in 0..count {
@@ -642,7 +697,10 @@ fn verify_block(payload: &[u8], crc: u32, count: u32, raw_bytes: usize) -> Resul
         }
     }
     if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after {count} events", rest.len()));
+        return Err(format!(
+            "{} trailing bytes after {count} events",
+            rest.len()
+        ));
     }
     Ok(data)
 }

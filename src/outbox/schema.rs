@@ -45,11 +45,13 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from + 1;
-        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"))
-            .map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                format!("migration of the schema from version {from} to {to} failed: {e}")
-            })?;
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            format!("migration of the schema from version {from} to {to} failed: {e}")
+        })?;
     }
     Ok(())
 }

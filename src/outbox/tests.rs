@@ -52,7 +52,9 @@ async fn append_read_delete_and_sequence_survives_restart() {
         vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
     );
     assert_eq!(stats.backlog_events.load(Relaxed), 3);
-    o.delete(blocks.iter().map(|b| b.seq_first).collect()).await.unwrap();
+    o.delete(blocks.iter().map(|b| b.seq_first).collect())
+        .await
+        .unwrap();
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
     close(o, h);
 
@@ -60,7 +62,11 @@ async fn append_read_delete_and_sequence_survives_restart() {
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
     o.append(batch("t", &["d"])).await.unwrap();
     let blocks = o.read(0, 100, 1 << 20).await.unwrap();
-    assert_eq!(values(&blocks), vec![(4, "d".into())], "sequence must not repeat");
+    assert_eq!(
+        values(&blocks),
+        vec![(4, "d".into())],
+        "sequence must not repeat"
+    );
     close(o, h);
 }
 
@@ -69,7 +75,9 @@ async fn counters_survive_restart_without_scan() {
     let dir = tempfile::tempdir().unwrap();
     let (o, h, _) = open(dir.path(), OutboxConfig::default());
     for i in 0..50 {
-        o.append(batch("t", &[&format!("v{i}"), "x"])).await.unwrap();
+        o.append(batch("t", &[&format!("v{i}"), "x"]))
+            .await
+            .unwrap();
     }
     close(o, h);
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
@@ -93,7 +101,10 @@ async fn reject_when_full_refuses_with_clear_error() {
     assert_eq!(e, StoreError::Full { max_bytes: 1 });
     assert!(e.to_string().contains("outbox full"), "{e}");
     assert_eq!(stats.rejected.load(Relaxed), 1);
-    assert_eq!(values(&o.read(0, 10, 1 << 20).await.unwrap()), vec![(1, "first".into())]);
+    assert_eq!(
+        values(&o.read(0, 10, 1 << 20).await.unwrap()),
+        vec![(1, "first".into())]
+    );
     close(o, h);
 }
 
@@ -144,8 +155,11 @@ async fn corrupt_block_is_quarantined_and_does_not_block_the_rest() {
     close(o, h);
     {
         let conn = Connection::open(dir.path().join("outbox.db")).unwrap();
-        conn.execute("UPDATE blocks SET payload = x'00112233' WHERE seq_first = 1", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE blocks SET payload = x'00112233' WHERE seq_first = 1",
+            [],
+        )
+        .unwrap();
     }
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
     let blocks = o.read(0, 10, 1 << 20).await.unwrap();
@@ -155,7 +169,11 @@ async fn corrupt_block_is_quarantined_and_does_not_block_the_rest() {
     close(o, h);
     let conn = Connection::open(dir.path().join("outbox.db")).unwrap();
     let reason: String = conn
-        .query_row("SELECT reason FROM quarantine WHERE seq_first = 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT reason FROM quarantine WHERE seq_first = 1",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(reason, "checksum mismatch");
 }

@@ -1,0 +1,118 @@
+//! The command line contract: exit codes 0/1/2, --help/--version on every
+//! subcommand, config errors that name file, line and key.
+
+mod common;
+
+use common::{BIN, run_cmd};
+use std::process::Command;
+
+fn ferry(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_cmd(cmd, None)
+}
+
+#[test]
+fn help_and_version_everywhere() {
+    for sub in [&[][..], &["run"], &["send"], &["status"], &["check-config"]] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let (code, out, _) = ferry(&args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains("Usage"), "{out}");
+        let mut args = sub.to_vec();
+        args.push("--version");
+        let (code, out, _) = ferry(&args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(ferry(&["frobnicate"], &[]).0, 2);
+    assert_eq!(ferry(&["send"], &[]).0, 2, "send needs -t");
+    let (code, _, err) = ferry(&["send", "-t", "bad topic!", "v"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid topic name"), "{err}");
+    let (code, _, err) = ferry(&["send", "-t", "ok", "-H", "novalue", "v"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("NAME=VALUE"), "{err}");
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(
+        &path,
+        "node_id = \"gw1\"\n\n[kafka]\nlinger_ms = 5\nbatch_size = 10\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, _, err) = ferry(&["check-config", "-c", p], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("{p}, line 5")), "{err}");
+    assert!(err.contains("kafka.batch_size"), "{err}");
+
+    std::fs::write(&path, "[outbox]\ndurability = \"sometimes\"\n").unwrap();
+    let (code, _, err) = ferry(&["run", "-c", p], &[]);
+    assert_eq!(code, 2, "run refuses a broken config");
+    assert!(
+        err.contains("line 2") && err.contains("outbox.durability"),
+        "{err}"
+    );
+
+    let (code, _, err) = ferry(&["check-config", "-c", "/nonexistent/ferry.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/ferry.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_prints_effective_config_with_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, "[kafka]\nbrokers = [\"file:9092\"]\n").unwrap();
+    let (code, out, err) = ferry(
+        &["check-config", "-c", path.to_str().unwrap()],
+        &[
+            ("FERRY_BROKERS", "a:1,b:2"),
+            ("FERRY_DATA_DIR", "/srv/ferry"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"a:1\"") && out.contains("\"b:2\""), "{out}");
+    assert!(!out.contains("file:9092"), "{out}");
+    assert!(out.contains("data_dir = \"/srv/ferry\""), "{out}");
+}
+
+#[test]
+fn send_without_daemon_is_a_runtime_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, _, err) = ferry(
+        &["send", "-t", "t", "v"],
+        &[("FERRY_DATA_DIR", data.to_str().unwrap())],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot connect to ferry") && err.contains("ferry.sock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn second_daemon_on_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = common::Ferry::new(dir.path(), "127.0.0.1:1", "");
+    f.start();
+    let (code, _, err) = f.cli(&["run"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("already running"), "{err}");
+}

@@ -1,0 +1,478 @@
+//! Test harness: the real `ferry` binary on a temp dir, librdkafka's mock
+//! cluster as the Kafka peer, a real rdkafka consumer to read back, and a
+//! frames client built on ferry's own codec.
+#![allow(dead_code)]
+
+use ferry::ingest::frame::{self, Reply};
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// A mock cluster with `brokers` brokers and the given topics.
+pub fn cluster(brokers: i32, topics: &[(&str, i32)]) -> Cluster {
+    let c = MockCluster::new(brokers).expect("mock cluster");
+    for (t, p) in topics {
+        c.create_topic(t, *p, 1).expect("create topic");
+    }
+    c
+}
+
+/// A running (or stopped) ferry daemon on its own data dir.
+pub struct Ferry {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    starts: u32,
+}
+
+impl Ferry {
+    /// Write `extra` TOML after a base config pointing at `brokers`.
+    pub fn new(dir: &Path, brokers: &str, extra: &str) -> Self {
+        let config = dir.join("ferry.toml");
+        let text = format!(
+            "node_id = \"test-node\"\ndata_dir = \"{}\"\n{extra}\n",
+            dir.join("data").display()
+        );
+        let text = if text.contains("[kafka]") {
+            text.replace("[kafka]", &format!("[kafka]\nbrokers = [\"{brokers}\"]"))
+        } else {
+            format!("{text}\n[kafka]\nbrokers = [\"{brokers}\"]\nlinger_ms = 2\n")
+        };
+        std::fs::write(&config, text).unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+            config,
+            child: None,
+            log: dir.join("ferry.log"),
+            starts: 0,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("data").join("ferry.sock")
+    }
+
+    /// Start `ferry run` and wait until it answers on its socket.
+    pub fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("FERRY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if ferry::client::query_status(&self.socket()).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("ferry exited at start ({status}):\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ferry did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> ferry::stats::Snapshot {
+        ferry::client::query_status(&self.socket()).expect("status")
+    }
+
+    /// Wait until `pred(status)` holds; panics with the log after `timeout`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&ferry::stats::Snapshot) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = ferry::client::query_status(&self.socket()) {
+                if pred(&s) {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "timed out waiting for {what}; status {s:?}\n{}",
+                        self.log_text()
+                    );
+                }
+            } else if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; no status\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long it took.
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let mut c = self.child.take().expect("running");
+        let t = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = t + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return (s.code(), t.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("ferry did not stop on SIGTERM\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run `ferry <args>` with this config; (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("-c").arg(&self.config);
+        run_cmd(cmd, stdin)
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> (i32, String, String) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let input = stdin.map(<[u8]>::to_vec);
+    let mut sin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        if let Some(i) = input {
+            let _ = sin.write_all(&i);
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A frames client on ferry's unix socket.
+pub struct FrameClient {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Ack(u32),
+    Error(u32, String),
+    Fatal(String),
+    Closed,
+}
+
+impl FrameClient {
+    pub fn connect(socket: &Path) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn send_event(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+        value: &[u8],
+    ) -> std::io::Result<()> {
+        self.buf.clear();
+        frame::encode_event(&mut self.buf, topic, key, headers, value, None);
+        self.stream.write_all(&self.buf)
+    }
+
+    /// Read the next reply.
+    pub fn answer(&mut self) -> Answer {
+        let mut len = [0u8; 4];
+        if self.stream.read_exact(&mut len).is_err() {
+            return Answer::Closed;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if self.stream.read_exact(&mut body).is_err() {
+            return Answer::Closed;
+        }
+        match Reply::decode(&body) {
+            Some(Reply::Ack(n)) => Answer::Ack(n),
+            Some(Reply::Error(n, _, m)) => Answer::Error(n, m.to_string()),
+            Some(Reply::Fatal(_, m)) => Answer::Fatal(m.to_string()),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Read replies until `n` frames are answered; (acked, errors).
+    pub fn answers_for(&mut self, n: u32) -> Result<(u32, Vec<String>), String> {
+        let (mut acked, mut errors) = (0u32, Vec::new());
+        while acked + (errors.len() as u32) < n {
+            match self.answer() {
+                Answer::Ack(k) => acked += k,
+                Answer::Error(k, m) => {
+                    for _ in 0..k {
+                        errors.push(m.clone());
+                    }
+                }
+                Answer::Fatal(m) => return Err(format!("fatal: {m}")),
+                Answer::Closed => return Err(format!("closed after {acked} acks")),
+            }
+        }
+        Ok((acked, errors))
+    }
+}
+
+/// A record as read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn ferry_id(&self) -> String {
+        String::from_utf8(self.header("ferry-id").expect("ferry-id header").to_vec()).unwrap()
+    }
+
+    pub fn value_str(&self) -> String {
+        String::from_utf8_lossy(&self.value).into_owned()
+    }
+}
+
+/// A real consumer reading `topics` from the beginning, in its own thread,
+/// so it keeps up while ferry produces (the mock drops old data).
+pub struct Reader {
+    handle: Option<std::thread::JoinHandle<Vec<Got>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Reader {
+    pub fn start(bootstrap: &str, topics: &[(&str, i32)]) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "ferry-tests")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for (t, parts) in topics {
+            for p in 0..*parts {
+                tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+            }
+        }
+        consumer.assign(&tpl).expect("assign");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c) = (stop.clone(), count.clone());
+        let handle = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(m)) => {
+                        let headers = m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (h.key.to_string(), h.value.unwrap_or_default().to_vec())
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        got.push(Got {
+                            topic: m.topic().to_string(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                            headers,
+                        });
+                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(Err(e)) => eprintln!("consumer: {e}"),
+                    None => {}
+                }
+            }
+            got
+        });
+        Self {
+            handle: Some(handle),
+            stop,
+            count,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wait until at least `n` records arrived (or `timeout`), then a short
+    /// quiet period to catch duplicates; return everything read.
+    pub fn collect(mut self, n: usize, timeout: Duration) -> Vec<Got> {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Count by value: how many times each value arrived.
+pub fn by_value(got: &[Got]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for g in got {
+        *m.entry(g.value_str()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The compression codec (attributes & 7) of every record batch in the
+/// first `max_bytes` of a partition, read with a raw Fetch v4 request: the
+/// consumer API hides it, and the point is to see what is on the wire.
+pub fn batch_codecs(broker: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(broker).expect("connect broker");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = Vec::new();
+    req.extend_from_slice(&1i16.to_be_bytes()); // Fetch
+    req.extend_from_slice(&4i16.to_be_bytes()); // v4
+    req.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+    req.extend_from_slice(&(5i16).to_be_bytes());
+    req.extend_from_slice(b"tests");
+    req.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
+    req.extend_from_slice(&100i32.to_be_bytes()); // max wait
+    req.extend_from_slice(&1i32.to_be_bytes()); // min bytes
+    req.extend_from_slice(&(1i32 << 20).to_be_bytes()); // max bytes
+    req.push(0); // isolation level
+    req.extend_from_slice(&1i32.to_be_bytes()); // one topic
+    req.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    req.extend_from_slice(topic.as_bytes());
+    req.extend_from_slice(&1i32.to_be_bytes()); // one partition
+    req.extend_from_slice(&partition.to_be_bytes());
+    req.extend_from_slice(&0i64.to_be_bytes()); // fetch offset
+    req.extend_from_slice(&(1i32 << 20).to_be_bytes());
+    let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&req);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut resp).unwrap();
+    let mut r = Cursor(&resp[..]);
+    r.skip(4 + 4); // correlation id, throttle
+    assert_eq!(r.i32(), 1, "one topic");
+    let tl = r.i16() as usize;
+    r.skip(tl);
+    assert_eq!(r.i32(), 1, "one partition");
+    r.skip(4); // partition
+    let err = r.i16();
+    assert_eq!(err, 0, "fetch error code");
+    r.skip(8 + 8); // high watermark, last stable offset
+    let aborted = r.i32();
+    if aborted > 0 {
+        r.skip(aborted as usize * 16);
+    }
+    let records_len = r.i32();
+    let mut records = &r.0[..records_len.max(0) as usize];
+    let mut codecs = Vec::new();
+    // Batch: base offset i64, length i32, then `length` bytes of which
+    // leader epoch i32, magic i8, crc u32, attributes i16.
+    while records.len() >= 12 {
+        let batch_len = i32::from_be_bytes(records[8..12].try_into().unwrap()) as usize;
+        if records.len() < 12 + batch_len {
+            break; // a partial batch at the end of the fetch
+        }
+        let attrs = i16::from_be_bytes(records[21..23].try_into().unwrap());
+        assert_eq!(records[16], 2, "record batch magic");
+        codecs.push((attrs & 7) as u8);
+        records = &records[12 + batch_len..];
+    }
+    codecs
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn skip(&mut self, n: usize) {
+        self.0 = &self.0[n..];
+    }
+    fn i16(&mut self) -> i16 {
+        let v = i16::from_be_bytes(self.0[..2].try_into().unwrap());
+        self.skip(2);
+        v
+    }
+    fn i32(&mut self) -> i32 {
+        let v = i32::from_be_bytes(self.0[..4].try_into().unwrap());
+        self.skip(4);
+        v
+    }
+}
