@@ -28,7 +28,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
-    #[serde(rename = "route")]
+    #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
     pub retry: RetryConfig,
 }

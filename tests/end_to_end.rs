@@ -508,3 +508,27 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[test]
+fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut f = Ferry::new(dir.path(), "127.0.0.1:1", "");
+    f.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into()));
+    f.start();
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // READY means the socket is bound: a client gets in at once.
+    assert!(FrameClient::connect(&f.socket()).is_ok());
+    let (code, _) = f.terminate();
+    assert_eq!(code, Some(0));
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

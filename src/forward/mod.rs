@@ -165,7 +165,20 @@ impl Forwarder {
             if shutdown.is_shutdown() {
                 return Delivery::Shutdown;
             }
-            match self.attempt(&blocks, &mut lanes, shutdown).await {
+            let result = {
+                let attempt = self.attempt(&blocks, &mut lanes);
+                tokio::pin!(attempt);
+                tokio::select! {
+                    r = &mut attempt => r,
+                    _ = shutdown.recv() => {
+                        // Let requests already on the wire finish briefly; what
+                        // does not is sent again after restart (duplicates, not loss).
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, attempt).await;
+                        return Delivery::Shutdown;
+                    }
+                }
+            };
+            match result {
                 Ok(()) => {
                     if self.failures > 0 {
                         info!("uplink to Kafka is working again");
@@ -175,7 +188,6 @@ impl Forwarder {
                     self.stats.uplink_up.store(true, Relaxed);
                     return Delivery::Done;
                 }
-                Err(Failure::Shutdown) => return Delivery::Shutdown,
                 Err(Failure::Error(e)) => {
                     self.failures += 1;
                     self.stats.produce_errors.fetch_add(1, Relaxed);
@@ -233,7 +245,6 @@ impl Forwarder {
         &mut self,
         blocks: &Arc<Vec<Block>>,
         lanes: &mut Option<Vec<Lane>>,
-        shutdown: &mut Shutdown,
     ) -> Result<(), Failure> {
         let client = self.ensure_client().await?;
         if lanes.is_none() {
@@ -265,30 +276,21 @@ impl Forwarder {
             });
         }
         let mut first_error = None;
-        loop {
-            tokio::select! {
-                next = set.join_next() => match next {
-                    None => break,
-                    Some(Ok((i, done, result))) => {
-                        let lane = &mut lanes[i];
-                        lane.done += done;
-                        if let Err(e) = result {
-                            // Look the leader up afresh next time.
-                            self.partition_clients
-                                .remove(&(lane.topic.clone(), lane.partition));
-                            first_error.get_or_insert(e);
-                        }
+        // Dropping `set` (when shutdown cancels this attempt) aborts the tasks.
+        while let Some(next) = set.join_next().await {
+            match next {
+                Ok((i, done, result)) => {
+                    let lane = &mut lanes[i];
+                    lane.done += done;
+                    if let Err(e) = result {
+                        // Look the leader up afresh next time.
+                        self.partition_clients
+                            .remove(&(lane.topic.clone(), lane.partition));
+                        first_error.get_or_insert(e);
                     }
-                    Some(Err(e)) => { first_error.get_or_insert(format!("produce task failed: {e}")); }
-                },
-                _ = shutdown.recv() => {
-                    // Let requests already on the wire finish briefly; what
-                    // does not is sent again after restart (duplicates, not loss).
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-                        while set.join_next().await.is_some() {}
-                    }).await;
-                    set.abort_all();
-                    return Err(Failure::Shutdown);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(format!("produce task failed: {e}"));
                 }
             }
         }
@@ -440,7 +442,6 @@ enum Delivery {
 }
 
 enum Failure {
-    Shutdown,
     Error(String),
 }
 

@@ -37,6 +37,8 @@ pub struct Ferry {
     pub config: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra environment for `ferry run`.
+    pub env: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -59,6 +61,7 @@ impl Ferry {
             config,
             child: None,
             log: dir.join("ferry.log"),
+            env: Vec::new(),
             starts: 0,
         }
     }
@@ -79,6 +82,7 @@ impl Ferry {
             .args(["run", "-c"])
             .arg(&self.config)
             .env("FERRY_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
