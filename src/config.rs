@@ -31,6 +31,7 @@ pub struct Config {
     #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
     pub retry: RetryConfig,
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +44,13 @@ pub struct KafkaConfig {
     #[serde(with = "size")]
     pub max_batch_bytes: u64,
     pub max_batch_events: u64,
+    /// Dead letters are also produced here (headers dlq-reason,
+    /// dlq-timestamp, original-topic) when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Loss markers (JSON naming dropped sequence ranges) go here when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_topic: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +173,7 @@ impl Default for Config {
             listeners: Vec::new(),
             routes: Vec::new(),
             retry: RetryConfig::default(),
+            breaker: crate::breaker::BreakerConfig::default(),
         }
     }
 }
@@ -178,6 +187,8 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             max_batch_bytes: 1_000_000,
             max_batch_events: 10_000,
+            dead_letter_topic: None,
+            loss_topic: None,
         }
     }
 }
@@ -390,6 +401,27 @@ impl Config {
                     "{} is out of range: it must be between 1 and {} (what a default Kafka broker accepts)",
                     self.ingest.max_event_bytes, KAFKA_MAX_EVENT_BYTES
                 ),
+            ));
+        }
+        for (key, topic) in [
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("kafka.loss_topic", &self.kafka.loss_topic),
+        ] {
+            if let Some(t) = topic {
+                crate::event::validate_topic(t).map_err(|e| (key.to_string(), e.to_string()))?;
+            }
+        }
+        let b = &self.breaker;
+        if b.failures == 0 || b.successes == 0 {
+            return Err((
+                "breaker.failures".into(),
+                "breaker.failures and breaker.successes must be at least 1".into(),
+            ));
+        }
+        if b.open_initial.is_zero() || b.open_max < b.open_initial {
+            return Err((
+                "breaker.open_initial".into(),
+                "must be above zero and not above breaker.open_max".into(),
             ));
         }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier <= 100.0) {
@@ -625,7 +657,7 @@ enum NumOrString {
     Str(String),
 }
 
-mod size {
+pub(crate) mod size {
     use super::*;
     pub fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(*v)
@@ -638,7 +670,7 @@ mod size {
     }
 }
 
-mod duration {
+pub(crate) mod duration {
     use super::*;
     pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", v.as_millis()))

@@ -57,7 +57,12 @@ async fn serve(config: Config) -> Result<(), String> {
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
 
     let stats = Arc::new(Stats::default());
-    let (outbox, writer) = outbox::start(&config.outbox, config.outbox_path(), stats.clone())?;
+    let options = outbox::Options {
+        node_id: config.node_id.clone(),
+        record_loss: config.kafka.loss_topic.is_some(),
+    };
+    let (outbox, writer) =
+        outbox::start(&config.outbox, config.outbox_path(), stats.clone(), options)?;
     let bound = ingest::bind_all(&config).await?;
     let (trigger, shutdown) = shutdown::channel();
     let ctx = Arc::new(Context {

@@ -3,6 +3,7 @@
 //! at once and forwards them to Kafka whenever the uplink is up.
 
 pub mod backoff;
+pub mod breaker;
 pub mod cli;
 pub mod client;
 pub mod config;

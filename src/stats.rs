@@ -21,6 +21,18 @@ pub struct Stats {
     /// Records acknowledged by Kafka (one per event per destination topic).
     pub sent: AtomicU64,
     pub produce_errors: AtomicU64,
+    /// Dead letters stored (all time, kept in the database).
+    pub dead_letters: AtomicU64,
+    /// Dead letters not yet produced to the DLQ topic.
+    pub dead_letters_unsent: AtomicU64,
+    /// Failed delivery attempts that were retried.
+    pub retries: AtomicU64,
+    /// Breaker state gauge: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: AtomicU64,
+    /// Breaker and parked topics, as the forwarder last published them.
+    pub forward: Mutex<crate::forward::ForwardState>,
+    /// Loss markers waiting to be produced to the loss topic.
+    pub loss_markers_pending: AtomicU64,
     /// Outbox backlog, kept current by the outbox writer.
     pub backlog_events: AtomicU64,
     pub backlog_bytes: AtomicU64,
@@ -43,12 +55,16 @@ pub struct Snapshot {
     pub quarantined: u64,
     pub sent: u64,
     pub produce_errors: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
     pub backlog_events: u64,
     pub backlog_bytes: u64,
     pub backlog_raw_bytes: u64,
     /// Age of the oldest stored event in seconds, if any is stored.
     pub oldest_age_s: Option<f64>,
     pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub forward: crate::forward::ForwardState,
 }
 
 impl Stats {
@@ -66,12 +82,15 @@ impl Stats {
             quarantined: self.quarantined.load(Relaxed),
             sent: self.sent.load(Relaxed),
             produce_errors: self.produce_errors.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
             backlog_events,
             backlog_bytes: self.backlog_bytes.load(Relaxed),
             backlog_raw_bytes: self.backlog_raw_bytes.load(Relaxed),
             oldest_age_s: (backlog_events > 0 && oldest > 0)
                 .then(|| (now_ms - oldest).max(0) as f64 / 1000.0),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            forward: self.forward.lock().map(|f| f.clone()).unwrap_or_default(),
         }
     }
 

@@ -439,8 +439,14 @@ fn when_full_drop_oldest_keeps_newest_and_counts() {
     let got = reader.collect(kept, Duration::from_secs(60));
     let values: Vec<String> = got.iter().map(Got::value_str).collect();
     assert_eq!(got.len(), kept, "{values:?}");
-    assert!(values.iter().any(|v| v.starts_with("v099-")), "the newest is kept");
-    assert!(!values.iter().any(|v| v.starts_with("v000-")), "the oldest was dropped");
+    assert!(
+        values.iter().any(|v| v.starts_with("v099-")),
+        "the newest is kept"
+    );
+    assert!(
+        !values.iter().any(|v| v.starts_with("v000-")),
+        "the oldest was dropped"
+    );
     // `ferry status` shows the drops.
     let (_, out, _) = f.cli(&["status"], None);
     assert!(

@@ -2,30 +2,39 @@
 //! blocks at a time, routes and partitions each event, produces one LZ4
 //! record batch stream per partition (one request in flight per partition,
 //! which keeps per-key order), and deletes the blocks only after Kafka has
-//! acknowledged every event in them. A failure is retried after a jittered,
-//! growing delay, resuming each partition where it stopped.
+//! acknowledged (or ferry dead-lettered) every event in them.
+//!
+//! Failures are classified (see [`errors`]): transient ones are retried
+//! after a jittered backoff and counted by the circuit breaker, which stops
+//! all attempts while open; a record Kafka refuses for good is isolated by
+//! halving its batch and dead-lettered; a topic that is missing or not
+//! authorised is parked (its blocks skipped) so other topics go on.
 
+pub mod errors;
 pub mod partitioner;
 pub mod route;
 
 use crate::backoff::{Backoff, seed_from_environment};
-use crate::config::{Compression, Config, KafkaConfig};
+use crate::breaker::{Breaker, State};
+use crate::config::{Compression, Config, KafkaConfig, RetryConfig};
 use crate::log_limit::LogLimiter;
+use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::{Block, Outbox};
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-use log::{debug, info};
+use crate::stats::{Stats, now_ms};
+use errors::{Class, Failure, classify};
+use log::{debug, error, info, warn};
 use partitioner::{Sticky, partition_for_key};
 use route::Router;
 use rskafka::BackoffConfig;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 /// How much of the outbox one delivery round takes on.
@@ -33,14 +42,22 @@ const WINDOW_EVENTS: usize = 50_000;
 const WINDOW_RAW_BYTES: usize = 4 * 1024 * 1024;
 /// Per-record overhead counted against `max_batch_bytes`.
 const RECORD_OVERHEAD: usize = 64;
-/// rskafka retries internally; bound it so ferry's own backoff decides.
-const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(5);
+/// rskafka retries internally; bound it so ferry's backoff and breaker decide.
+const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(2);
 /// A produce request that has not completed by then is treated as failed.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// After this many failed rounds in a row, reconnect from the bootstrap list.
 const RECONNECT_AFTER_FAILURES: u32 = 3;
+/// Configuration problems are logged at most this often (per topic).
+const LOUD_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Parked topics are retried after a growing delay from this...
+const PARK_INITIAL: Duration = Duration::from_secs(10);
+/// ...to this.
+const PARK_MAX: Duration = Duration::from_secs(600);
+
+pub const FERRY_ID_HEADER: &str = "ferry-id";
 
 /// One event's place in the window.
 #[derive(Debug, Clone, Copy)]
@@ -56,24 +73,61 @@ struct Lane {
     topic: String,
     partition: i32,
     items: Vec<Item>,
-    /// How many of `items` Kafka has acknowledged.
+    /// How many of `items` are finished (acknowledged or dead-lettered).
     done: usize,
+    /// The topic got parked: give up on this lane for this window.
+    abandoned: bool,
+}
+
+/// A destination topic that cannot be produced to until an operator acts.
+#[derive(Debug)]
+struct Parked {
+    until: Instant,
+    backoff: Backoff,
+    /// Source topics whose blocks are held back while this one is parked.
+    sources: HashSet<String>,
+    reason: String,
+}
+
+/// The forwarder's view for `ferry status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ForwardState {
+    pub breaker: String,
+    pub breaker_transitions: u64,
+    /// Seconds until the breaker lets the next attempt through, when open.
+    pub next_attempt_in_s: Option<f64>,
+    pub last_error_class: Option<String>,
+    pub parked_topics: Vec<String>,
 }
 
 pub struct Forwarder {
     config: KafkaConfig,
+    retry: RetryConfig,
     compression: rskafka::client::partition::Compression,
     node_id: Arc<str>,
     outbox: Outbox,
     stats: Arc<Stats>,
     router: Router,
     backoff: Backoff,
+    breaker: Breaker,
+    seed: u64,
     client: Option<Arc<Client>>,
     partitions: HashMap<String, i32>,
     partition_clients: HashMap<(String, i32), Arc<PartitionClient>>,
     sticky: Sticky,
     failures: u32,
+    parked: HashMap<String, Parked>,
     log: LogLimiter,
+    loud: HashMap<String, LogLimiter>,
+}
+
+/// What one window's delivery came to.
+enum Delivery {
+    /// Finished: these blocks can go (the others are held for parked topics).
+    Done,
+    /// Not started; read the window again.
+    Reread,
+    Shutdown,
 }
 
 impl Forwarder {
@@ -81,6 +135,7 @@ impl Forwarder {
         let seed = seed_from_environment(&config.node_id);
         Self {
             config: config.kafka.clone(),
+            retry: config.retry.clone(),
             compression: match config.kafka.compression {
                 Compression::Lz4 => rskafka::client::partition::Compression::Lz4,
                 Compression::None => rskafka::client::partition::Compression::NoCompression,
@@ -90,20 +145,38 @@ impl Forwarder {
             stats,
             router: Router::new(&config.routes),
             backoff: Backoff::new(&config.retry, seed),
+            breaker: Breaker::new(config.breaker.clone(), seed.rotate_left(17)),
+            seed,
             client: None,
             partitions: HashMap::new(),
             partition_clients: HashMap::new(),
             sticky: Sticky::seeded(seed as u32),
             failures: 0,
+            parked: HashMap::new(),
             log: LogLimiter::new(Duration::from_secs(10)),
+            loud: HashMap::new(),
         }
     }
 
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut cursor = 0i64;
+        self.publish_state(None);
         loop {
+            if !self.wait_for_breaker(&mut shutdown).await {
+                break;
+            }
+            if self.unpark_expired() {
+                // Their blocks were skipped: read from the start again.
+                cursor = 0;
+            }
+            self.deliver_side_records().await;
+            let skip: Vec<String> = self
+                .parked
+                .values()
+                .flat_map(|p| p.sources.iter().cloned())
+                .collect();
             let blocks = tokio::select! {
-                r = self.outbox.read(cursor, WINDOW_EVENTS, WINDOW_RAW_BYTES) => r,
+                r = self.outbox.read(cursor, WINDOW_EVENTS, WINDOW_RAW_BYTES, skip) => r,
                 _ = shutdown.recv() => break,
             };
             let blocks = match blocks {
@@ -118,35 +191,56 @@ impl Forwarder {
                 }
             };
             let Some(last) = blocks.last().map(|b| b.seq_first) else {
-                tokio::select! {
-                    _ = self.outbox.committed.notified() => {}
-                    _ = shutdown.recv() => break,
-                }
-                // Let a burst gather into fuller batches.
-                if self.config.linger_ms > 0 {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(self.config.linger_ms)) => {}
-                        _ = shutdown.recv() => break,
-                    }
+                if !self.idle(&mut shutdown).await {
+                    break;
                 }
                 continue;
             };
-            let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
-            match self.deliver(Arc::new(blocks), &mut shutdown).await {
-                Delivery::Done => {}
+            let blocks = Arc::new(blocks);
+            match self.deliver(blocks.clone(), &mut shutdown).await {
+                Delivery::Done => cursor = last,
                 Delivery::Reread => continue,
                 Delivery::Shutdown => break,
             }
-            if let Err(e) = self.outbox.delete(ids).await {
-                // Delivered but still stored: they will be sent again after a
-                // restart, which `ferry-id` lets consumers drop.
-                self.log.error(&format!(
-                    "cannot delete delivered events from the outbox: {e}"
-                ));
-            }
-            cursor = last;
         }
         info!("forwarder stopped");
+    }
+
+    /// Nothing to send: wait for new events, a parked topic's retry time, or
+    /// shutdown; then linger so a burst fills batches. False on shutdown.
+    async fn idle(&mut self, shutdown: &mut Shutdown) -> bool {
+        let next_unpark = self.parked.values().map(|p| p.until).min();
+        let until_unpark = next_unpark
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = self.outbox.committed.notified() => {}
+            _ = tokio::time::sleep(until_unpark) => {}
+            _ = shutdown.recv() => return false,
+        }
+        if self.config.linger_ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.config.linger_ms)) => {}
+                _ = shutdown.recv() => return false,
+            }
+        }
+        true
+    }
+
+    /// While the breaker is open, wait (no attempts at all). False on shutdown.
+    async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) -> bool {
+        while let Some(until) = self.breaker.open_until() {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            self.publish_state(None);
+            tokio::select! {
+                _ = tokio::time::sleep(until - now) => {}
+                _ = shutdown.recv() => return false,
+            }
+        }
+        true
     }
 
     /// Sleep the next backoff delay; false if shutdown came first.
@@ -158,15 +252,19 @@ impl Forwarder {
         }
     }
 
-    /// Deliver every event of `blocks`.
+    /// Deliver every event of `blocks` not held back for a parked topic.
     async fn deliver(&mut self, blocks: Arc<Vec<Block>>, shutdown: &mut Shutdown) -> Delivery {
         let mut lanes: Option<Vec<Lane>> = None;
+        let mut dead: Vec<NewDeadLetter> = Vec::new();
+        let first_attempt_ms = now_ms();
         loop {
-            if shutdown.is_shutdown() {
+            if shutdown.is_shutdown() || !self.wait_for_breaker(shutdown).await {
                 return Delivery::Shutdown;
             }
+            // Half-open lets one probe at a time; this is the only caller.
+            self.breaker.try_acquire(Instant::now());
             let result = {
-                let attempt = self.attempt(&blocks, &mut lanes);
+                let attempt = self.attempt(&blocks, &mut lanes, &mut dead, first_attempt_ms);
                 tokio::pin!(attempt);
                 tokio::select! {
                     r = &mut attempt => r,
@@ -180,40 +278,194 @@ impl Forwarder {
             };
             match result {
                 Ok(()) => {
-                    if self.failures > 0 {
-                        info!("uplink to Kafka is working again");
+                    self.on_success();
+                    let held = self.held_blocks(&blocks, lanes.as_deref().unwrap_or(&[]));
+                    let finished: Vec<i64> = blocks
+                        .iter()
+                        .map(|b| b.seq_first)
+                        .filter(|s| !held.contains(s))
+                        .collect();
+                    if let Err(e) = self
+                        .outbox
+                        .finish(finished, std::mem::take(&mut dead))
+                        .await
+                    {
+                        // Delivered but still stored: they will be sent again
+                        // after a restart, which `ferry-id` lets consumers drop.
+                        self.log.error(&format!(
+                            "cannot remove delivered events from the outbox: {e}"
+                        ));
                     }
-                    self.failures = 0;
-                    self.backoff.reset();
-                    self.stats.uplink_up.store(true, Relaxed);
                     return Delivery::Done;
                 }
-                Err(Failure::Error(e)) => {
-                    self.failures += 1;
-                    self.stats.produce_errors.fetch_add(1, Relaxed);
-                    self.stats.uplink_up.store(false, Relaxed);
-                    self.stats.set_last_error(Some(e.clone()));
-                    self.log.warn(&format!(
-                        "{e} (attempt {}; events stay in the outbox and are retried)",
-                        self.failures
-                    ));
-                    if self.failures >= RECONNECT_AFTER_FAILURES {
-                        self.client = None;
-                        self.partition_clients.clear();
-                        self.partitions.clear();
-                    }
+                Err(f) => {
+                    self.on_failure(&f);
                     if !self.pause(shutdown).await {
                         return Delivery::Shutdown;
                     }
                     match lanes.as_mut() {
                         Some(lanes) => self.forget_dropped(&blocks, lanes).await,
                         // Nothing sent yet: read the window afresh, which
-                        // also leaves out what was dropped meanwhile.
+                        // also leaves out what was dropped or parked meanwhile.
                         None => return Delivery::Reread,
                     }
                 }
             }
         }
+    }
+
+    fn on_success(&mut self) {
+        if self.failures > 0 {
+            info!("uplink to Kafka is working again");
+        }
+        self.failures = 0;
+        self.backoff.reset();
+        self.breaker.on_success();
+        self.stats.uplink_up.store(true, Relaxed);
+        self.publish_state(None);
+    }
+
+    fn on_failure(&mut self, f: &Failure) {
+        self.failures += 1;
+        self.stats.produce_errors.fetch_add(1, Relaxed);
+        self.stats.retries.fetch_add(1, Relaxed);
+        self.stats.uplink_up.store(false, Relaxed);
+        let before = self.breaker.state(Instant::now());
+        self.breaker
+            .on_failure(Instant::now(), f.class == Class::ConfigCluster);
+        let after = self.breaker.state(Instant::now());
+        let message = format!(
+            "{} [{}: {}] (attempt {}; events stay in the outbox)",
+            f.message,
+            f.class.as_str(),
+            f.name,
+            self.failures
+        );
+        if f.class == Class::ConfigCluster {
+            self.loud(
+                "cluster",
+                &format!("{message}: fix the broker or credentials; ferry keeps storing events"),
+            );
+        } else {
+            self.log.warn(&message);
+        }
+        if before != after && after == State::Open {
+            let secs = self
+                .breaker
+                .open_until()
+                .map(|u| u.saturating_duration_since(Instant::now()).as_secs_f64())
+                .unwrap_or(0.0);
+            warn!("circuit breaker open: no produce attempts for {secs:.1} s");
+        }
+        if self.failures >= RECONNECT_AFTER_FAILURES {
+            self.client = None;
+            self.partition_clients.clear();
+            self.partitions.clear();
+        }
+        self.publish_state(Some(f));
+    }
+
+    /// At most one line a minute per subject, at error level.
+    fn loud(&mut self, subject: &str, message: &str) {
+        self.loud
+            .entry(subject.to_string())
+            .or_insert_with(|| LogLimiter::new(LOUD_LOG_INTERVAL))
+            .error(message);
+    }
+
+    fn publish_state(&self, failure: Option<&Failure>) {
+        let now = Instant::now();
+        let state = ForwardState {
+            breaker: self.breaker.state(now).as_str().to_string(),
+            breaker_transitions: self.breaker.transitions,
+            next_attempt_in_s: self
+                .breaker
+                .open_until()
+                .map(|u| u.saturating_duration_since(now).as_secs_f64()),
+            last_error_class: failure.map(|f| f.class.as_str().to_string()),
+            parked_topics: self.parked.keys().cloned().collect(),
+        };
+        self.stats
+            .breaker_state
+            .store(self.breaker.state(now).gauge() as u64, Relaxed);
+        if let Some(f) = failure {
+            self.stats.set_last_error(Some(f.message.clone()));
+        }
+        if let Ok(mut slot) = self.stats.forward.lock() {
+            // Keep the last error's class until a newer failure replaces it.
+            let class = state
+                .last_error_class
+                .clone()
+                .or_else(|| slot.last_error_class.clone());
+            *slot = ForwardState {
+                last_error_class: class,
+                ..state
+            };
+        }
+    }
+
+    /// Park `topic` (a destination): its source blocks are skipped until a
+    /// growing, jittered delay has passed.
+    fn park(&mut self, topic: &str, sources: impl IntoIterator<Item = String>, f: &Failure) {
+        let now = Instant::now();
+        let retry = RetryConfig {
+            initial: PARK_INITIAL,
+            max: PARK_MAX.max(self.retry.max),
+            multiplier: 2.0,
+        };
+        let seed = self.seed ^ crc32fast::hash(topic.as_bytes()) as u64;
+        let p = self
+            .parked
+            .entry(topic.to_string())
+            .or_insert_with(|| Parked {
+                until: now,
+                backoff: Backoff::new(&retry, seed),
+                sources: HashSet::new(),
+                reason: String::new(),
+            });
+        let delay = p.backoff.next_delay();
+        p.until = now + delay;
+        p.sources.extend(sources);
+        p.reason = f.message.clone();
+        let msg = format!(
+            "topic {topic}: {} [{}: {}]; its events are kept and retried in {:.0} s, other topics go on",
+            f.message,
+            f.class.as_str(),
+            f.name,
+            delay.as_secs_f64()
+        );
+        self.loud(topic, &msg);
+        self.publish_state(Some(f));
+    }
+
+    /// Lift parks whose time has come; true if any was lifted.
+    fn unpark_expired(&mut self) -> bool {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now && !p.sources.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &expired {
+            // Keep the backoff (it grows if the topic fails again); free the sources.
+            if let Some(p) = self.parked.get_mut(t) {
+                debug!("topic {t}: retrying after park ({})", p.reason);
+                p.sources.clear();
+            }
+        }
+        !expired.is_empty()
+    }
+
+    /// Blocks of this window that must stay: a lane of theirs was abandoned.
+    fn held_blocks(&self, blocks: &[Block], lanes: &[Lane]) -> HashSet<i64> {
+        let mut held = HashSet::new();
+        for lane in lanes.iter().filter(|l| l.abandoned) {
+            for item in &lane.items[lane.done..] {
+                held.insert(blocks[item.block as usize].seq_first);
+            }
+        }
+        held
     }
 
     /// While we waited, the outbox may have dropped some of this window's
@@ -245,6 +497,8 @@ impl Forwarder {
         &mut self,
         blocks: &Arc<Vec<Block>>,
         lanes: &mut Option<Vec<Lane>>,
+        dead: &mut Vec<NewDeadLetter>,
+        first_attempt_ms: i64,
     ) -> Result<(), Failure> {
         let client = self.ensure_client().await?;
         if lanes.is_none() {
@@ -252,9 +506,24 @@ impl Forwarder {
             *lanes = Some(self.plan(blocks));
         }
         let lanes = lanes.as_mut().expect("planned above");
+        // Lanes whose topic is missing from the cluster.
+        let missing: Vec<usize> = (0..lanes.len())
+            .filter(|&i| !lanes[i].abandoned && !self.partitions.contains_key(&lanes[i].topic))
+            .collect();
+        for i in missing {
+            let topic = lanes[i].topic.clone();
+            let f = Failure {
+                class: Class::ConfigTopic,
+                name: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                message: format!(
+                    "topic {topic} does not exist on the Kafka cluster (ferry does not create topics)"
+                ),
+            };
+            self.abandon_topic(blocks, lanes, &topic, &f);
+        }
         let mut set = JoinSet::new();
         for (i, lane) in lanes.iter().enumerate() {
-            if lane.done == lane.items.len() {
+            if lane.abandoned || lane.done == lane.items.len() {
                 continue;
             }
             let pc = self
@@ -269,35 +538,60 @@ impl Forwarder {
                 max_events: self.config.max_batch_events as usize,
                 max_bytes: self.config.max_batch_bytes as usize,
                 stats: self.stats.clone(),
+                first_attempt_ms,
             };
             set.spawn(async move {
-                let (done, r) = job.run().await;
-                (i, done, r)
+                let out = job.run().await;
+                (i, out)
             });
         }
-        let mut first_error = None;
+        let mut first_error: Option<Failure> = None;
+        let mut parked: Vec<(String, Failure)> = Vec::new();
         // Dropping `set` (when shutdown cancels this attempt) aborts the tasks.
         while let Some(next) = set.join_next().await {
             match next {
-                Ok((i, done, result)) => {
+                Ok((i, out)) => {
                     let lane = &mut lanes[i];
-                    lane.done += done;
-                    if let Err(e) = result {
-                        // Look the leader up afresh next time.
-                        self.partition_clients
-                            .remove(&(lane.topic.clone(), lane.partition));
-                        first_error.get_or_insert(e);
+                    lane.done += out.done;
+                    dead.extend(out.dead);
+                    match out.failure {
+                        None => {}
+                        Some(f) if f.class == Class::ConfigTopic => {
+                            parked.push((lane.topic.clone(), f));
+                        }
+                        Some(f) => {
+                            // Look the leader up afresh next time.
+                            self.partition_clients
+                                .remove(&(lane.topic.clone(), lane.partition));
+                            first_error.get_or_insert(f);
+                        }
                     }
                 }
                 Err(e) => {
-                    first_error.get_or_insert(format!("produce task failed: {e}"));
+                    first_error
+                        .get_or_insert(Failure::transient(format!("produce task failed: {e}")));
                 }
             }
         }
+        for (topic, f) in parked {
+            self.abandon_topic(blocks, lanes, &topic, &f);
+        }
         match first_error {
             None => Ok(()),
-            Some(e) => Err(Failure::Error(e)),
+            Some(e) => Err(e),
         }
+    }
+
+    /// Park `topic` and abandon its lanes in this window.
+    fn abandon_topic(&mut self, blocks: &[Block], lanes: &mut [Lane], topic: &str, f: &Failure) {
+        let mut sources = HashSet::new();
+        for lane in lanes.iter_mut().filter(|l| l.topic == topic) {
+            lane.abandoned = true;
+            for item in &lane.items[lane.done..] {
+                sources.insert(blocks[item.block as usize].topic.clone());
+            }
+        }
+        self.park(topic, sources, f);
     }
 
     async fn ensure_client(&mut self) -> Result<Arc<Client>, Failure> {
@@ -307,24 +601,22 @@ impl Forwarder {
         let brokers = self.config.brokers.join(",");
         let build = ClientBuilder::new(self.config.brokers.clone())
             .client_id(self.config.client_id.as_str())
-            .backoff_config(BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-                base: 2.0,
-                deadline: Some(CLIENT_RETRY_DEADLINE),
-            })
+            .backoff_config(rskafka_backoff())
             .build();
-        let client = match tokio::time::timeout(CLIENT_RETRY_DEADLINE * 2, build).await {
+        let client = match tokio::time::timeout(CLIENT_RETRY_DEADLINE * 3, build).await {
             Ok(Ok(c)) => Arc::new(c),
             Ok(Err(e)) => {
-                return Err(Failure::Error(format!(
-                    "cannot reach Kafka at {brokers}: {e}"
-                )));
+                let (class, name) = classify(&e);
+                return Err(Failure {
+                    class,
+                    name,
+                    message: format!("cannot reach Kafka at {brokers}: {e}"),
+                });
             }
             Err(_) => {
-                return Err(Failure::Error(format!(
+                return Err(Failure::transient(format!(
                     "cannot reach Kafka at {brokers}: no answer within {:?}",
-                    CLIENT_RETRY_DEADLINE * 2
+                    CLIENT_RETRY_DEADLINE * 3
                 )));
             }
         };
@@ -333,40 +625,41 @@ impl Forwarder {
         Ok(client)
     }
 
-    /// Make sure the partition count of every destination topic is known.
+    /// Make sure the partition count of every destination topic is known
+    /// (refreshing metadata once if one is not); topics still unknown after
+    /// that are handled per lane.
     async fn ensure_topics(&mut self, client: &Client, blocks: &[Block]) -> Result<(), Failure> {
-        let mut missing: Option<String> = None;
+        let mut missing = false;
         for block in blocks {
-            for (_, _, e) in block.events() {
-                self.router.for_each_destination(e.topic, |t| {
-                    if missing.is_none() && !self.partitions.contains_key(t) {
-                        missing = Some(t.to_string());
-                    }
-                });
-                if missing.is_some() {
-                    break;
-                }
-            }
+            self.router.for_each_destination(&block.topic, |t| {
+                missing |= !self.partitions.contains_key(t);
+            });
         }
-        let Some(first_missing) = missing else {
-            return Ok(());
-        };
-        let topics = client
-            .list_topics()
-            .await
-            .map_err(|e| Failure::Error(format!("cannot read topic metadata from Kafka: {e}")))?;
+        if missing {
+            self.refresh_metadata(client).await?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_metadata(&mut self, client: &Client) -> Result<(), Failure> {
+        let topics = client.list_topics().await.map_err(|e| {
+            let (class, name) = classify(&e);
+            Failure {
+                class: if class == Class::ConfigTopic {
+                    Class::Transient
+                } else {
+                    class
+                },
+                name,
+                message: format!("cannot read topic metadata from Kafka: {e}"),
+            }
+        })?;
         self.partitions = topics
             .into_iter()
             .filter(|t| !t.partitions.is_empty())
             .map(|t| (t.name, t.partitions.len() as i32))
             .collect();
-        if !self.partitions.contains_key(&first_missing) {
-            return Err(Failure::Error(format!(
-                "topic {first_missing} does not exist on the Kafka cluster; create it (ferry does not auto-create topics)"
-            )));
-        }
-        // Another topic of this window may still be missing: check all.
-        Box::pin(self.ensure_topics(client, blocks)).await
+        Ok(())
     }
 
     /// Assign every event of the window to its destination partitions.
@@ -395,6 +688,7 @@ impl Forwarder {
                             partition,
                             items: Vec::new(),
                             done: 0,
+                            abandoned: false,
                         });
                         lanes.len() - 1
                     });
@@ -424,25 +718,138 @@ impl Forwarder {
             .partition_client(topic, partition, UnknownTopicHandling::Error)
             .await
             .map_err(|e| {
-                Failure::Error(format!(
-                    "cannot reach the leader of {topic}/{partition}: {e}"
-                ))
+                let (class, name) = classify(&e);
+                Failure {
+                    class: if class == Class::ConfigTopic {
+                        Class::Transient
+                    } else {
+                        class
+                    },
+                    name,
+                    message: format!("cannot reach the leader of {topic}/{partition}: {e}"),
+                }
             })?;
         let pc = Arc::new(pc);
         self.partition_clients.insert(key, pc.clone());
         Ok(pc)
     }
+
+    /// Best effort, once per loop: loss markers to the loss topic and dead
+    /// letters to the DLQ topic. What fails stays queued for next time.
+    async fn deliver_side_records(&mut self) {
+        if self.breaker.state(Instant::now()) != State::Closed || self.client.is_none() {
+            return;
+        }
+        if let Some(topic) = self.config.loss_topic.clone() {
+            if self.stats.loss_markers_pending.load(Relaxed) > 0 {
+                if let Ok(markers) = self.outbox.loss_pending().await {
+                    let ids: Vec<i64> = markers.iter().map(|m| m.0).collect();
+                    let records = markers
+                        .into_iter()
+                        .map(|(_, body)| Record {
+                            key: Some(self.node_id.as_bytes().to_vec()),
+                            value: Some(body.into_bytes()),
+                            headers: BTreeMap::new(),
+                            timestamp: chrono::DateTime::from_timestamp_millis(now_ms())
+                                .unwrap_or_default(),
+                        })
+                        .collect::<Vec<_>>();
+                    if records.is_empty() {
+                        self.stats.loss_markers_pending.store(0, Relaxed);
+                    } else if self
+                        .produce_side(&topic, self.node_id.to_string().as_bytes(), records)
+                        .await
+                    {
+                        self.outbox.loss_delivered(ids).await;
+                    }
+                }
+            }
+        }
+        if let Some(topic) = self.config.dead_letter_topic.clone() {
+            if self.stats.dead_letters_unsent.load(Relaxed) > 0 {
+                let Ok(pending) = self.outbox.dlq_pending().await else {
+                    return;
+                };
+                if pending.is_empty() {
+                    self.stats.dead_letters_unsent.store(0, Relaxed);
+                    return;
+                }
+                let ids: Vec<i64> = pending.iter().map(|p| p.0).collect();
+                let mut records = Vec::with_capacity(pending.len());
+                for (_, bytes, reason, destination, at_ms) in &pending {
+                    let Ok((event, _)) = crate::event::Event::decode_from(bytes) else {
+                        continue;
+                    };
+                    let mut r = to_record(&event, &self.node_id, 0);
+                    r.headers.remove(FERRY_ID_HEADER);
+                    r.headers
+                        .insert("dlq-reason".into(), reason.clone().into_bytes());
+                    r.headers
+                        .insert("dlq-timestamp".into(), at_ms.to_string().into_bytes());
+                    r.headers
+                        .insert("original-topic".into(), destination.clone().into_bytes());
+                    records.push(r);
+                }
+                if self
+                    .produce_side(&topic, self.node_id.to_string().as_bytes(), records)
+                    .await
+                {
+                    let n = ids.len() as u64;
+                    self.outbox.dlq_sent(ids).await;
+                    let _ = self
+                        .stats
+                        .dead_letters_unsent
+                        .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+                }
+            }
+        }
+    }
+
+    async fn produce_side(&mut self, topic: &str, key: &[u8], records: Vec<Record>) -> bool {
+        let Some(client) = self.client.clone() else {
+            return false;
+        };
+        if !self.partitions.contains_key(topic) && self.refresh_metadata(&client).await.is_err() {
+            return false;
+        }
+        let Some(&n) = self.partitions.get(topic) else {
+            self.loud(
+                topic,
+                &format!("topic {topic} (side topic for loss markers/dead letters) does not exist; create it"),
+            );
+            return false;
+        };
+        let partition = partition_for_key(key, n);
+        let Ok(pc) = self.partition_client(&client, topic, partition).await else {
+            return false;
+        };
+        match tokio::time::timeout(PRODUCE_TIMEOUT, pc.produce(records, self.compression)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                self.log
+                    .warn(&format!("produce to {topic} failed: {e}; will retry"));
+                false
+            }
+            Err(_) => false,
+        }
+    }
 }
 
-enum Delivery {
-    Done,
-    /// Not started; read the window again.
-    Reread,
-    Shutdown,
+fn rskafka_backoff() -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(CLIENT_RETRY_DEADLINE),
+    }
 }
 
-enum Failure {
-    Error(String),
+/// What a lane job achieved.
+struct LaneOutcome {
+    /// Items finished: acknowledged or dead-lettered, from the front.
+    done: usize,
+    dead: Vec<NewDeadLetter>,
+    failure: Option<Failure>,
 }
 
 /// Produces one lane's remaining events, batch by batch, in order.
@@ -455,23 +862,32 @@ struct LaneJob {
     max_events: usize,
     max_bytes: usize,
     stats: Arc<Stats>,
+    first_attempt_ms: i64,
 }
 
 impl LaneJob {
-    /// How many items were acknowledged, and the error that stopped it.
-    async fn run(self) -> (usize, Result<(), String>) {
-        let mut done = 0;
-        while done < self.items.len() {
-            let mut records = Vec::with_capacity(self.max_events.min(self.items.len() - done));
+    async fn run(self) -> LaneOutcome {
+        let mut out = LaneOutcome {
+            done: 0,
+            dead: Vec::new(),
+            failure: None,
+        };
+        let topic = self.client.topic().to_string();
+        let partition = self.client.partition();
+        // Shrinks when Kafka refuses a batch for good, to find the record.
+        let mut limit = self.max_events;
+        // Produce calls that included the item at `out.done` and failed.
+        let mut tries_of_front = 0u32;
+        while out.done < self.items.len() {
+            let mut records = Vec::with_capacity(limit.min(self.items.len() - out.done));
             let mut bytes = 0usize;
-            for item in &self.items[done..] {
+            for item in &self.items[out.done..] {
                 let Some(event) = self.blocks[item.block as usize].event_at(item.offset as usize)
                 else {
                     continue;
                 };
                 let size = event.payload_len() + RECORD_OVERHEAD;
-                if !records.is_empty()
-                    && (records.len() >= self.max_events || bytes + size > self.max_bytes)
+                if !records.is_empty() && (records.len() >= limit || bytes + size > self.max_bytes)
                 {
                     break;
                 }
@@ -479,35 +895,72 @@ impl LaneJob {
                 records.push(to_record(&event, &self.node_id, item.seq));
             }
             let n = records.len();
-            let topic = self.client.topic().to_string();
-            let partition = self.client.partition();
-            match tokio::time::timeout(
+            let result = tokio::time::timeout(
                 PRODUCE_TIMEOUT,
                 self.client.produce(records, self.compression),
             )
-            .await
-            {
+            .await;
+            let (class, name, message) = match result {
                 Ok(Ok(_offsets)) => {
-                    done += n;
+                    out.done += n;
                     self.stats.sent.fetch_add(n as u64, Relaxed);
+                    limit = self.max_events;
+                    tries_of_front = 0;
+                    continue;
                 }
                 Ok(Err(e)) => {
-                    return (
-                        done,
-                        Err(format!("produce to {topic}/{partition} failed: {e}")),
-                    );
+                    let (class, name) = classify(&e);
+                    (
+                        class,
+                        name,
+                        format!("produce to {topic}/{partition} failed: {e}"),
+                    )
                 }
-                Err(_) => {
-                    return (
-                        done,
-                        Err(format!(
-                            "produce to {topic}/{partition} got no answer within {PRODUCE_TIMEOUT:?}"
-                        )),
-                    );
-                }
+                Err(_) => (
+                    Class::Transient,
+                    "TIMEOUT".to_string(),
+                    format!(
+                        "produce to {topic}/{partition} got no answer within {PRODUCE_TIMEOUT:?}"
+                    ),
+                ),
+            };
+            tries_of_front += 1;
+            if class != Class::PermanentRecord {
+                out.failure = Some(Failure {
+                    class,
+                    name,
+                    message,
+                });
+                return out;
             }
+            if n > 1 {
+                // Which record is it? Halve until the batch holds one.
+                limit = (n / 2).max(1);
+                continue;
+            }
+            let item = self.items[out.done];
+            let block = &self.blocks[item.block as usize];
+            let event = block.event_bytes(item.offset as usize).unwrap_or_default();
+            error!(
+                "event {}:{} (topic {}) refused by Kafka for good: {name}; moved to dead letters (`ferry dlq list`)",
+                self.node_id, item.seq, topic
+            );
+            out.dead.push(NewDeadLetter {
+                seq: item.seq,
+                destination: topic.clone(),
+                event: event.to_vec(),
+                reason: message,
+                error_name: name,
+                attempts: tries_of_front,
+                first_attempt_ms: self.first_attempt_ms,
+                last_attempt_ms: now_ms(),
+            });
+            self.stats.dead_letters_unsent.fetch_add(1, Relaxed);
+            out.done += 1;
+            limit = self.max_events;
+            tries_of_front = 0;
         }
-        (done, Ok(()))
+        out
     }
 }
 
@@ -529,5 +982,3 @@ fn to_record(event: &crate::event::Event<'_>, node_id: &str, seq: i64) -> Record
         timestamp: chrono::DateTime::from_timestamp_millis(event.timestamp_ms).unwrap_or_default(),
     }
 }
-
-pub const FERRY_ID_HEADER: &str = "ferry-id";

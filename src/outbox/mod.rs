@@ -9,11 +9,14 @@
 //! sequence numbers. Counters live in the `meta` table and are updated in
 //! the same transactions, so start-up needs no scan.
 
+pub mod dead_letter;
+pub mod loss;
 mod schema;
 
 use crate::config::{Durability, OutboxConfig, WhenFull};
 use crate::event::Event;
 use crate::stats::{Stats, now_ms};
+use dead_letter::NewDeadLetter;
 use log::{error, info, warn};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fmt;
@@ -36,10 +39,11 @@ pub struct AppendBatch {
     pub count: u32,
 }
 
-/// A stored block, decompressed and verified.
+/// A stored block, decompressed and verified: events of one topic.
 #[derive(Debug)]
 pub struct Block {
     pub seq_first: i64,
+    pub topic: String,
     pub count: u32,
     pub created_ms: i64,
     pub data: Vec<u8>,
@@ -51,6 +55,13 @@ impl Block {
         Event::decode_from(self.data.get(offset..)?)
             .ok()
             .map(|(e, _)| e)
+    }
+
+    /// The encoded bytes of the event stored at `offset`.
+    pub fn event_bytes(&self, offset: usize) -> Option<&[u8]> {
+        let from = self.data.get(offset..)?;
+        let (_, rest) = Event::decode_from(from).ok()?;
+        Some(&from[..from.len() - rest.len()])
     }
 
     /// The block's events with their sequence numbers and offsets.
@@ -125,11 +136,25 @@ enum Command {
         after: i64,
         max_events: usize,
         max_raw_bytes: usize,
+        skip_topics: Vec<String>,
         reply: oneshot::Sender<Result<Vec<Block>, String>>,
     },
-    Delete {
-        seq_firsts: Vec<i64>,
+    Finish {
+        delivered: Vec<i64>,
+        dead: Vec<NewDeadLetter>,
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    LossPending {
+        reply: oneshot::Sender<Result<Vec<(i64, String)>, String>>,
+    },
+    LossDelivered {
+        ids: Vec<i64>,
+    },
+    DlqPending {
+        reply: oneshot::Sender<Result<Vec<dead_letter::ForDlq>, String>>,
+    },
+    DlqSent {
+        ids: Vec<i64>,
     },
     EvictAged,
     Present {
@@ -166,20 +191,35 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     Ok(conn)
 }
 
+/// What the writer needs beyond the `[outbox]` section.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub node_id: String,
+    /// Queue loss markers when policy drops events (a loss topic is set).
+    pub record_loss: bool,
+}
+
 /// Open the outbox, load its counters into `stats` and start the writer.
 pub fn start(
     config: &OutboxConfig,
     path: PathBuf,
     stats: Arc<Stats>,
+    options: Options,
 ) -> Result<(Outbox, std::thread::JoinHandle<()>), String> {
     let conn = open_connection(&path, config.durability)?;
-    let writer = Writer::new(conn, config.clone(), stats, path)?;
-    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let committed = Arc::new(Notify::new());
-    let notify = committed.clone();
+    let writer = Writer::new(
+        conn,
+        config.clone(),
+        stats,
+        path,
+        options,
+        committed.clone(),
+    )?;
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let handle = std::thread::Builder::new()
         .name("ferry-outbox".into())
-        .spawn(move || writer.run(rx, notify))
+        .spawn(move || writer.run(rx))
         .map_err(|e| format!("cannot start the outbox thread: {e}"))?;
     Ok((Outbox { tx, committed }, handle))
 }
@@ -206,12 +246,14 @@ impl Outbox {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Blocks after `after`, in order, up to the given limits (at least one).
+    /// Blocks after `after`, in order, up to the given limits (at least
+    /// one), leaving out blocks of `skip_topics`.
     pub async fn read(
         &self,
         after: i64,
         max_events: usize,
         max_raw_bytes: usize,
+        skip_topics: Vec<String>,
     ) -> Result<Vec<Block>, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -219,6 +261,26 @@ impl Outbox {
                 after,
                 max_events,
                 max_raw_bytes,
+                skip_topics,
+                reply,
+            })
+            .await
+            .map_err(|_| "outbox closed".to_string())?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// In one transaction: store `dead` letters and delete the `delivered`
+    /// blocks (every event acknowledged by Kafka or dead-lettered).
+    pub async fn finish(
+        &self,
+        delivered: Vec<i64>,
+        dead: Vec<NewDeadLetter>,
+    ) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Finish {
+                delivered,
+                dead,
                 reply,
             })
             .await
@@ -228,12 +290,35 @@ impl Outbox {
 
     /// Delete blocks whose every event Kafka has acknowledged.
     pub async fn delete(&self, seq_firsts: Vec<i64>) -> Result<(), String> {
+        self.finish(seq_firsts, Vec::new()).await
+    }
+
+    /// Loss markers waiting for the loss topic: `(id, JSON)`.
+    pub async fn loss_pending(&self) -> Result<Vec<(i64, String)>, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Delete { seq_firsts, reply })
+            .send(Command::LossPending { reply })
             .await
             .map_err(|_| "outbox closed".to_string())?;
         rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    pub async fn loss_delivered(&self, ids: Vec<i64>) {
+        let _ = self.tx.send(Command::LossDelivered { ids }).await;
+    }
+
+    /// Dead letters not yet produced to the DLQ topic.
+    pub async fn dlq_pending(&self) -> Result<Vec<dead_letter::ForDlq>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::DlqPending { reply })
+            .await
+            .map_err(|_| "outbox closed".to_string())?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    pub async fn dlq_sent(&self, ids: Vec<i64>) {
+        let _ = self.tx.send(Command::DlqSent { ids }).await;
     }
 
     /// Which of these blocks are still stored (the others were dropped by
@@ -259,10 +344,26 @@ struct Writer {
     stats: Arc<Stats>,
     path: PathBuf,
     next_seq: i64,
-    /// Reused buffers: the block being built and its compressed form.
-    block: Vec<u8>,
+    /// Blocks being built in this group commit, one per topic, reused
+    /// between commits; and the compression buffer.
+    building: Vec<TopicBlock>,
     compressed: Vec<u8>,
+    /// Node id and whether to record loss markers for a loss topic.
+    node_id: String,
+    record_loss: bool,
+    /// Signalled after commits and drops, to wake the forwarder.
+    committed: Arc<Notify>,
 }
+
+/// A block under construction: events of one topic, encoded back to back.
+struct TopicBlock {
+    topic: String,
+    data: Vec<u8>,
+    count: u32,
+}
+
+/// Keep at most this many per-topic buffers between commits.
+const MAX_IDLE_TOPIC_BUFFERS: usize = 64;
 
 impl Writer {
     fn new(
@@ -270,6 +371,8 @@ impl Writer {
         config: OutboxConfig,
         stats: Arc<Stats>,
         path: PathBuf,
+        options: Options,
+        committed: Arc<Notify>,
     ) -> Result<Self, String> {
         let m = schema::load_meta(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
         stats.backlog_events.store(m.events, Relaxed);
@@ -278,14 +381,30 @@ impl Writer {
         stats.dropped_events.store(m.dropped_events, Relaxed);
         stats.dropped_bytes.store(m.dropped_bytes, Relaxed);
         stats.quarantined.store(m.quarantined_events, Relaxed);
+        stats.dead_letters.store(m.dead_letters, Relaxed);
+        let unsent: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM dead_letters WHERE dlq_sent = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        stats.dead_letters_unsent.store(unsent as u64, Relaxed);
+        let markers: i64 = conn
+            .query_row("SELECT count(*) FROM loss_markers", [], |r| r.get(0))
+            .map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        stats.loss_markers_pending.store(markers as u64, Relaxed);
         let mut w = Self {
             conn,
             config,
             stats,
             path,
             next_seq: m.next_seq,
-            block: Vec::with_capacity(BLOCK_TARGET_RAW + 64 * 1024),
+            building: Vec::new(),
             compressed: Vec::new(),
+            node_id: options.node_id,
+            record_loss: options.record_loss,
+            committed,
         };
         w.refresh_oldest();
         info!(
@@ -298,7 +417,7 @@ impl Writer {
         Ok(w)
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, committed: Arc<Notify>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut group: Vec<Pending> = Vec::new();
         let mut deferred: Vec<Command> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
@@ -320,7 +439,7 @@ impl Writer {
             if !group.is_empty() {
                 let stored = self.commit_group(&mut group);
                 if stored {
-                    committed.notify_one();
+                    self.committed.notify_one();
                 }
             }
             for cmd in deferred.drain(..) {
@@ -337,13 +456,40 @@ impl Writer {
                 after,
                 max_events,
                 max_raw_bytes,
+                skip_topics,
                 reply,
             } => {
-                let _ = reply.send(self.read(after, max_events, max_raw_bytes));
+                let _ = reply.send(self.read(after, max_events, max_raw_bytes, &skip_topics));
             }
-            Command::Delete { seq_firsts, reply } => {
-                let r = self.delete(&seq_firsts).map_err(|e| e.to_string());
+            Command::Finish {
+                delivered,
+                dead,
+                reply,
+            } => {
+                let r = self.finish(&delivered, &dead).map_err(|e| e.to_string());
                 let _ = reply.send(r);
+            }
+            Command::LossPending { reply } => {
+                let _ = reply.send(loss::pending(&self.conn, 100).map_err(|e| e.to_string()));
+            }
+            Command::LossDelivered { ids } => match loss::delivered(&self.conn, &ids) {
+                Ok(()) => sub(&self.stats.loss_markers_pending, ids.len() as u64),
+                Err(e) => error!(
+                    "outbox {}: cannot clear loss markers: {e}",
+                    self.path.display()
+                ),
+            },
+            Command::DlqPending { reply } => {
+                let r = dead_letter::pending_for_dlq(&self.conn, 500).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::DlqSent { ids } => {
+                if let Err(e) = dead_letter::mark_sent_to_dlq(&self.conn, &ids) {
+                    error!(
+                        "outbox {}: cannot mark dead letters sent: {e}",
+                        self.path.display()
+                    );
+                }
             }
             Command::Present { seq_firsts, reply } => {
                 let _ = reply.send(self.present(&seq_firsts).map_err(|e| e.to_string()));
@@ -397,37 +543,50 @@ impl Writer {
         let now = now_ms();
         let seq_before = self.next_seq;
         let mut added = Totals::default();
-        let tx = self.conn.transaction()?;
-        self.block.clear();
-        let mut block_first = self.next_seq;
-        let mut block_count = 0u32;
+        // Borrows the connection shared, so `drop_blocks` can read `self`.
+        let tx = self.conn.unchecked_transaction()?;
+        for b in &mut self.building {
+            b.data.clear();
+            b.count = 0;
+        }
+        if self.building.len() > MAX_IDLE_TOPIC_BUFFERS {
+            self.building.clear();
+        }
+        // Sort events into one block per topic, so a topic that cannot be
+        // delivered can be skipped without holding up the others. Sequence
+        // numbers are given per block, in acknowledgement order per topic.
         for (batch, _) in group {
-            self.block.extend_from_slice(&batch.data);
-            block_count += batch.count;
-            self.next_seq += batch.count as i64;
-            if self.block.len() >= BLOCK_TARGET_RAW {
-                added += insert_block(
-                    &tx,
-                    &self.block,
-                    &mut self.compressed,
-                    block_first,
-                    block_count,
-                    now,
-                )?;
-                self.block.clear();
-                block_first = self.next_seq;
-                block_count = 0;
+            let mut rest = &batch.data[..];
+            while !rest.is_empty() {
+                let (event, after) = Event::decode_from(rest)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let len = rest.len() - after.len();
+                let i = match self.building.iter().position(|b| b.topic == event.topic) {
+                    Some(i) => i,
+                    None => {
+                        self.building.push(TopicBlock {
+                            topic: event.topic.to_string(),
+                            data: Vec::new(),
+                            count: 0,
+                        });
+                        self.building.len() - 1
+                    }
+                };
+                let b = &mut self.building[i];
+                b.data.extend_from_slice(&rest[..len]);
+                b.count += 1;
+                rest = after;
+                if b.data.len() >= BLOCK_TARGET_RAW {
+                    added += insert_block(&tx, b, &mut self.compressed, self.next_seq, now)?;
+                    self.next_seq += b.count as i64;
+                    b.data.clear();
+                    b.count = 0;
+                }
             }
         }
-        if block_count > 0 {
-            added += insert_block(
-                &tx,
-                &self.block,
-                &mut self.compressed,
-                block_first,
-                block_count,
-                now,
-            )?;
+        for b in self.building.iter().filter(|b| b.count > 0) {
+            added += insert_block(&tx, b, &mut self.compressed, self.next_seq, now)?;
+            self.next_seq += b.count as i64;
         }
         schema::add_meta(&tx, "next_seq", self.next_seq - seq_before)?;
         schema::add_meta(&tx, "events", added.events as i64)?;
@@ -437,7 +596,8 @@ impl Writer {
         {
             let limit = self.config.max_bytes;
             let current = self.stats.backlog_bytes.load(Relaxed) + added.stored;
-            evict_oldest_over(&tx, current, limit, seq_before)?
+            let victims = oldest_over(&tx, current, limit, seq_before)?;
+            self.drop_blocks(&tx, &victims, "max_bytes")?
         } else {
             Totals::default()
         };
@@ -451,6 +611,41 @@ impl Writer {
             self.refresh_oldest();
         }
         Ok(())
+    }
+
+    /// Delete `victims` by policy inside `tx`: count them and, when a loss
+    /// topic is configured, queue a loss marker naming what was dropped.
+    fn drop_blocks(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        victims: &[i64],
+        reason: &str,
+    ) -> rusqlite::Result<Totals> {
+        if victims.is_empty() {
+            return Ok(Totals::default());
+        }
+        let mut per_topic: std::collections::BTreeMap<String, loss::TopicLoss> = Default::default();
+        let dropped = delete_blocks_with(tx, victims, |topic, first, count, raw| {
+            let t = per_topic.entry(topic.to_string()).or_default();
+            t.events += count;
+            t.bytes += raw;
+            t.ranges.push([first, first + count as i64 - 1]);
+        })?;
+        schema::add_meta(tx, "dropped_events", dropped.events as i64)?;
+        schema::add_meta(tx, "dropped_bytes", dropped.raw as i64)?;
+        if self.record_loss && dropped.events > 0 {
+            let marker = loss::LossMarker {
+                node: &self.node_id,
+                reason,
+                time_ms: now_ms(),
+                events: dropped.events,
+                bytes: dropped.raw,
+                topics: per_topic,
+            };
+            loss::queue(tx, &marker)?;
+            self.stats.loss_markers_pending.fetch_add(1, Relaxed);
+        }
+        Ok(dropped)
     }
 
     /// Move committed totals into the in-memory stats and log drops.
@@ -495,6 +690,7 @@ impl Writer {
         after: i64,
         max_events: usize,
         max_raw_bytes: usize,
+        skip_topics: &[String],
     ) -> Result<Vec<Block>, String> {
         let mut out = Vec::new();
         let mut corrupt = Vec::new();
@@ -503,12 +699,18 @@ impl Writer {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq_first, count, raw_bytes, created_ms, crc, payload FROM blocks \
+                    "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
                      WHERE seq_first > ?1 ORDER BY seq_first",
                 )
                 .map_err(|e| e.to_string())?;
             let mut rows = stmt.query([after]).map_err(|e| e.to_string())?;
             while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+                let topic = row.get_ref(6).map_err(|e| e.to_string())?;
+                let topic = topic.as_str().map_err(|e| e.to_string())?;
+                if skip_topics.iter().any(|t| t == topic) {
+                    continue;
+                }
+                let topic = topic.to_string();
                 let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
                 let count: u32 = row.get(1).map_err(|e| e.to_string())?;
                 let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
@@ -522,6 +724,7 @@ impl Writer {
                         raw += data.len();
                         out.push(Block {
                             seq_first,
+                            topic,
                             count,
                             created_ms,
                             data,
@@ -567,8 +770,8 @@ impl Writer {
     fn quarantine(&mut self, seq_first: i64, why: &str) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO quarantine (seq_first, count, raw_bytes, created_ms, crc, payload, reason, quarantined_ms) \
-             SELECT seq_first, count, raw_bytes, created_ms, crc, payload, ?2, ?3 FROM blocks WHERE seq_first = ?1",
+            "INSERT OR REPLACE INTO quarantine (seq_first, topic, count, raw_bytes, created_ms, crc, payload, reason, quarantined_ms) \
+             SELECT seq_first, topic, count, raw_bytes, created_ms, crc, payload, ?2, ?3 FROM blocks WHERE seq_first = ?1",
             params![seq_first, why, now_ms()],
         )?;
         let removed = delete_blocks(&tx, &[seq_first])?;
@@ -579,10 +782,17 @@ impl Writer {
         Ok(())
     }
 
-    fn delete(&mut self, seq_firsts: &[i64]) -> rusqlite::Result<()> {
+    fn finish(&mut self, delivered: &[i64], dead: &[NewDeadLetter]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        let removed = delete_blocks(&tx, seq_firsts)?;
+        for d in dead {
+            dead_letter::insert(&tx, d)?;
+        }
+        schema::add_meta(&tx, "dead_letters", dead.len() as i64)?;
+        let removed = delete_blocks(&tx, delivered)?;
         tx.commit()?;
+        self.stats
+            .dead_letters
+            .fetch_add(dead.len() as u64, Relaxed);
         self.apply_removed(removed);
         Ok(())
     }
@@ -599,7 +809,7 @@ impl Writer {
             return Ok(());
         }
         let cutoff = now_ms() - self.config.max_age.as_millis() as i64;
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.unchecked_transaction()?;
         let victims: Vec<i64> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT seq_first FROM blocks WHERE created_ms < ?1 ORDER BY seq_first",
@@ -610,12 +820,11 @@ impl Writer {
         if victims.is_empty() {
             return Ok(());
         }
-        let dropped = delete_blocks(&tx, &victims)?;
-        schema::add_meta(&tx, "dropped_events", dropped.events as i64)?;
-        schema::add_meta(&tx, "dropped_bytes", dropped.raw as i64)?;
+        let dropped = self.drop_blocks(&tx, &victims, "max_age")?;
         tx.commit()?;
         self.apply(Totals::default(), dropped, "older than outbox.max_age");
         self.refresh_oldest();
+        self.committed.notify_one();
         Ok(())
     }
 }
@@ -651,12 +860,12 @@ impl std::ops::AddAssign for Totals {
 
 fn insert_block(
     tx: &rusqlite::Transaction<'_>,
-    raw: &[u8],
+    block: &TopicBlock,
     compressed: &mut Vec<u8>,
     seq_first: i64,
-    count: u32,
     now: i64,
 ) -> rusqlite::Result<Totals> {
+    let raw = &block.data;
     compressed.clear();
     compressed.resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
     let n = lz4_flex::block::compress_into(raw, compressed)
@@ -664,15 +873,24 @@ fn insert_block(
     compressed.truncate(n);
     let crc = crc32fast::hash(compressed);
     tx.prepare_cached(
-        "INSERT INTO blocks (seq_first, count, raw_bytes, created_ms, crc, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO blocks (seq_first, topic, count, raw_bytes, created_ms, crc, payload) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![seq_first, count, raw.len() as i64, now, crc, &compressed[..]])?;
+    .execute(params![
+        seq_first,
+        block.topic,
+        block.count,
+        raw.len() as i64,
+        now,
+        crc,
+        &compressed[..]
+    ])?;
     Ok(Totals {
-        events: count as u64,
+        events: block.count as u64,
         stored: n as u64,
         raw: raw.len() as u64,
         seq_min: seq_first,
-        seq_max: seq_first + count as i64 - 1,
+        seq_max: seq_first + block.count as i64 - 1,
     })
 }
 
@@ -706,16 +924,27 @@ fn verify_block(payload: &[u8], crc: u32, count: u32, raw_bytes: usize) -> Resul
 }
 
 fn delete_blocks(tx: &rusqlite::Transaction<'_>, seq_firsts: &[i64]) -> rusqlite::Result<Totals> {
+    delete_blocks_with(tx, seq_firsts, |_, _, _, _| {})
+}
+
+/// Delete blocks, keep the counters right, and tell `each` the topic, first
+/// sequence, event count and raw bytes of every block actually deleted.
+fn delete_blocks_with(
+    tx: &rusqlite::Transaction<'_>,
+    seq_firsts: &[i64],
+    mut each: impl FnMut(&str, i64, u64, u64),
+) -> rusqlite::Result<Totals> {
     let mut t = Totals::default();
     let mut stmt = tx.prepare_cached(
-        "DELETE FROM blocks WHERE seq_first = ?1 RETURNING count, length(payload), raw_bytes",
+        "DELETE FROM blocks WHERE seq_first = ?1 RETURNING count, length(payload), raw_bytes, topic",
     )?;
     for &s in seq_firsts {
-        let row: Option<(i64, i64, i64)> = stmt
-            .query_row([s], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let row: Option<(i64, i64, i64, String)> = stmt
+            .query_row([s], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
-        if let Some((events, stored, raw)) = row {
+        if let Some((events, stored, raw, topic)) = row {
             let (events, stored, raw) = (events as u64, stored as u64, raw as u64);
+            each(&topic, s, events, raw);
             t += Totals {
                 events,
                 stored,
@@ -732,14 +961,14 @@ fn delete_blocks(tx: &rusqlite::Transaction<'_>, seq_firsts: &[i64]) -> rusqlite
     Ok(t)
 }
 
-/// Drop the oldest blocks (never those at or after `keep_from`) until the
-/// stored bytes are within `limit`.
-fn evict_oldest_over(
+/// The oldest blocks (never those at or after `keep_from`, just written)
+/// whose removal brings the stored bytes within `limit`.
+fn oldest_over(
     tx: &rusqlite::Transaction<'_>,
     mut current: u64,
     limit: u64,
     keep_from: i64,
-) -> rusqlite::Result<Totals> {
+) -> rusqlite::Result<Vec<i64>> {
     let mut victims = Vec::new();
     if current > limit {
         let mut stmt = tx.prepare_cached(
@@ -754,13 +983,7 @@ fn evict_oldest_over(
             current = current.saturating_sub(len);
         }
     }
-    if victims.is_empty() {
-        return Ok(Totals::default());
-    }
-    let dropped = delete_blocks(tx, &victims)?;
-    schema::add_meta(tx, "dropped_events", dropped.events as i64)?;
-    schema::add_meta(tx, "dropped_bytes", dropped.raw as i64)?;
-    Ok(dropped)
+    Ok(victims)
 }
 
 #[cfg(test)]

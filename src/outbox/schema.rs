@@ -9,6 +9,7 @@ const MIGRATIONS: &[&str] = &[
     // 0 -> 1: blocks of events, quarantine, counters.
     "CREATE TABLE blocks (
          seq_first  INTEGER PRIMARY KEY,
+         topic      TEXT NOT NULL,
          count      INTEGER NOT NULL,
          raw_bytes  INTEGER NOT NULL,
          created_ms INTEGER NOT NULL,
@@ -17,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE quarantine (
          seq_first      INTEGER PRIMARY KEY,
+         topic          TEXT NOT NULL,
          count          INTEGER NOT NULL,
          raw_bytes      INTEGER NOT NULL,
          created_ms     INTEGER NOT NULL,
@@ -25,10 +27,29 @@ const MIGRATIONS: &[&str] = &[
          reason         TEXT NOT NULL,
          quarantined_ms INTEGER NOT NULL
      );
+     CREATE TABLE dead_letters (
+         id               INTEGER PRIMARY KEY AUTOINCREMENT,
+         seq              INTEGER NOT NULL,
+         topic            TEXT NOT NULL,
+         destination      TEXT NOT NULL,
+         event            BLOB NOT NULL,
+         reason           TEXT NOT NULL,
+         error_name       TEXT NOT NULL,
+         attempts         INTEGER NOT NULL,
+         first_attempt_ms INTEGER NOT NULL,
+         last_attempt_ms  INTEGER NOT NULL,
+         dlq_sent         INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE loss_markers (
+         id         INTEGER PRIMARY KEY AUTOINCREMENT,
+         created_ms INTEGER NOT NULL,
+         body       TEXT NOT NULL
+     );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
      INSERT INTO meta (key, value) VALUES
          ('next_seq', 1), ('events', 0), ('stored_bytes', 0), ('raw_bytes', 0),
-         ('dropped_events', 0), ('dropped_bytes', 0), ('quarantined_events', 0);",
+         ('dropped_events', 0), ('dropped_bytes', 0), ('quarantined_events', 0),
+         ('dead_letters', 0);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -65,6 +86,7 @@ pub struct Meta {
     pub dropped_events: u64,
     pub dropped_bytes: u64,
     pub quarantined_events: u64,
+    pub dead_letters: u64,
 }
 
 pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
@@ -80,6 +102,7 @@ pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
         dropped_events: get("dropped_events")?.max(0) as u64,
         dropped_bytes: get("dropped_bytes")?.max(0) as u64,
         quarantined_events: get("quarantined_events")?.max(0) as u64,
+        dead_letters: get("dead_letters")?.max(0) as u64,
     })
 }
 

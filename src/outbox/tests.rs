@@ -31,7 +31,13 @@ fn values(blocks: &[Block]) -> Vec<(i64, String)> {
 
 fn open(dir: &Path, config: OutboxConfig) -> (Outbox, std::thread::JoinHandle<()>, Arc<Stats>) {
     let stats = Arc::new(Stats::default());
-    let (o, h) = start(&config, dir.join("outbox.db"), stats.clone()).unwrap();
+    let (o, h) = start(
+        &config,
+        dir.join("outbox.db"),
+        stats.clone(),
+        Options::default(),
+    )
+    .unwrap();
     (o, h, stats)
 }
 
@@ -46,7 +52,7 @@ async fn append_read_delete_and_sequence_survives_restart() {
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
     o.append(batch("t", &["a", "b"])).await.unwrap();
     o.append(batch("t", &["c"])).await.unwrap();
-    let blocks = o.read(0, 100, 1 << 20).await.unwrap();
+    let blocks = o.read(0, 100, 1 << 20, vec![]).await.unwrap();
     assert_eq!(
         values(&blocks),
         vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
@@ -61,7 +67,7 @@ async fn append_read_delete_and_sequence_survives_restart() {
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
     o.append(batch("t", &["d"])).await.unwrap();
-    let blocks = o.read(0, 100, 1 << 20).await.unwrap();
+    let blocks = o.read(0, 100, 1 << 20, vec![]).await.unwrap();
     assert_eq!(
         values(&blocks),
         vec![(4, "d".into())],
@@ -102,7 +108,7 @@ async fn reject_when_full_refuses_with_clear_error() {
     assert!(e.to_string().contains("outbox full"), "{e}");
     assert_eq!(stats.rejected.load(Relaxed), 1);
     assert_eq!(
-        values(&o.read(0, 10, 1 << 20).await.unwrap()),
+        values(&o.read(0, 10, 1 << 20, vec![]).await.unwrap()),
         vec![(1, "first".into())]
     );
     close(o, h);
@@ -120,7 +126,7 @@ async fn drop_oldest_keeps_newest_and_counts() {
         let v = format!("{i:0>60}");
         o.append(batch("t", &[&v])).await.unwrap();
     }
-    let kept = values(&o.read(0, 100, 1 << 20).await.unwrap());
+    let kept = values(&o.read(0, 100, 1 << 20, vec![]).await.unwrap());
     let dropped = stats.dropped_events.load(Relaxed);
     assert!(dropped > 0);
     assert_eq!(kept.len() as u64 + dropped, 20);
@@ -140,7 +146,7 @@ async fn age_cap_drops_and_counts() {
     o.append(batch("t", &["old"])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     o.evict_aged().await;
-    assert!(o.read(0, 10, 1 << 20).await.unwrap().is_empty());
+    assert!(o.read(0, 10, 1 << 20, vec![]).await.unwrap().is_empty());
     assert_eq!(stats.dropped_events.load(Relaxed), 1);
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
     close(o, h);
@@ -162,7 +168,7 @@ async fn corrupt_block_is_quarantined_and_does_not_block_the_rest() {
         .unwrap();
     }
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
-    let blocks = o.read(0, 10, 1 << 20).await.unwrap();
+    let blocks = o.read(0, 10, 1 << 20, vec![]).await.unwrap();
     assert_eq!(values(&blocks), vec![(2, "good".into())]);
     assert_eq!(stats.quarantined.load(Relaxed), 1);
     assert_eq!(stats.backlog_events.load(Relaxed), 1);
