@@ -59,10 +59,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect, re-queue or delete dead letters (events Kafka refused for good).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Validate the config and print the effective configuration.
     CheckConfig {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqAction {
+    /// List dead letters with reason, Kafka error, attempts and times.
+    List {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Only dead letters of this (original) topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Send dead letters through ferry again (the daemon must be running);
+    /// each is removed once ferry has stored it anew.
+    Replay {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        topic: Option<String>,
+        /// Dead letter ids (from `list`); repeatable.
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        /// Delete every dead letter (needed when no --topic/--id is given).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -99,6 +141,22 @@ pub fn main() -> i32 {
         Command::Status { config, json } => {
             with_config(config, |c| crate::client::status(&c, json))
         }
+        Command::Dlq { action } => match action {
+            DlqAction::List {
+                config,
+                json,
+                topic,
+            } => with_config(config, |c| crate::client::dlq_list(&c, topic, json)),
+            DlqAction::Replay { config, topic, ids } => {
+                with_config(config, |c| crate::client::dlq_replay(&c, topic, ids))
+            }
+            DlqAction::Purge {
+                config,
+                topic,
+                ids,
+                all,
+            } => with_config(config, |c| crate::client::dlq_purge(&c, topic, ids, all)),
+        },
         Command::CheckConfig { config } => with_config(config, |c| {
             print!("{}", c.to_toml());
             EXIT_OK

@@ -4,8 +4,9 @@
 
 use crate::cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
-use crate::event::validate_topic;
+use crate::event::{Event, validate_topic};
 use crate::ingest::frame::{self, Reply};
+use crate::outbox::dead_letter::{self, DeadLetter, Filter};
 use crate::stats::{Snapshot, now_ms};
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -265,8 +266,26 @@ pub fn status(config: &Config, json: bool) -> i32 {
                 "uplink:      {}",
                 if snap.uplink_up { "up" } else { "down" }
             );
+            let f = &snap.forward;
+            match f.next_attempt_in_s {
+                Some(s) => println!(
+                    "breaker:     {} (next attempt in {s:.1} s; {} transitions)",
+                    f.breaker, f.breaker_transitions
+                ),
+                None => println!(
+                    "breaker:     {} ({} transitions)",
+                    f.breaker, f.breaker_transitions
+                ),
+            }
             if let Some(e) = &snap.last_error {
-                println!("last error:  {e}");
+                let class = f.last_error_class.as_deref().unwrap_or("-");
+                println!("last error:  {e} [{class}]");
+            }
+            if !f.parked_topics.is_empty() {
+                println!(
+                    "parked:      {} (retried later; other topics go on)",
+                    f.parked_topics.join(", ")
+                );
             }
         }
         println!(
@@ -279,13 +298,16 @@ pub fn status(config: &Config, json: bool) -> i32 {
                 .unwrap_or_else(|| "-".into())
         );
         println!(
-            "since start: received {}, stored {}, rejected {}, sent {}, produce errors {}",
+            "since start: received {}, stored {}, rejected {}, sent {}, failed attempts {}",
             snap.received, snap.stored, snap.rejected, snap.sent, snap.produce_errors
         );
         println!(
-            "all time:    dropped {} events ({} bytes) by policy, quarantined {}",
-            snap.dropped_events, snap.dropped_bytes, snap.quarantined
+            "all time:    dropped {} events ({} bytes) by policy, quarantined {}, dead-lettered {}",
+            snap.dropped_events, snap.dropped_bytes, snap.quarantined, snap.dead_letters
         );
+        if let Ok(n) = stored_dead_letters(config) {
+            println!("dead letters: {n} stored (`ferry dlq list`)");
+        }
     }
     if running.is_ok() {
         EXIT_OK
@@ -323,7 +345,183 @@ fn offline_snapshot(config: &Config) -> Result<Snapshot, String> {
         dropped_events: get("dropped_events")?,
         dropped_bytes: get("dropped_bytes")?,
         quarantined: get("quarantined_events")?,
+        dead_letters: get("dead_letters")?,
         oldest_age_s: oldest.map(|o| (now_ms() - o).max(0) as f64 / 1000.0),
         ..Snapshot::default()
     })
+}
+
+fn open_outbox_rw(config: &Config) -> Result<rusqlite::Connection, String> {
+    let path = config.outbox_path();
+    if !path.exists() {
+        return Err(format!("no outbox at {}", path.display()));
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| format!("cannot use {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+fn stored_dead_letters(config: &Config) -> Result<i64, String> {
+    let conn = open_outbox_rw(config)?;
+    conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+fn dlq_select(
+    config: &Config,
+    topic: Option<String>,
+    ids: Vec<i64>,
+) -> Result<(rusqlite::Connection, Vec<DeadLetter>), String> {
+    let conn = open_outbox_rw(config)?;
+    let list = dead_letter::list(&conn, &Filter { topic, ids }).map_err(|e| {
+        format!(
+            "cannot read dead letters from {}: {e}",
+            config.outbox_path().display()
+        )
+    })?;
+    Ok((conn, list))
+}
+
+pub fn dlq_list(config: &Config, topic: Option<String>, json: bool) -> i32 {
+    let list = match dlq_select(config, topic, Vec::new()) {
+        Ok((_, l)) => l,
+        Err(e) => {
+            eprintln!("ferry dlq list: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&list).unwrap_or_default());
+        return EXIT_OK;
+    }
+    if list.is_empty() {
+        println!("no dead letters");
+    }
+    for d in &list {
+        println!(
+            "id {}  ferry-id {}:{}  topic {} -> {}  key {}  {} bytes  {} after {} attempt(s), last {}\n    reason: {}\n    value:  {}",
+            d.id,
+            config.node_id,
+            d.seq,
+            d.topic,
+            d.destination,
+            d.key.as_deref().unwrap_or("-"),
+            d.value_bytes,
+            d.error_name,
+            d.attempts,
+            d.last_attempt_ms,
+            d.reason,
+            d.value_preview
+        );
+    }
+    EXIT_OK
+}
+
+pub fn dlq_replay(config: &Config, topic: Option<String>, ids: Vec<i64>) -> i32 {
+    let (conn, list) = match dlq_select(config, topic, ids) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ferry dlq replay: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if list.is_empty() {
+        println!("no dead letters to replay");
+        return EXIT_OK;
+    }
+    let Some(socket) = config.control_socket() else {
+        eprintln!("ferry dlq replay: no unix frames listener configured");
+        return EXIT_USAGE;
+    };
+    let mut stream = match connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry dlq replay: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let mut replayed = Vec::new();
+    let mut body = Vec::new();
+    let mut frame_buf = Vec::new();
+    for d in &list {
+        let Ok((event, _)) = Event::decode_from(&d.event) else {
+            eprintln!(
+                "ferry dlq replay: dead letter {} cannot be decoded; left in place",
+                d.id
+            );
+            continue;
+        };
+        let headers: Vec<(&str, &[u8])> = event.header_iter().collect();
+        frame_buf.clear();
+        frame::encode_event(
+            &mut frame_buf,
+            event.topic,
+            event.key,
+            &headers,
+            event.value,
+            Some(event.timestamp_ms),
+        );
+        if let Err(e) = stream.write_all(&frame_buf) {
+            eprintln!("ferry dlq replay: writing to ferry failed: {e}");
+            break;
+        }
+        match read_reply(&mut stream, &mut body).map(|_| Reply::decode(&body)) {
+            Ok(Some(Reply::Ack(_))) => replayed.push(d.id),
+            Ok(Some(Reply::Error(_, code, msg))) => {
+                eprintln!(
+                    "ferry dlq replay: dead letter {} refused ({code:?}): {msg}",
+                    d.id
+                )
+            }
+            other => {
+                eprintln!("ferry dlq replay: no acknowledgement from ferry ({other:?}); stopping");
+                break;
+            }
+        }
+    }
+    // Stored anew: only now forget the dead letters.
+    match dead_letter::delete(&conn, &replayed) {
+        Ok(n) => println!("replayed {n} of {} dead letters", list.len()),
+        Err(e) => {
+            eprintln!(
+                "ferry dlq replay: replayed but could not remove dead letters (they may be replayed twice): {e}"
+            );
+            return EXIT_FAILURE;
+        }
+    }
+    if replayed.len() == list.len() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+pub fn dlq_purge(config: &Config, topic: Option<String>, ids: Vec<i64>, all: bool) -> i32 {
+    if topic.is_none() && ids.is_empty() && !all {
+        eprintln!(
+            "ferry dlq purge: name --topic or --id, or give --all to delete every dead letter"
+        );
+        return EXIT_USAGE;
+    }
+    let (conn, list) = match dlq_select(config, topic, ids) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ferry dlq purge: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let ids: Vec<i64> = list.iter().map(|d| d.id).collect();
+    match dead_letter::delete(&conn, &ids) {
+        Ok(n) => {
+            println!("purged {n} dead letters");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("ferry dlq purge: {e}");
+            EXIT_FAILURE
+        }
+    }
 }

@@ -378,6 +378,14 @@ impl Config {
             ));
         }
         for b in &self.kafka.brokers {
+            if b.contains(',') {
+                return Err((
+                    "kafka.brokers".into(),
+                    format!(
+                        "`{b}`: write one broker per list entry, e.g. [\"a:9092\", \"b:9092\"]"
+                    ),
+                ));
+            }
             if !b.contains(':') {
                 return Err((
                     "kafka.brokers".into(),

@@ -43,9 +43,11 @@ const WINDOW_RAW_BYTES: usize = 4 * 1024 * 1024;
 /// Per-record overhead counted against `max_batch_bytes`.
 const RECORD_OVERHEAD: usize = 64;
 /// rskafka retries internally; bound it so ferry's backoff and breaker decide.
-const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(2);
+const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(1);
+/// Bound on finding a partition leader (rskafka nests its retries).
+const LEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// A produce request that has not completed by then is treated as failed.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long in-flight requests may finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// After this many failed rounds in a row, reconnect from the bootstrap list.
@@ -642,18 +644,25 @@ impl Forwarder {
     }
 
     async fn refresh_metadata(&mut self, client: &Client) -> Result<(), Failure> {
-        let topics = client.list_topics().await.map_err(|e| {
-            let (class, name) = classify(&e);
-            Failure {
-                class: if class == Class::ConfigTopic {
-                    Class::Transient
-                } else {
-                    class
-                },
-                name,
-                message: format!("cannot read topic metadata from Kafka: {e}"),
-            }
-        })?;
+        let topics = tokio::time::timeout(LEADER_TIMEOUT, client.list_topics())
+            .await
+            .map_err(|_| {
+                Failure::transient(format!(
+                    "cannot read topic metadata from Kafka: no answer within {LEADER_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| {
+                let (class, name) = classify(&e);
+                Failure {
+                    class: if class == Class::ConfigTopic {
+                        Class::Transient
+                    } else {
+                        class
+                    },
+                    name,
+                    message: format!("cannot read topic metadata from Kafka: {e}"),
+                }
+            })?;
         self.partitions = topics
             .into_iter()
             .filter(|t| !t.partitions.is_empty())
@@ -714,9 +723,14 @@ impl Forwarder {
         if let Some(pc) = self.partition_clients.get(&key) {
             return Ok(pc.clone());
         }
-        let pc = client
-            .partition_client(topic, partition, UnknownTopicHandling::Error)
+        let lookup = client.partition_client(topic, partition, UnknownTopicHandling::Error);
+        let pc = tokio::time::timeout(LEADER_TIMEOUT, lookup)
             .await
+            .map_err(|_| {
+                Failure::transient(format!(
+                    "cannot reach the leader of {topic}/{partition}: no answer within {LEADER_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|e| {
                 let (class, name) = classify(&e);
                 Failure {

@@ -50,10 +50,15 @@ impl Ferry {
             "node_id = \"test-node\"\ndata_dir = \"{}\"\n{extra}\n",
             dir.join("data").display()
         );
+        let list = brokers
+            .split(',')
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let text = if text.contains("[kafka]") {
-            text.replace("[kafka]", &format!("[kafka]\nbrokers = [\"{brokers}\"]"))
+            text.replace("[kafka]", &format!("[kafka]\nbrokers = [{list}]"))
         } else {
-            format!("{text}\n[kafka]\nbrokers = [\"{brokers}\"]\nlinger_ms = 2\n")
+            format!("{text}\n[kafka]\nbrokers = [{list}]\nlinger_ms = 2\n")
         };
         std::fs::write(&config, text).unwrap();
         Self {
@@ -479,4 +484,127 @@ impl Cursor<'_> {
         self.skip(4);
         v
     }
+}
+
+pub mod proxy;
+
+/// Steady load from a frames client: batches of `batch` keyed events,
+/// `pause` between batches; reconnects when ferry goes away. Records which
+/// values were acknowledged. Values are `<key>|<n>` with `n` growing per key.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Load {
+    pub fn start(
+        socket: PathBuf,
+        topic: &'static str,
+        keys: usize,
+        batch: usize,
+        pause: Duration,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked_n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), acked_n.clone());
+        let handle = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut next = vec![0u64; keys];
+            let mut k = 0usize;
+            let mut client: Option<FrameClient> = None;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = match client.as_mut() {
+                    Some(c) => c,
+                    None => match FrameClient::connect(&socket) {
+                        Ok(c) => client.insert(c),
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    },
+                };
+                let mut values = Vec::with_capacity(batch);
+                let mut ok = true;
+                for _ in 0..batch {
+                    let key = format!("key-{k}");
+                    let v = format!("{key}|{}", next[k]);
+                    next[k] += 1;
+                    k = (k + 1) % keys;
+                    if c.send_event(topic, Some(key.as_bytes()), &[], v.as_bytes())
+                        .is_err()
+                    {
+                        ok = false;
+                        break;
+                    }
+                    values.push(v);
+                }
+                match ok.then(|| c.answers_for(values.len() as u32)) {
+                    Some(Ok((n, _))) if n as usize == values.len() => {
+                        a.fetch_add(values.len(), std::sync::atomic::Ordering::Relaxed);
+                        acked.extend(values);
+                    }
+                    _ => client = None,
+                }
+                std::thread::sleep(pause);
+            }
+            acked
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+            acked: acked_n,
+        }
+    }
+
+    pub fn acked_so_far(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Every acknowledged value arrived; per key, after dropping duplicates by
+/// `ferry-id`, values arrive in the order they were sent. Returns the
+/// number of duplicate records.
+pub fn check_delivery(acked: &[String], got: &[Got]) -> usize {
+    let values = by_value(got);
+    let missing: Vec<&String> = acked.iter().filter(|v| !values.contains_key(*v)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let mut sorted: Vec<&Got> = got.iter().collect();
+    sorted.sort_by_key(|g| (g.topic.clone(), g.partition, g.offset));
+    let mut seen = std::collections::HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut dups = 0;
+    for g in sorted {
+        if !seen.insert(g.ferry_id()) {
+            dups += 1;
+            continue;
+        }
+        let v = g.value_str();
+        let (key, n) = v.split_once('|').expect("key|n");
+        let n: u64 = n.parse().unwrap();
+        if let Some(prev) = last.insert(key.to_string(), n) {
+            assert!(prev < n, "per-key order broken for {key}: {prev} then {n}");
+        }
+    }
+    dups
+}
+
+/// CPU seconds (user + system) used so far by process `pid`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
