@@ -426,3 +426,76 @@ fn twenty_kill_9_cycles_with_uplink_flaps_deliver_every_acknowledged_event() {
         s.backlog_events == 0
     });
 }
+
+#[test]
+fn policy_drops_are_announced_on_the_loss_topic() {
+    let topics = [("lossy", 1), ("ferry-loss", 1)];
+    let c = cluster(1, &topics);
+    let proxy = Proxy::start(&c.bootstrap_servers());
+    proxy.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &proxy.bootstrap,
+        "[outbox]\nmax_bytes = 1000\n\n[kafka]\nlinger_ms = 2\nloss_topic = \"ferry-loss\"\n",
+    );
+    f.start();
+    for i in 0..60 {
+        let v = format!(
+            "v{i:03}-{}",
+            (0..40)
+                .map(|j| ((i * 7 + j * 13) % 26 + 97) as u8 as char)
+                .collect::<String>()
+        );
+        assert_eq!(f.cli(&["send", "-t", "lossy", &v], None).0, 0);
+    }
+    let s = f.status();
+    assert!(s.dropped_events > 0, "{s:?}");
+    let reader = Reader::start(&c.bootstrap_servers(), &topics);
+    proxy.set_down(false);
+    let kept = s.backlog_events as usize;
+    f.wait_status(Duration::from_secs(90), "delivered", |s| {
+        s.backlog_events == 0
+    });
+    let got = reader.collect(kept + 1, Duration::from_secs(30));
+    let markers: Vec<serde_json::Value> = got
+        .iter()
+        .filter(|g| g.topic == "ferry-loss")
+        .map(|g| serde_json::from_slice(&g.value).unwrap())
+        .collect();
+    assert!(!markers.is_empty(), "loss markers were produced");
+    let mut counted = 0u64;
+    let mut ranges = Vec::new();
+    for m in &markers {
+        assert_eq!(m["node"], "test-node");
+        assert_eq!(m["reason"], "max_bytes");
+        assert!(m["time_ms"].as_i64().unwrap() > 0);
+        let t = &m["topics"]["lossy"];
+        counted += t["events"].as_u64().unwrap();
+        assert!(t["bytes"].as_u64().unwrap() > 0);
+        for r in t["ranges"].as_array().unwrap() {
+            ranges.push((r[0].as_i64().unwrap(), r[1].as_i64().unwrap()));
+        }
+    }
+    assert_eq!(counted, s.dropped_events, "every drop announced");
+    // The ranges name exactly the ferry-ids that did not arrive.
+    let arrived: std::collections::HashSet<i64> = got
+        .iter()
+        .filter(|g| g.topic == "lossy")
+        .map(|g| g.ferry_id().rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    for (a, b) in ranges {
+        for seq in a..=b {
+            assert!(
+                !arrived.contains(&seq),
+                "seq {seq} announced lost but arrived: {:?}",
+                got.iter()
+                    .filter(|g| g.topic == "lossy")
+                    .map(|g| (g.ferry_id(), g.value_str()))
+                    .take(5)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    assert_eq!(arrived.len() as u64 + counted, 60);
+}

@@ -474,17 +474,10 @@ impl Forwarder {
     /// blocks by policy (size or age cap). Those drops are counted and
     /// announced; do not send them anyway.
     async fn forget_dropped(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
-        let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
-        let Ok(present) = self.outbox.present(ids).await else {
-            return;
-        };
-        if present.len() == blocks.len() {
+        let keep = self.still_stored(blocks).await;
+        if keep.iter().all(|k| *k) {
             return;
         }
-        let keep: Vec<bool> = blocks
-            .iter()
-            .map(|b| present.binary_search(&b.seq_first).is_ok())
-            .collect();
         for lane in lanes.iter_mut() {
             let done = lane.done;
             let mut i = 0;
@@ -492,6 +485,19 @@ impl Forwarder {
                 i += 1;
                 i <= done || keep[item.block as usize]
             });
+        }
+    }
+
+    /// For each block of the window: is it still in the outbox? (If the
+    /// outbox cannot tell, assume so: sending twice beats losing.)
+    async fn still_stored(&self, blocks: &[Block]) -> Vec<bool> {
+        let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
+        match self.outbox.present(ids).await {
+            Ok(present) => blocks
+                .iter()
+                .map(|b| present.binary_search(&b.seq_first).is_ok())
+                .collect(),
+            Err(_) => vec![true; blocks.len()],
         }
     }
 
@@ -505,7 +511,10 @@ impl Forwarder {
         let client = self.ensure_client().await?;
         if lanes.is_none() {
             self.ensure_topics(&client, blocks).await?;
-            *lanes = Some(self.plan(blocks));
+            // Connecting may have taken a while: leave out blocks the outbox
+            // dropped by policy meanwhile (they are counted and announced).
+            let keep = self.still_stored(blocks).await;
+            *lanes = Some(self.plan(blocks, &keep));
         }
         let lanes = lanes.as_mut().expect("planned above");
         // Lanes whose topic is missing from the cluster.
@@ -672,11 +681,14 @@ impl Forwarder {
     }
 
     /// Assign every event of the window to its destination partitions.
-    fn plan(&mut self, blocks: &[Block]) -> Vec<Lane> {
+    fn plan(&mut self, blocks: &[Block], keep: &[bool]) -> Vec<Lane> {
         let mut index: HashMap<(&str, i32), usize> = HashMap::new();
         let mut sticky: HashMap<&str, i32> = HashMap::new();
         let mut lanes: Vec<Lane> = Vec::new();
         for (b, block) in blocks.iter().enumerate() {
+            if !keep[b] {
+                continue;
+            }
             for (seq, offset, event) in block.events() {
                 let item = Item {
                     block: b as u32,
