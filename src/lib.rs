@@ -2,6 +2,8 @@
 //! Local programs hand it events; it stores them durably in a SQLite outbox
 //! at once and forwards them to Kafka whenever the uplink is up.
 
+#[cfg(feature = "count-allocs")]
+pub mod alloc_count;
 pub mod backoff;
 pub mod breaker;
 pub mod cli;

@@ -65,6 +65,9 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     #[serde(flatten)]
     pub forward: crate::forward::ForwardState,
+    /// Heap allocations since start (benchmark builds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<u64>,
 }
 
 impl Stats {
@@ -91,6 +94,7 @@ impl Stats {
                 .then(|| (now_ms - oldest).max(0) as f64 / 1000.0),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             forward: self.forward.lock().map(|f| f.clone()).unwrap_or_default(),
+            allocations: allocations(),
         }
     }
 
@@ -107,4 +111,14 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(feature = "count-allocs")]
+fn allocations() -> Option<u64> {
+    Some(crate::alloc_count::ALLOCATIONS.load(Relaxed))
+}
+
+#[cfg(not(feature = "count-allocs"))]
+fn allocations() -> Option<u64> {
+    None
 }
