@@ -278,7 +278,9 @@ fn kcat(data_file: &Path, bootstrap: &str, n: usize, consumer: &BaseConsumer) ->
         .stderr(Stdio::null())
         .spawn()
         .expect("kcat (apt install kcat)");
+    // Reaped by wait4 below, which also gives its peak RSS and CPU time.
     let pid = child.id() as libc::pid_t;
+    std::mem::forget(child);
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
