@@ -1,5 +1,8 @@
 //! End to end: the real `ferry` binary, a real SQLite outbox on disk,
 //! librdkafka's mock cluster as the broker and a real consumer reading back.
+// librdkafka's mock cluster (the Kafka peer) is built for the host only;
+// ARM binaries are tested through FERRY_TEST_BIN/FERRY_TEST_RUNNER.
+#![cfg(target_arch = "x86_64")]
 
 mod common;
 

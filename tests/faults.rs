@@ -1,6 +1,9 @@
 //! Flaky uplinks, with real peers only: librdkafka's mock cluster (error
 //! injection, broker down, leader moves) and a fault-injecting TCP proxy
 //! in front of it. Nothing inside ferry is mocked.
+// librdkafka's mock cluster (the Kafka peer) is built for the host only;
+// ARM binaries are tested through FERRY_TEST_BIN/FERRY_TEST_RUNNER.
+#![cfg(target_arch = "x86_64")]
 
 mod common;
 

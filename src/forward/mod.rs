@@ -162,6 +162,8 @@ impl Forwarder {
 
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut cursor = 0i64;
+        // Memory handed back since the last window was delivered.
+        let mut trimmed = true;
         self.publish_state(None);
         loop {
             if !self.wait_for_breaker(&mut shutdown).await {
@@ -193,6 +195,10 @@ impl Forwarder {
                 }
             };
             let Some(last) = blocks.last().map(|b| b.seq_first) else {
+                if !trimmed {
+                    release_memory();
+                    trimmed = true;
+                }
                 if !self.idle(&mut shutdown).await {
                     break;
                 }
@@ -200,7 +206,10 @@ impl Forwarder {
             };
             let blocks = Arc::new(blocks);
             match self.deliver(blocks.clone(), &mut shutdown).await {
-                Delivery::Done => cursor = last,
+                Delivery::Done => {
+                    cursor = last;
+                    trimmed = false;
+                }
                 Delivery::Reread => continue,
                 Delivery::Shutdown => break,
             }
@@ -858,6 +867,16 @@ impl Forwarder {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// The backlog is empty: hand the memory of the last windows back to the
+/// system, so an idle gateway keeps a small footprint.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; no pointers change.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

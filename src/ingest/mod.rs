@@ -237,7 +237,11 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             skip -= d;
         }
         let now = now_ms();
-        let mut batch = AppendBatch::default();
+        // Sized once for everything this read holds: no growth per event.
+        let mut batch = AppendBatch {
+            data: Vec::with_capacity(buf.len() + buf.len() / 4),
+            count: 0,
+        };
         let mut pos = 0usize;
         let mut fatal: Option<String> = None;
         while pos < buf.len() {

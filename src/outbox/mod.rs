@@ -184,7 +184,7 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
         Durability::Relaxed => "NORMAL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA cache_size=-1024;"
     ))
     .map_err(|e| format!("cannot configure outbox {}: {e}", path.display()))?;
     schema::migrate(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;

@@ -20,6 +20,23 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
+/// The ferry under test: this build's binary, or `FERRY_TEST_BIN` run
+/// through `FERRY_TEST_RUNNER` (e.g. an aarch64 build under
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`), so the same tests check the
+/// ARM binaries against the mock broker on the host.
+pub fn ferry_command() -> Command {
+    let bin = std::env::var("FERRY_TEST_BIN").unwrap_or_else(|_| BIN.to_string());
+    match std::env::var("FERRY_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().unwrap());
+            cmd.args(parts).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
+    }
+}
+
 pub type Cluster = MockCluster<'static, DefaultProducerContext>;
 
 /// A mock cluster with `brokers` brokers and the given topics.
@@ -83,7 +100,7 @@ impl Ferry {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
+        let child = ferry_command()
             .args(["run", "-c"])
             .arg(&self.config)
             .env("FERRY_LOG", "info")
@@ -175,7 +192,7 @@ impl Ferry {
 
     /// Run `ferry <args>` with this config; (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = ferry_command();
         cmd.args(args).arg("-c").arg(&self.config);
         run_cmd(cmd, stdin)
     }
