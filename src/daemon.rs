@@ -74,6 +74,7 @@ async fn serve(config: Config) -> Result<(), String> {
     ingest::spawn_all(bound, ctx, &shutdown);
     tokio::spawn(Forwarder::new(&config, outbox.clone(), stats.clone()).run(shutdown.clone()));
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
+    tokio::spawn(supervise(outbox.clone(), stats.clone(), shutdown.clone()));
     drop(outbox);
 
     info!(
@@ -105,6 +106,72 @@ async fn serve(config: Config) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     info!("stopped");
     Ok(())
+}
+
+/// A loop that has not shown it is alive for this long is taken as wedged.
+const WEDGED_AFTER: Duration = Duration::from_secs(30);
+/// How often `STATUS=` is refreshed when there is no watchdog.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keep systemd informed: `STATUS=` with uplink, breaker and backlog, and
+/// `WATCHDOG=1` only while the outbox writer answers and the forwarder loop
+/// is alive, so a wedged loop gets ferry restarted.
+async fn supervise(outbox: outbox::Outbox, stats: Arc<Stats>, mut shutdown: shutdown::Shutdown) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let watchdog = notify::watchdog_interval();
+    let every = watchdog.unwrap_or(STATUS_INTERVAL);
+    let mut wedged_logged = false;
+    loop {
+        let writer_ok = outbox.ping(every.min(Duration::from_secs(2))).await;
+        let beat_age = crate::stats::monotonic_ms().saturating_sub(
+            stats
+                .forward_beat_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let forward_ok = beat_age < WEDGED_AFTER.as_millis() as u64;
+        if watchdog.is_some() {
+            if writer_ok && forward_ok {
+                let _ = notify::notify("WATCHDOG=1");
+                wedged_logged = false;
+            } else if !wedged_logged {
+                warn!(
+                    "not feeding the systemd watchdog: outbox writer {}, forwarder {}",
+                    if writer_ok {
+                        "answering"
+                    } else {
+                        "NOT answering"
+                    },
+                    if forward_ok {
+                        "alive".to_string()
+                    } else {
+                        format!("silent for {} s", beat_age / 1000)
+                    }
+                );
+                wedged_logged = true;
+            }
+        }
+        let _ = notify::notify(&status_line(&stats));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+fn status_line(stats: &Stats) -> String {
+    let s = stats.snapshot("", crate::stats::now_ms());
+    format!(
+        "STATUS=uplink {}, breaker {}, backlog {} events ({:.1} MiB){}",
+        if s.uplink_up { "up" } else { "down" },
+        s.forward.breaker,
+        s.backlog_events,
+        s.backlog_bytes as f64 / 1048576.0,
+        s.oldest_age_s
+            .map(|a| format!(", oldest {a:.0} s"))
+            .unwrap_or_default()
+    )
 }
 
 async fn evict_aged(outbox: outbox::Outbox, mut shutdown: shutdown::Shutdown) {

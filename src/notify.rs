@@ -1,5 +1,5 @@
-//! systemd notifications (`sd_notify`): READY, STATUS, STOPPING. A no-op
-//! when `NOTIFY_SOCKET` is unset, as when run by hand.
+//! systemd notifications (`sd_notify`): READY, STATUS, WATCHDOG, STOPPING.
+//! A no-op when `NOTIFY_SOCKET` is unset, as when run by hand.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -18,4 +18,16 @@ pub fn notify(state: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
     sock.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
+}
+
+/// How often to ping the watchdog: half of `WATCHDOG_USEC`, when systemd
+/// set one for this process.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }

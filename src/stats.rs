@@ -39,6 +39,8 @@ pub struct Stats {
     pub backlog_raw_bytes: AtomicU64,
     pub oldest_ms: AtomicI64,
     pub uplink_up: AtomicBool,
+    /// When the forwarder loop last showed it was alive (ms on `monotonic_ms`).
+    pub forward_beat_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -98,11 +100,24 @@ impl Stats {
         }
     }
 
+    pub fn beat_forward(&self) {
+        self.forward_beat_ms.store(monotonic_ms(), Relaxed);
+    }
+
     pub fn set_last_error(&self, e: Option<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = e;
         }
     }
+}
+
+/// Milliseconds on a clock that never jumps (since the first call).
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// Milliseconds since the Unix epoch by the wall clock.

@@ -538,3 +538,75 @@ fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn watchdog_is_fed_while_alive_and_stops_while_the_outbox_is_wedged() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut f = Ferry::new(dir.path(), "127.0.0.1:1", "");
+    f.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into()));
+    f.env.push(("WATCHDOG_USEC".into(), "1000000".into()));
+    f.start();
+    // Collect notifications for `d`: (seconds since start, message).
+    let t0 = std::time::Instant::now();
+    let collect = |d: Duration| {
+        let until = std::time::Instant::now() + d;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while std::time::Instant::now() < until {
+            if let Ok(n) = notify.recv(&mut buf) {
+                got.push((
+                    t0.elapsed().as_secs_f64(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        }
+        got
+    };
+    let healthy = collect(Duration::from_secs(3));
+    let pings = healthy.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
+    assert!(pings >= 4, "pinged every 0.5 s while healthy: {healthy:?}");
+    let status = healthy
+        .iter()
+        .find(|(_, m)| m.starts_with("STATUS="))
+        .expect("STATUS line");
+    assert!(
+        status.1.contains("uplink down") && status.1.contains("backlog 0 events"),
+        "{status:?}"
+    );
+
+    // Wedge the outbox writer: another process holds the database's write
+    // lock, and an event waits for it.
+    let db = rusqlite::Connection::open(dir.path().join("data/outbox.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let socket = f.socket();
+    let sender = std::thread::spawn(move || {
+        let mut c = FrameClient::connect(&socket).unwrap();
+        c.send_event("t", None, &[], b"waits").unwrap();
+        c.answer()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let wedged = collect(Duration::from_secs(3));
+    assert!(
+        !wedged.iter().any(|(_, m)| m == "WATCHDOG=1"),
+        "no watchdog pings while the writer is stuck: {wedged:?}"
+    );
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    let answer = sender.join().unwrap();
+    let after = collect(Duration::from_secs(6));
+    assert!(
+        after.iter().any(|(_, m)| m == "WATCHDOG=1"),
+        "pings resume once the writer is free: {after:?} (answer to the waiting event: {answer:?})"
+    );
+    assert!(
+        f.log_text().contains("not feeding the systemd watchdog"),
+        "{}",
+        f.log_text()
+    );
+}

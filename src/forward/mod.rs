@@ -59,6 +59,9 @@ const PARK_INITIAL: Duration = Duration::from_secs(10);
 /// ...to this.
 const PARK_MAX: Duration = Duration::from_secs(600);
 
+/// The loop shows it is alive at least this often while it waits.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 pub const FERRY_ID_HEADER: &str = "ferry-id";
 
 /// One event's place in the window.
@@ -166,6 +169,7 @@ impl Forwarder {
         let mut trimmed = true;
         self.publish_state(None);
         loop {
+            self.stats.beat_forward();
             if !self.wait_for_breaker(&mut shutdown).await {
                 break;
             }
@@ -224,10 +228,21 @@ impl Forwarder {
         let until_unpark = next_unpark
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            _ = self.outbox.committed.notified() => {}
-            _ = tokio::time::sleep(until_unpark) => {}
-            _ = shutdown.recv() => return false,
+        let wake = Instant::now() + until_unpark;
+        // Wake every second to show the loop is alive (systemd watchdog).
+        loop {
+            self.stats.beat_forward();
+            let nap = wake
+                .saturating_duration_since(Instant::now())
+                .min(HEARTBEAT);
+            if nap.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = self.outbox.committed.notified() => break,
+                _ = tokio::time::sleep(nap) => {}
+                _ = shutdown.recv() => return false,
+            }
         }
         if self.config.linger_ms > 0 {
             tokio::select! {
@@ -246,8 +261,9 @@ impl Forwarder {
                 break;
             }
             self.publish_state(None);
+            self.stats.beat_forward();
             tokio::select! {
-                _ = tokio::time::sleep(until - now) => {}
+                _ = tokio::time::sleep((until - now).min(HEARTBEAT)) => {}
                 _ = shutdown.recv() => return false,
             }
         }
@@ -256,10 +272,19 @@ impl Forwarder {
 
     /// Sleep the next backoff delay; false if shutdown came first.
     async fn pause(&mut self, shutdown: &mut Shutdown) -> bool {
-        let delay = self.backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = shutdown.recv() => false,
+        let until = Instant::now() + self.backoff.next_delay();
+        loop {
+            self.stats.beat_forward();
+            let nap = until
+                .saturating_duration_since(Instant::now())
+                .min(HEARTBEAT);
+            if nap.is_zero() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = shutdown.recv() => return false,
+            }
         }
     }
 
@@ -546,6 +571,7 @@ impl Forwarder {
             if lane.abandoned || lane.done == lane.items.len() {
                 continue;
             }
+            self.stats.beat_forward();
             let pc = self
                 .partition_client(&client, &lane.topic, lane.partition)
                 .await?;
@@ -949,6 +975,7 @@ impl LaneJob {
                 Ok(Ok(_offsets)) => {
                     out.done += n;
                     self.stats.sent.fetch_add(n as u64, Relaxed);
+                    self.stats.beat_forward();
                     limit = self.max_events;
                     tries_of_front = 0;
                     continue;

@@ -156,6 +156,10 @@ enum Command {
     DlqSent {
         ids: Vec<i64>,
     },
+    /// Liveness check: answered when the writer gets to it.
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
     EvictAged,
     Present {
         seq_firsts: Vec<i64>,
@@ -315,6 +319,14 @@ impl Outbox {
             .await
             .map_err(|_| "outbox closed".to_string())?;
         rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// True if the writer answers within `within` (it is not wedged).
+    pub async fn ping(&self, within: std::time::Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let asked =
+            async { self.tx.send(Command::Ping { reply }).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(within, asked).await.unwrap_or(false)
     }
 
     pub async fn dlq_sent(&self, ids: Vec<i64>) {
@@ -482,6 +494,9 @@ impl Writer {
             Command::DlqPending { reply } => {
                 let r = dead_letter::pending_for_dlq(&self.conn, 500).map_err(|e| e.to_string());
                 let _ = reply.send(r);
+            }
+            Command::Ping { reply } => {
+                let _ = reply.send(());
             }
             Command::DlqSent { ids } => {
                 if let Err(e) = dead_letter::mark_sent_to_dlq(&self.conn, &ids) {
