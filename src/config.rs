@@ -32,6 +32,25 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub retry: RetryConfig,
     pub breaker: crate::breaker::BreakerConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HTTP address for /metrics and /health; empty disables.
+    pub listen: String,
+    /// node_exporter textfile to write (atomically) every 15 s; empty: none.
+    pub textfile: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            textfile: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +193,7 @@ impl Default for Config {
             routes: Vec::new(),
             retry: RetryConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -418,6 +438,17 @@ impl Config {
             if let Some(t) = topic {
                 crate::event::validate_topic(t).map_err(|e| (key.to_string(), e.to_string()))?;
             }
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err((
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not ip:port (for example \"127.0.0.1:9464\"; \"\" disables)",
+                    self.metrics.listen
+                ),
+            ));
         }
         let b = &self.breaker;
         if b.failures == 0 || b.successes == 0 {

@@ -72,6 +72,7 @@ async fn serve(config: Config) -> Result<(), String> {
         node_id: config.node_id.clone(),
     });
     ingest::spawn_all(bound, ctx, &shutdown);
+    start_metrics(&config, &stats, &outbox, &shutdown).await;
     tokio::spawn(Forwarder::new(&config, outbox.clone(), stats.clone()).run(shutdown.clone()));
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
     tokio::spawn(supervise(outbox.clone(), stats.clone(), shutdown.clone()));
@@ -106,6 +107,43 @@ async fn serve(config: Config) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Metrics observe; they never stop ferry from forwarding: a bind failure
+/// is logged loudly and ferry runs on without them.
+async fn start_metrics(
+    config: &Config,
+    stats: &Arc<Stats>,
+    outbox: &outbox::Outbox,
+    shutdown: &shutdown::Shutdown,
+) {
+    let m = &config.metrics;
+    if !m.listen.is_empty() {
+        match tokio::net::TcpListener::bind(&m.listen).await {
+            Ok(l) => {
+                info!("metrics: http://{}/metrics and /health", m.listen);
+                tokio::spawn(crate::metrics::serve(
+                    l,
+                    stats.clone(),
+                    outbox.clone(),
+                    config.node_id.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => error!(
+                "cannot serve metrics on {} (metrics.listen): {e}; running without /metrics and /health",
+                m.listen
+            ),
+        }
+    }
+    if !m.textfile.is_empty() {
+        tokio::spawn(crate::metrics::write_textfile(
+            m.textfile.clone().into(),
+            stats.clone(),
+            config.node_id.clone(),
+            shutdown.clone(),
+        ));
+    }
 }
 
 /// A loop that has not shown it is alive for this long is taken as wedged.

@@ -14,6 +14,7 @@ pub mod event;
 pub mod forward;
 pub mod ingest;
 pub mod log_limit;
+pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod shutdown;

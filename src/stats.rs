@@ -39,6 +39,8 @@ pub struct Stats {
     pub backlog_raw_bytes: AtomicU64,
     pub oldest_ms: AtomicI64,
     pub uplink_up: AtomicBool,
+    /// Produce request latency.
+    pub produce_latency: crate::metrics::Histogram,
     /// When the forwarder loop last showed it was alive (ms on `monotonic_ms`).
     pub forward_beat_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,

@@ -610,3 +610,148 @@ fn watchdog_is_fed_while_alive_and_stops_while_the_outbox_is_wedged() {
         f.log_text()
     );
 }
+
+/// (status code, body) of `GET path` over plain HTTP/1.1.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+    (code, body)
+}
+
+/// Parse the exposition with the Python client's own parser; returns
+/// `{family: {sample name: value}}` as JSON.
+fn parse_prometheus(text: &str) -> serde_json::Value {
+    use std::io::Write;
+    let script = [
+        "import sys, json",
+        "from prometheus_client.parser import text_string_to_metric_families",
+        "out = {}",
+        "for fam in text_string_to_metric_families(sys.stdin.read()):",
+        "    samples = {s.name + json.dumps(s.labels, sort_keys=True): s.value for s in fam.samples}",
+        "    out[fam.name] = {'type': fam.type, 'samples': samples}",
+        "print(json.dumps(out))",
+    ]
+    .join("\n");
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_and_health_over_http_and_textfile() {
+    let c = cluster(1, &[("m", 2)]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let textfile = dir.path().join("ferry.prom");
+    let mut f = Ferry::new(
+        dir.path(),
+        &c.bootstrap_servers(),
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\ntextfile = \"{}\"\n",
+            textfile.display()
+        ),
+    );
+    f.start();
+    let input: String = (0..250).map(|i| format!("m{i}\n")).collect();
+    assert_eq!(
+        f.cli(&["send", "-t", "m", "-k", "k"], Some(input.as_bytes()))
+            .0,
+        0
+    );
+    f.wait_status(Duration::from_secs(30), "sent", |s| s.sent == 250);
+
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let m = parse_prometheus(&body);
+    let value = |fam: &str, sample: &str| m[fam]["samples"][sample].as_f64().unwrap_or(-1.0);
+    assert_eq!(
+        value("ferry_events_stored", "ferry_events_stored_total{}"),
+        250.0,
+        "{m}"
+    );
+    assert_eq!(
+        value("ferry_records_sent", "ferry_records_sent_total{}"),
+        250.0
+    );
+    assert_eq!(m["ferry_events_stored"]["type"], "counter");
+    assert_eq!(m["ferry_backlog_events"]["type"], "gauge");
+    assert_eq!(value("ferry_uplink_up", "ferry_uplink_up{}"), 1.0);
+    assert_eq!(value("ferry_breaker_state", "ferry_breaker_state{}"), 0.0);
+    assert_eq!(m["ferry_produce_latency_seconds"]["type"], "histogram");
+    assert!(
+        value(
+            "ferry_produce_latency_seconds",
+            "ferry_produce_latency_seconds_count{}"
+        ) >= 1.0,
+        "{}",
+        m["ferry_produce_latency_seconds"]
+    );
+    for fam in [
+        "ferry_events_received",
+        "ferry_events_rejected",
+        "ferry_events_dropped",
+        "ferry_dead_letters",
+        "ferry_backlog_bytes",
+        "ferry_backlog_oldest_age_seconds",
+        "ferry_retries",
+        "ferry_breaker_transitions",
+    ] {
+        assert!(m.get(fam).is_some(), "{fam} missing in {m}");
+    }
+    let (code, body) = http_get(port, "/health");
+    assert_eq!(code, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(http_get(port, "/nope").0, 404);
+
+    // The textfile is there and parses too.
+    let text = std::fs::read_to_string(&textfile).expect("textfile written");
+    assert!(
+        parse_prometheus(&text)
+            .get("ferry_backlog_events")
+            .is_some()
+    );
+
+    // Storage stuck: /health says so with 503 and why.
+    let db = rusqlite::Connection::open(dir.path().join("data/outbox.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let socket = f.socket();
+    let sender = std::thread::spawn(move || {
+        let mut c = FrameClient::connect(&socket).unwrap();
+        c.send_event("m", None, &[], b"waits").unwrap();
+        c.answer()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, body) = http_get(port, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("outbox writer does not answer"), "{body}");
+    db.execute_batch("ROLLBACK").unwrap();
+    let _ = sender.join();
+}

@@ -966,11 +966,13 @@ impl LaneJob {
                 records.push(to_record(&event, &self.node_id, item.seq));
             }
             let n = records.len();
+            let started = Instant::now();
             let result = tokio::time::timeout(
                 PRODUCE_TIMEOUT,
                 self.client.produce(records, self.compression),
             )
             .await;
+            self.stats.produce_latency.observe(started.elapsed());
             let (class, name, message) = match result {
                 Ok(Ok(_offsets)) => {
                     out.done += n;

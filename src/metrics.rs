@@ -1,0 +1,314 @@
+//! Metrics and health over HTTP (`[metrics] listen`, default
+//! 127.0.0.1:9464): `GET /metrics` in the Prometheus text format (names
+//! `ferry_*`), `GET /health` (200 when the outbox writer answers and the
+//! forwarder loop is alive, 503 otherwise, with a JSON reason); and,
+//! optionally, the same metrics written atomically to a node_exporter
+//! textfile. Observing, never steering.
+
+use crate::outbox::Outbox;
+use crate::shutdown::Shutdown;
+use crate::stats::{Stats, monotonic_ms, now_ms};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use log::{info, warn};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A loop silent for this long is reported unhealthy.
+const LOOP_SILENT_AFTER: Duration = Duration::from_secs(30);
+const TEXTFILE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Upper bounds (seconds) of the produce latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Produce request latency, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 11],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+/// The Prometheus text exposition of `stats`.
+pub fn render(stats: &Stats, node_id: &str) -> String {
+    let s = stats.snapshot(node_id, now_ms());
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "ferry_events_received_total",
+        "counter",
+        "Events that reached a listener.",
+        s.received as f64,
+    );
+    metric(
+        "ferry_events_stored_total",
+        "counter",
+        "Events committed to the outbox (acknowledged).",
+        s.stored as f64,
+    );
+    metric(
+        "ferry_events_rejected_total",
+        "counter",
+        "Events refused at the door (bad frame, too large, bad topic, outbox full).",
+        s.rejected as f64,
+    );
+    metric(
+        "ferry_records_sent_total",
+        "counter",
+        "Records acknowledged by Kafka.",
+        s.sent as f64,
+    );
+    metric(
+        "ferry_events_dropped_total",
+        "counter",
+        "Events dropped by the size or age cap (all time).",
+        s.dropped_events as f64,
+    );
+    metric(
+        "ferry_dropped_bytes_total",
+        "counter",
+        "Bytes dropped by the size or age cap (all time).",
+        s.dropped_bytes as f64,
+    );
+    metric(
+        "ferry_dead_letters_total",
+        "counter",
+        "Events dead-lettered (all time).",
+        s.dead_letters as f64,
+    );
+    metric(
+        "ferry_quarantined_events_total",
+        "counter",
+        "Events in corrupt blocks moved to quarantine (all time).",
+        s.quarantined as f64,
+    );
+    metric(
+        "ferry_produce_errors_total",
+        "counter",
+        "Failed delivery attempts.",
+        s.produce_errors as f64,
+    );
+    metric(
+        "ferry_retries_total",
+        "counter",
+        "Delivery attempts retried after a failure.",
+        s.retries as f64,
+    );
+    metric(
+        "ferry_backlog_events",
+        "gauge",
+        "Events waiting in the outbox.",
+        s.backlog_events as f64,
+    );
+    metric(
+        "ferry_backlog_bytes",
+        "gauge",
+        "Bytes (stored, compressed) waiting in the outbox.",
+        s.backlog_bytes as f64,
+    );
+    metric(
+        "ferry_backlog_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest event in the outbox (0 when empty).",
+        s.oldest_age_s.unwrap_or(0.0),
+    );
+    metric(
+        "ferry_uplink_up",
+        "gauge",
+        "1 when the last delivery attempt succeeded.",
+        if s.uplink_up { 1.0 } else { 0.0 },
+    );
+    metric(
+        "ferry_breaker_state",
+        "gauge",
+        "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+        stats.breaker_state.load(Relaxed) as f64,
+    );
+    metric(
+        "ferry_breaker_transitions_total",
+        "counter",
+        "Circuit breaker state changes.",
+        s.forward.breaker_transitions as f64,
+    );
+    metric(
+        "ferry_parked_topics",
+        "gauge",
+        "Topics parked for configuration errors.",
+        s.forward.parked_topics.len() as f64,
+    );
+    let h = &stats.produce_latency;
+    let _ = writeln!(
+        out,
+        "# HELP ferry_produce_latency_seconds Produce request latency.\n# TYPE ferry_produce_latency_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "ferry_produce_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let count = h.count.load(Relaxed);
+    let _ = writeln!(
+        out,
+        "ferry_produce_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "ferry_produce_latency_seconds_sum {}",
+        h.sum_us.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "ferry_produce_latency_seconds_count {count}");
+    out
+}
+
+/// Healthy when the outbox writer answers and the forwarder loop is alive.
+pub async fn health(stats: &Stats, outbox: &Outbox) -> (bool, String) {
+    let writer_ok = outbox.ping(Duration::from_secs(2)).await;
+    let silent_ms = monotonic_ms().saturating_sub(stats.forward_beat_ms.load(Relaxed));
+    let forward_ok = silent_ms < LOOP_SILENT_AFTER.as_millis() as u64;
+    let ok = writer_ok && forward_ok;
+    let mut why = Vec::new();
+    if !writer_ok {
+        why.push("the outbox writer does not answer (storage stuck?)".to_string());
+    }
+    if !forward_ok {
+        why.push(format!(
+            "the forwarder loop has been silent for {} s",
+            silent_ms / 1000
+        ));
+    }
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "outbox_writable": writer_ok,
+        "forwarder_alive": forward_ok,
+        "uplink_up": stats.uplink_up.load(Relaxed),
+        "why": why,
+    });
+    (ok, body.to_string())
+}
+
+/// Serve `/metrics` and `/health` on an already bound listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    stats: Arc<Stats>,
+    outbox: Outbox,
+    node_id: String,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("metrics: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => return,
+        };
+        let (stats, outbox, node_id) = (stats.clone(), outbox.clone(), node_id.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (stats, outbox, node_id) = (stats.clone(), outbox.clone(), node_id.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(respond(req, &stats, &outbox, &node_id).await)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    stats: &Stats,
+    outbox: &Outbox,
+    node_id: &str,
+) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, kind: &str, body: String| {
+        Response::builder()
+            .status(code)
+            .header("content-type", kind)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if req.method() != hyper::Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(stats, node_id),
+        ),
+        "/health" => {
+            let (ok, body) = health(stats, outbox).await;
+            let code = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(code, "application/json", body)
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics or /health\n".into(),
+        ),
+    }
+}
+
+/// Write the metrics to `path` for node_exporter's textfile collector,
+/// atomically (temp file + rename), every 15 s.
+pub async fn write_textfile(
+    path: PathBuf,
+    stats: Arc<Stats>,
+    node_id: String,
+    mut shutdown: Shutdown,
+) {
+    info!("metrics textfile: {}", path.display());
+    loop {
+        let tmp = path.with_extension("prom.tmp");
+        let text = render(&stats, &node_id);
+        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            warn!("cannot write metrics textfile {}: {e}", path.display());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TEXTFILE_INTERVAL) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
