@@ -70,6 +70,43 @@ pub struct KafkaConfig {
     /// Loss markers (JSON naming dropped sequence ranges) go here when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_topic: Option<String>,
+    /// TLS to the brokers (rustls) when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// SASL authentication when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificate(s) that sign the brokers' certificates.
+    pub ca_file: PathBuf,
+    /// Optional client certificate chain and key (PEM), for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    /// The password lives in this file (mode 0600), never in the config.
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN", alias = "plain")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +246,8 @@ impl Default for KafkaConfig {
             max_batch_events: 10_000,
             dead_letter_topic: None,
             loss_topic: None,
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -437,6 +476,15 @@ impl Config {
         ] {
             if let Some(t) = topic {
                 crate::event::validate_topic(t).map_err(|e| (key.to_string(), e.to_string()))?;
+            }
+        }
+        if let Some(t) = &self.kafka.tls {
+            crate::forward::security::tls_config(t)
+                .map_err(|e| ("kafka.tls.ca_file".to_string(), e))?;
+        }
+        if let Some(s) = &self.kafka.sasl {
+            if s.username.is_empty() {
+                return Err(("kafka.sasl.username".into(), "must not be empty".into()));
             }
         }
         if !self.metrics.listen.is_empty()

@@ -118,3 +118,27 @@ fn second_daemon_on_same_data_dir_is_refused() {
     assert_eq!(code, 1);
     assert!(err.contains("already running"), "{err}");
 }
+
+#[test]
+fn under_journald_logs_carry_priority_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = common::Ferry::new(dir.path(), "127.0.0.1:1", "");
+    f.env.push(("JOURNAL_STREAM".into(), "8:12345".into()));
+    f.start();
+    f.terminate();
+    let log = f.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(
+            l.starts_with("<6>") || l.starts_with("<4>") || l.starts_with("<3>"),
+            "journald line without a priority prefix: {l:?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>") && l.contains("ready")),
+        "{log}"
+    );
+}

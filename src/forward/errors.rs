@@ -102,18 +102,24 @@ pub fn classify(e: &ClientError) -> (Class, String) {
                 None => (Class::Transient, "RETRIES_EXHAUSTED".into()),
             }
         }
-        ClientError::Connection(c) => {
-            let text = c.to_string();
-            if text.contains("Sasl") || text.contains("SASL") {
-                (Class::ConfigCluster, "SASL_AUTHENTICATION_FAILED".into())
-            } else {
-                (Class::Transient, "CONNECTION".into())
-            }
-        }
+        ClientError::Connection(c) => classify_connection(&c.to_string()),
         ClientError::Request(_) => (Class::Transient, "REQUEST".into()),
         ClientError::Timeout => (Class::Transient, "TIMEOUT".into()),
         ClientError::InvalidResponse(_) => (Class::Transient, "INVALID_RESPONSE".into()),
         _ => (Class::Transient, "OTHER".into()),
+    }
+}
+
+/// Connection failures are transient, except those no retry can fix: an
+/// untrusted or invalid broker certificate, and failed SASL authentication.
+fn classify_connection(text: &str) -> (Class, String) {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") {
+        (Class::ConfigCluster, "TLS_CERTIFICATE".into())
+    } else if lower.contains("sasl") {
+        (Class::ConfigCluster, "SASL_AUTHENTICATION_FAILED".into())
+    } else {
+        (Class::Transient, "CONNECTION".into())
     }
 }
 
@@ -143,6 +149,22 @@ mod tests {
     fn unknown_codes_are_transient() {
         let pe = ProtocolError::new(44).unwrap(); // DUPLICATE_SEQUENCE_NUMBER
         assert_eq!(by_protocol_error(&pe).0, Class::Transient);
+    }
+
+    #[test]
+    fn connection_failures() {
+        assert_eq!(
+            classify_connection("IO Error: connection refused").0,
+            Class::Transient
+        );
+        assert_eq!(
+            classify_connection("invalid peer certificate: UnknownIssuer").0,
+            Class::ConfigCluster
+        );
+        assert_eq!(
+            classify_connection("Sasl handshake failed: auth").0,
+            Class::ConfigCluster
+        );
     }
 
     #[test]

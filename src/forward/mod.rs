@@ -13,6 +13,7 @@
 pub mod errors;
 pub mod partitioner;
 pub mod route;
+pub mod security;
 
 use crate::backoff::{Backoff, seed_from_environment};
 use crate::breaker::{Breaker, State};
@@ -645,10 +646,27 @@ impl Forwarder {
             return Ok(c.clone());
         }
         let brokers = self.config.brokers.join(",");
-        let build = ClientBuilder::new(self.config.brokers.clone())
+        let mut builder = ClientBuilder::new(self.config.brokers.clone())
             .client_id(self.config.client_id.as_str())
-            .backoff_config(rskafka_backoff())
-            .build();
+            .backoff_config(rskafka_backoff());
+        if let Some(tls) = &self.config.tls {
+            // Checked at start-up; a file changed since then is a config error now.
+            let tls = security::tls_config(tls).map_err(|e| Failure {
+                class: Class::ConfigCluster,
+                name: "TLS_CONFIG".into(),
+                message: e,
+            })?;
+            builder = builder.tls_config(tls);
+        }
+        if let Some(sasl) = &self.config.sasl {
+            let sasl = security::sasl_config(sasl).map_err(|e| Failure {
+                class: Class::ConfigCluster,
+                name: "SASL_CONFIG".into(),
+                message: e,
+            })?;
+            builder = builder.sasl_config(sasl);
+        }
+        let build = builder.build();
         let client = match tokio::time::timeout(CLIENT_RETRY_DEADLINE * 3, build).await {
             Ok(Ok(c)) => Arc::new(c),
             Ok(Err(e)) => {

@@ -34,13 +34,23 @@ pub struct Proxy {
 impl Proxy {
     /// One listener per broker in `upstream` ("127.0.0.1:p1,127.0.0.1:p2").
     pub fn start(upstream: &str) -> Self {
+        Self::start_advertising(upstream, None)
+    }
+
+    /// Like `start`, but Metadata names `advertise` as the broker's port
+    /// (one broker): for a TLS terminator in front of this proxy.
+    pub fn start_advertising(upstream: &str, advertise: Option<i32>) -> Self {
         let state = Arc::new(State::default());
         let mut bootstrap = Vec::new();
         for target in upstream.split(',') {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port() as i32;
             let up_port: i32 = target.rsplit(':').next().unwrap().parse().unwrap();
-            state.ports.lock().unwrap().insert(up_port, port);
+            state
+                .ports
+                .lock()
+                .unwrap()
+                .insert(up_port, advertise.unwrap_or(port));
             bootstrap.push(format!("127.0.0.1:{port}"));
             let (state, target) = (state.clone(), target.to_string());
             std::thread::spawn(move || accept_loop(listener, target, state));
@@ -73,6 +83,19 @@ impl Proxy {
     /// Connection attempts seen so far (accepted or refused).
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Relaxed)
+    }
+
+    /// The first listening port (the broker's proxy).
+    pub fn port(&self) -> u16 {
+        self.bootstrap
+            .split(',')
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     pub fn cuts(&self) -> u64 {

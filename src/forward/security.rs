@@ -1,0 +1,140 @@
+//! TLS (rustls, CA file, optional client certificate) and SASL (PLAIN,
+//! SCRAM-SHA-256/512) for the Kafka connection. Secrets come from files
+//! and never appear in logs, `check-config` or `ferry status`: errors name
+//! the file, not its contents.
+
+use crate::config::{SaslConfig, SaslMechanism, TlsConfig};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+
+/// Build the rustls client configuration from `[kafka.tls]`.
+pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| {
+        format!(
+            "cannot read CA file {} (kafka.tls.ca_file): {e}",
+            tls.ca_file.display()
+        )
+    })?;
+    let mut added = 0;
+    for cert in certs {
+        let cert = cert.map_err(|e| {
+            format!(
+                "CA file {} (kafka.tls.ca_file) holds a bad certificate: {e}",
+                tls.ca_file.display()
+            )
+        })?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "CA file {} (kafka.tls.ca_file): certificate refused: {e}",
+                tls.ca_file.display()
+            )
+        })?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(format!(
+            "CA file {} (kafka.tls.ca_file) holds no PEM certificate",
+            tls.ca_file.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!(
+                        "cannot read client certificate {} (kafka.tls.cert_file): {e}",
+                        cert.display()
+                    )
+                })?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!(
+                    "cannot read client key {} (kafka.tls.key_file): {e}",
+                    key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate and key do not fit together: {e}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(
+                "kafka.tls.cert_file and kafka.tls.key_file go together: set both or neither"
+                    .into(),
+            );
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// Build rskafka's SASL configuration from `[kafka.sasl]`, reading the
+/// password file.
+pub fn sasl_config(sasl: &SaslConfig) -> Result<rskafka::client::SaslConfig, String> {
+    let password = std::fs::read_to_string(&sasl.password_file).map_err(|e| {
+        format!(
+            "cannot read the SASL password file {} (kafka.sasl.password_file): {e}",
+            sasl.password_file.display()
+        )
+    })?;
+    let password = password.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        return Err(format!(
+            "the SASL password file {} (kafka.sasl.password_file) is empty",
+            sasl.password_file.display()
+        ));
+    }
+    let creds = rskafka::client::Credentials::new(sasl.username.clone(), password);
+    Ok(match sasl.mechanism {
+        SaslMechanism::Plain => rskafka::client::SaslConfig::Plain(creds),
+        SaslMechanism::ScramSha256 => rskafka::client::SaslConfig::ScramSha256(creds),
+        SaslMechanism::ScramSha512 => rskafka::client::SaslConfig::ScramSha512(creds),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn missing_ca_file_names_the_key() {
+        let e = tls_config(&TlsConfig {
+            ca_file: PathBuf::from("/nonexistent/ca.pem"),
+            cert_file: None,
+            key_file: None,
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("/nonexistent/ca.pem") && e.contains("kafka.tls.ca_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn password_comes_from_the_file_and_is_never_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let cfg = SaslConfig {
+            mechanism: SaslMechanism::ScramSha512,
+            username: "gw".into(),
+            password_file: file.clone(),
+        };
+        match sasl_config(&cfg).unwrap() {
+            rskafka::client::SaslConfig::ScramSha512(c) => assert_eq!(c.password, "s3cret"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&file, "").unwrap();
+        let e = sasl_config(&cfg).unwrap_err();
+        assert!(e.contains("is empty") && !e.contains("s3cret"), "{e}");
+    }
+}
