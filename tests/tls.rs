@@ -121,15 +121,18 @@ fn stunnel(dir: &Path, accept: u16, connect: u16) -> Stunnel {
     } else {
         "stunnel"
     };
-    let child = Command::new(bin)
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stunnel (apt install stunnel4)");
+    // Owned by the guard at once, so it is reaped on every path.
+    let tunnel = Stunnel(
+        Command::new(bin)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel (apt install stunnel4)"),
+    );
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", accept)).is_ok() {
-            return Stunnel(child);
+            return tunnel;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
