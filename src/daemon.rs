@@ -67,6 +67,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let (trigger, shutdown) = shutdown::channel();
     let ctx = Arc::new(Context {
         outbox: outbox.clone(),
+        clock: crate::clock::SystemClock::default(),
         stats: stats.clone(),
         max_event_bytes: config.ingest.max_event_bytes as usize,
         node_id: config.node_id.clone(),

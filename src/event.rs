@@ -19,6 +19,9 @@ pub struct Event<'a> {
     pub value: &'a [u8],
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// Set when ferry timestamped the event while the wall clock was not
+    /// synchronised (see `clock`).
+    pub clock: Option<crate::clock::UnsyncedStamp>,
 }
 
 impl<'a> Event<'a> {
@@ -164,6 +167,10 @@ mod tests {
             headers: &headers,
             value: b"hello",
             timestamp_ms: 1_700_000_000_123,
+            clock: Some(crate::clock::UnsyncedStamp {
+                boot: 3,
+                boot_ms: 42,
+            }),
         };
         let mut buf = Vec::new();
         e.encode_into(&mut buf).unwrap();

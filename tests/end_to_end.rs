@@ -535,8 +535,17 @@ fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
     assert!(FrameClient::connect(&f.socket()).is_ok());
     let (code, _) = f.terminate();
     assert_eq!(code, Some(0));
-    let n = notify.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    // STATUS= lines may come in between; STOPPING=1 must come.
+    let mut seen = Vec::new();
+    loop {
+        let n = notify.recv(&mut buf).expect("STOPPING=1 before the socket went quiet");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg == "STOPPING=1" {
+            break;
+        }
+        assert!(msg.starts_with("STATUS="), "unexpected {msg:?} after {seen:?}");
+        seen.push(msg);
+    }
 }
 
 #[test]

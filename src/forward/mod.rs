@@ -64,6 +64,12 @@ const PARK_MAX: Duration = Duration::from_secs(600);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub const FERRY_ID_HEADER: &str = "ferry-id";
+/// On events recorded before the clock was synchronised, whose timestamp
+/// ferry recomputed: the original timestamp (ms).
+pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
+/// On events recorded with an unsynchronised clock that could not be
+/// corrected (clock still unsynchronised, or recorded in an earlier boot).
+pub const TS_UNSYNCED_HEADER: &str = "ferry-ts-unsynced";
 
 /// One event's place in the window.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +131,7 @@ pub struct Forwarder {
     parked: HashMap<String, Parked>,
     log: LogLimiter,
     loud: HashMap<String, LogLimiter>,
+    clock: crate::clock::SystemClock,
 }
 
 /// What one window's delivery came to.
@@ -161,6 +168,7 @@ impl Forwarder {
             parked: HashMap::new(),
             log: LogLimiter::new(Duration::from_secs(10)),
             loud: HashMap::new(),
+            clock: crate::clock::SystemClock::default(),
         }
     }
 
@@ -586,6 +594,7 @@ impl Forwarder {
                 max_bytes: self.config.max_batch_bytes as usize,
                 stats: self.stats.clone(),
                 first_attempt_ms,
+                clock: self.clock.clone(),
             };
             set.spawn(async move {
                 let out = job.run().await;
@@ -859,7 +868,7 @@ impl Forwarder {
                     let Ok((event, _)) = crate::event::Event::decode_from(bytes) else {
                         continue;
                     };
-                    let mut r = to_record(&event, &self.node_id, 0);
+                    let mut r = to_record(&event, &self.node_id, 0, &self.clock.read());
                     r.headers.remove(FERRY_ID_HEADER);
                     r.headers
                         .insert("dlq-reason".into(), reason.clone().into_bytes());
@@ -952,6 +961,7 @@ struct LaneJob {
     max_bytes: usize,
     stats: Arc<Stats>,
     first_attempt_ms: i64,
+    clock: crate::clock::SystemClock,
 }
 
 impl LaneJob {
@@ -968,6 +978,7 @@ impl LaneJob {
         // Produce calls that included the item at `out.done` and failed.
         let mut tries_of_front = 0u32;
         while out.done < self.items.len() {
+            let clock = self.clock.read();
             let mut records = Vec::with_capacity(limit.min(self.items.len() - out.done));
             let mut bytes = 0usize;
             for item in &self.items[out.done..] {
@@ -981,7 +992,7 @@ impl LaneJob {
                     break;
                 }
                 bytes += size;
-                records.push(to_record(&event, &self.node_id, item.seq));
+                records.push(to_record(&event, &self.node_id, item.seq, &clock));
             }
             let n = records.len();
             let started = Instant::now();
@@ -1058,11 +1069,33 @@ impl LaneJob {
 
 /// Build the Kafka record: producer headers kept, `ferry-id` added. The
 /// owned copies are what rskafka's `Record` type requires.
-fn to_record(event: &crate::event::Event<'_>, node_id: &str, seq: i64) -> Record {
+fn to_record(
+    event: &crate::event::Event<'_>,
+    node_id: &str,
+    seq: i64,
+    clock: &crate::clock::Reading,
+) -> Record {
     let mut headers = BTreeMap::new();
     for (name, value) in event.header_iter() {
         headers.insert(name.to_string(), value.to_vec());
     }
+    let timestamp_ms = match crate::clock::correct(event.timestamp_ms, event.clock, clock) {
+        crate::clock::Timestamp::AsRecorded(ts) => ts,
+        crate::clock::Timestamp::Corrected {
+            corrected,
+            original,
+        } => {
+            headers.insert(
+                TS_CORRECTED_HEADER.to_string(),
+                original.to_string().into_bytes(),
+            );
+            corrected
+        }
+        crate::clock::Timestamp::Unsynced(ts) => {
+            headers.insert(TS_UNSYNCED_HEADER.to_string(), b"1".to_vec());
+            ts
+        }
+    };
     let mut id = Vec::with_capacity(node_id.len() + 21);
     id.extend_from_slice(node_id.as_bytes());
     let _ = write!(id, ":{seq}");
@@ -1071,6 +1104,6 @@ fn to_record(event: &crate::event::Event<'_>, node_id: &str, seq: i64) -> Record
         key: event.key.map(<[u8]>::to_vec),
         value: Some(event.value.to_vec()),
         headers,
-        timestamp: chrono::DateTime::from_timestamp_millis(event.timestamp_ms).unwrap_or_default(),
+        timestamp: chrono::DateTime::from_timestamp_millis(timestamp_ms).unwrap_or_default(),
     }
 }

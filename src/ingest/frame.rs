@@ -174,6 +174,7 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>, FrameError> {
         headers: if headers_len == 2 { &[] } else { headers },
         value,
         timestamp_ms: 0,
+        clock: None,
     };
     Ok(Frame::Event(event, timestamp))
 }

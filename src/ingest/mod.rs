@@ -9,6 +9,7 @@
 
 pub mod frame;
 
+use crate::clock::{Reading, SystemClock};
 use crate::config::{Config, Format, ListenerConfig, ListenerKind};
 use crate::event::{Event, validate_topic};
 use crate::log_limit::LogLimiter;
@@ -34,6 +35,7 @@ const FRAME_OVERHEAD: usize = 1024;
 /// What every connection needs, shared.
 pub struct Context {
     pub outbox: Outbox,
+    pub clock: SystemClock,
     pub stats: Arc<Stats>,
     pub max_event_bytes: usize,
     pub node_id: String,
@@ -236,7 +238,7 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             buf.drain(..d);
             skip -= d;
         }
-        let now = now_ms();
+        let now = ctx.clock.read();
         // Sized once for everything this read holds: no growth per event.
         let mut batch = AppendBatch {
             data: Vec::with_capacity(buf.len() + buf.len() / 4),
@@ -291,7 +293,7 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
                         plan.push(refusal);
                         continue;
                     }
-                    event.timestamp_ms = ts.unwrap_or(now);
+                    stamp_time(&mut event, ts, &now);
                     if event.encode_into(&mut batch.data).is_err() {
                         ctx.stats.rejected.fetch_add(1, Relaxed);
                         plan.push(Planned::Refused(
@@ -349,6 +351,18 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A client's timestamp is kept as sent; otherwise ferry's, marked when
+/// the wall clock is not synchronised so it can be corrected later.
+fn stamp_time(event: &mut Event<'_>, client_ts: Option<i64>, now: &Reading) {
+    match client_ts {
+        Some(ts) => event.timestamp_ms = ts,
+        None => {
+            event.timestamp_ms = now.wall_ms;
+            event.clock = now.stamp();
+        }
+    }
+}
+
 fn too_large(len: usize, ctx: &Context) -> String {
     format!(
         "event frame of {len} bytes refused: events may carry at most {} bytes of key, headers and value (ingest.max_event_bytes)",
@@ -400,7 +414,7 @@ async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let at_eof = n == 0;
         let mut batch = AppendBatch::default();
-        lines.feed(&buf, at_eof, now_ms(), &mut batch, ctx, limiter);
+        lines.feed(&buf, at_eof, &ctx.clock.read(), &mut batch, ctx, limiter);
         if batch.count > 0 {
             if let Err(e) = ctx.outbox.append(batch).await {
                 limiter.warn(&format!("lines listener: events not stored: {e}"));
@@ -437,7 +451,7 @@ impl LineSplitter {
         &mut self,
         mut data: &[u8],
         at_eof: bool,
-        now: i64,
+        now: &Reading,
         batch: &mut AppendBatch,
         ctx: &Context,
         limiter: &LogLimiter,
@@ -486,7 +500,7 @@ impl LineSplitter {
     fn emit(
         &self,
         line: &[u8],
-        now: i64,
+        now: &Reading,
         batch: &mut AppendBatch,
         ctx: &Context,
         limiter: &LogLimiter,
@@ -505,7 +519,8 @@ impl LineSplitter {
             key: self.key.as_deref(),
             headers: &[],
             value: line,
-            timestamp_ms: now,
+            timestamp_ms: now.wall_ms,
+            clock: now.stamp(),
         };
         if event.encode_into(&mut batch.data).is_ok() {
             batch.count += 1;
@@ -540,12 +555,12 @@ async fn serve_udp(
             _ = shutdown.recv() => return,
         };
         let datagram = &buf[..n];
-        let now = now_ms();
+        let now = ctx.clock.read();
         let mut batch = AppendBatch::default();
         match cfg.format {
             Format::Lines => {
                 let mut lines = LineSplitter::new(&cfg, ctx.max_event_bytes);
-                lines.feed(datagram, true, now, &mut batch, &ctx, &limiter);
+                lines.feed(datagram, true, &now, &mut batch, &ctx, &limiter);
             }
             Format::Frames => {
                 let mut rest = datagram;
@@ -567,7 +582,7 @@ async fn serve_udp(
                         match frame::decode(body) {
                             Ok(Frame::Event(mut event, ts)) => match admit(&event, &ctx) {
                                 Ok(()) => {
-                                    event.timestamp_ms = ts.unwrap_or(now);
+                                    stamp_time(&mut event, ts, &now);
                                     if event.encode_into(&mut batch.data).is_ok() {
                                         batch.count += 1;
                                     }

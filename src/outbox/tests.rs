@@ -13,6 +13,7 @@ fn batch(topic: &str, values: &[&str]) -> AppendBatch {
             headers: &[],
             value: v.as_bytes(),
             timestamp_ms: 1,
+            clock: None,
         }
         .encode_into(&mut b.data)
         .unwrap();
