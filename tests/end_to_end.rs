@@ -507,14 +507,6 @@ fn routes_fan_out_to_several_topics() {
     assert_eq!(got[0].ferry_id(), got[1].ferry_id(), "one event, one id");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,12 +530,17 @@ fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
     // STATUS= lines may come in between; STOPPING=1 must come.
     let mut seen = Vec::new();
     loop {
-        let n = notify.recv(&mut buf).expect("STOPPING=1 before the socket went quiet");
+        let n = notify
+            .recv(&mut buf)
+            .expect("STOPPING=1 before the socket went quiet");
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         if msg == "STOPPING=1" {
             break;
         }
-        assert!(msg.starts_with("STATUS="), "unexpected {msg:?} after {seen:?}");
+        assert!(
+            msg.starts_with("STATUS="),
+            "unexpected {msg:?} after {seen:?}"
+        );
         seen.push(msg);
     }
 }

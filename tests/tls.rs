@@ -88,14 +88,6 @@ fn make_pki(dir: &Path, name: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Stunnel(std::process::Child);
 
 impl Drop for Stunnel {

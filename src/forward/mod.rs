@@ -715,25 +715,11 @@ impl Forwarder {
     }
 
     async fn refresh_metadata(&mut self, client: &Client) -> Result<(), Failure> {
-        let topics = tokio::time::timeout(LEADER_TIMEOUT, client.list_topics())
-            .await
-            .map_err(|_| {
-                Failure::transient(format!(
-                    "cannot read topic metadata from Kafka: no answer within {LEADER_TIMEOUT:?}"
-                ))
-            })?
-            .map_err(|e| {
-                let (class, name) = classify(&e);
-                Failure {
-                    class: if class == Class::ConfigTopic {
-                        Class::Transient
-                    } else {
-                        class
-                    },
-                    name,
-                    message: format!("cannot read topic metadata from Kafka: {e}"),
-                }
-            })?;
+        let topics = bounded(
+            "cannot read topic metadata from Kafka",
+            client.list_topics(),
+        )
+        .await?;
         self.partitions = topics
             .into_iter()
             .filter(|t| !t.partitions.is_empty())
@@ -798,25 +784,11 @@ impl Forwarder {
             return Ok(pc.clone());
         }
         let lookup = client.partition_client(topic, partition, UnknownTopicHandling::Error);
-        let pc = tokio::time::timeout(LEADER_TIMEOUT, lookup)
-            .await
-            .map_err(|_| {
-                Failure::transient(format!(
-                    "cannot reach the leader of {topic}/{partition}: no answer within {LEADER_TIMEOUT:?}"
-                ))
-            })?
-            .map_err(|e| {
-                let (class, name) = classify(&e);
-                Failure {
-                    class: if class == Class::ConfigTopic {
-                        Class::Transient
-                    } else {
-                        class
-                    },
-                    name,
-                    message: format!("cannot reach the leader of {topic}/{partition}: {e}"),
-                }
-            })?;
+        let pc = bounded(
+            &format!("cannot reach the leader of {topic}/{partition}"),
+            lookup,
+        )
+        .await?;
         let pc = Arc::new(pc);
         self.partition_clients.insert(key, pc.clone());
         Ok(pc)
@@ -920,6 +892,33 @@ impl Forwarder {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// A metadata or leader lookup, bounded by `LEADER_TIMEOUT` (rskafka nests
+/// its retries) and classified. An unknown topic here is a stale cache, not
+/// an operator's problem: transient.
+async fn bounded<T>(
+    what: &str,
+    lookup: impl std::future::Future<Output = Result<T, rskafka::client::error::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(LEADER_TIMEOUT, lookup).await {
+        Err(_) => Err(Failure::transient(format!(
+            "{what}: no answer within {LEADER_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) => {
+            let (class, name) = classify(&e);
+            Err(Failure {
+                class: if class == Class::ConfigTopic {
+                    Class::Transient
+                } else {
+                    class
+                },
+                name,
+                message: format!("{what}: {e}"),
+            })
+        }
+        Ok(Ok(v)) => Ok(v),
     }
 }
 
