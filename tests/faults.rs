@@ -313,6 +313,14 @@ fn missing_topic_is_parked_while_other_topics_flow() {
     let mut acked: Vec<String> = (0..100).map(|i| format!("k|{i}")).collect();
     acked.extend((0..500).map(|i| format!("p|{i}")));
     check_delivery(&acked, &got);
+    assert!(f.status().forward.parked_topics.is_empty());
+    // Idle again, and idle means idle: no spinning after the recovery.
+    let pid = f.child.as_ref().unwrap().id();
+    let cpu0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu = cpu_seconds(pid) - cpu0;
+    eprintln!("idle after recovery: {cpu:.3} CPU s in 5 s");
+    assert!(cpu < 0.05, "{cpu:.3} CPU s in 5 s while idle");
 }
 
 #[test]

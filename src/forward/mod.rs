@@ -101,6 +101,14 @@ struct Parked {
     reason: String,
 }
 
+impl Parked {
+    /// Still holding blocks back. An inactive entry only remembers the
+    /// backoff, so a topic that fails again is parked for longer.
+    fn is_active(&self) -> bool {
+        !self.sources.is_empty()
+    }
+}
+
 /// The forwarder's view for `ferry status`.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ForwardState {
@@ -233,7 +241,12 @@ impl Forwarder {
     /// Nothing to send: wait for new events, a parked topic's retry time, or
     /// shutdown; then linger so a burst fills batches. False on shutdown.
     async fn idle(&mut self, shutdown: &mut Shutdown) -> bool {
-        let next_unpark = self.parked.values().map(|p| p.until).min();
+        let next_unpark = self
+            .parked
+            .values()
+            .filter(|p| p.is_active())
+            .map(|p| p.until)
+            .min();
         let until_unpark = next_unpark
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
@@ -428,7 +441,12 @@ impl Forwarder {
                 .open_until()
                 .map(|u| u.saturating_duration_since(now).as_secs_f64()),
             last_error_class: failure.map(|f| f.class.as_str().to_string()),
-            parked_topics: self.parked.keys().cloned().collect(),
+            parked_topics: self
+                .parked
+                .iter()
+                .filter(|(_, p)| p.is_active())
+                .map(|(t, _)| t.clone())
+                .collect(),
         };
         self.stats
             .breaker_state
@@ -489,7 +507,7 @@ impl Forwarder {
         let expired: Vec<String> = self
             .parked
             .iter()
-            .filter(|(_, p)| p.until <= now && !p.sources.is_empty())
+            .filter(|(_, p)| p.until <= now && p.is_active())
             .map(|(t, _)| t.clone())
             .collect();
         for t in &expired {
@@ -631,6 +649,16 @@ impl Forwarder {
         }
         for (topic, f) in parked {
             self.abandon_topic(blocks, lanes, &topic, &f);
+        }
+        // A once-parked topic that now delivers is forgiven: its backoff resets.
+        for lane in lanes
+            .iter()
+            .filter(|l| !l.abandoned && l.done == l.items.len())
+        {
+            if self.parked.get(&lane.topic).is_some_and(|p| !p.is_active()) {
+                info!("topic {}: delivering again", lane.topic);
+                self.parked.remove(&lane.topic);
+            }
         }
         match first_error {
             None => Ok(()),
