@@ -588,6 +588,12 @@ mod bench {
             md.push_str(&format!("| {name} | {value} | {target} | {v} |\n"));
         }
         md.push('\n');
+        // Keep the hand-written analysis that follows the figures.
+        if let Ok(old) = std::fs::read_to_string(&a.out) {
+            if let Some(i) = old.find("## Analysis") {
+                md.push_str(&old[i..]);
+            }
+        }
         std::fs::write(&a.out, &md).expect("write BENCHMARKS.md");
         println!("{md}");
     }
