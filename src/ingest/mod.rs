@@ -13,7 +13,7 @@ use crate::clock::{Reading, SystemClock};
 use crate::config::{Config, Format, ListenerConfig, ListenerKind};
 use crate::event::{Event, validate_topic};
 use crate::log_limit::LogLimiter;
-use crate::outbox::{AppendBatch, Outbox, StoreError};
+use crate::outbox::{AppendBatch, Appender, Outbox, StoreError};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use frame::{Check, ErrorCode, Frame, Reply};
@@ -217,6 +217,7 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut plan: Vec<Planned> = Vec::new();
+    let mut appender = Appender::new(&ctx.outbox);
     // Bytes of a refused oversized frame still to be discarded.
     let mut skip = 0usize;
     loop {
@@ -239,11 +240,8 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             skip -= d;
         }
         let now = ctx.clock.read();
-        // Sized once for everything this read holds: no growth per event.
-        let mut batch = AppendBatch {
-            data: Vec::with_capacity(buf.len() + buf.len() / 4),
-            count: 0,
-        };
+        // Room for everything this read holds: no growth per event.
+        let mut batch = appender.batch(buf.len() + buf.len() / 4);
         let mut pos = 0usize;
         let mut fatal: Option<String> = None;
         while pos < buf.len() {
@@ -318,11 +316,7 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         buf.drain(..pos);
-        let stored = if batch.count > 0 {
-            ctx.outbox.append(batch).await
-        } else {
-            Ok(())
-        };
+        let stored = appender.store(batch).await;
         out.clear();
         for p in plan.drain(..) {
             match p {
@@ -406,6 +400,7 @@ async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut lines = LineSplitter::new(cfg, ctx.max_event_bytes);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut appender = Appender::new(&ctx.outbox);
     loop {
         buf.clear();
         let n = tokio::select! {
@@ -413,12 +408,10 @@ async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
             _ = shutdown.recv() => 0,
         };
         let at_eof = n == 0;
-        let mut batch = AppendBatch::default();
+        let mut batch = appender.batch(buf.len() + buf.len() / 4);
         lines.feed(&buf, at_eof, &ctx.clock.read(), &mut batch, ctx, limiter);
-        if batch.count > 0 {
-            if let Err(e) = ctx.outbox.append(batch).await {
-                limiter.warn(&format!("lines listener: events not stored: {e}"));
-            }
+        if let Err(e) = appender.store(batch).await {
+            limiter.warn(&format!("lines listener: events not stored: {e}"));
         }
         if at_eof {
             return;
@@ -541,6 +534,7 @@ async fn serve_udp(
 ) {
     let limiter = LogLimiter::default();
     let mut buf = vec![0u8; 65_536];
+    let mut appender = Appender::new(&ctx.outbox);
     let max_frame = ctx.max_event_bytes + FRAME_OVERHEAD;
     loop {
         let n = tokio::select! {
@@ -556,7 +550,7 @@ async fn serve_udp(
         };
         let datagram = &buf[..n];
         let now = ctx.clock.read();
-        let mut batch = AppendBatch::default();
+        let mut batch = appender.batch(n + n / 4);
         match cfg.format {
             Format::Lines => {
                 let mut lines = LineSplitter::new(&cfg, ctx.max_event_bytes);
@@ -602,10 +596,8 @@ async fn serve_udp(
                 }
             }
         }
-        if batch.count > 0 {
-            if let Err(e) = ctx.outbox.append(batch).await {
-                limiter.warn(&format!("udp listener: events not stored: {e}"));
-            }
+        if let Err(e) = appender.store(batch).await {
+            limiter.warn(&format!("udp listener: events not stored: {e}"));
         }
     }
 }

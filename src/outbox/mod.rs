@@ -123,7 +123,9 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 /// Where to send the result of storing a batch (none for formats without acks).
-type AckSender = Option<oneshot::Sender<Result<(), StoreError>>>;
+type AckSender = Option<mpsc::Sender<Stored>>;
+/// What the writer hands back: the outcome, and the batch's buffer for reuse.
+type Stored = (Result<(), StoreError>, Vec<u8>);
 /// A batch waiting for the next group commit.
 type Pending = (AppendBatch, AckSender);
 
@@ -188,7 +190,7 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
         Durability::Relaxed => "NORMAL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA cache_size=-1024;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA cache_size=-256;"
     ))
     .map_err(|e| format!("cannot configure outbox {}: {e}", path.display()))?;
     schema::migrate(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
@@ -229,25 +231,10 @@ pub fn start(
 }
 
 impl Outbox {
-    /// Store a batch; resolves once it is committed (or refused).
+    /// Store one batch; resolves once it is committed (or refused). For a
+    /// stream of batches use an [`Appender`], which allocates nothing per batch.
     pub async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
-                batch,
-                reply: Some(reply),
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.unwrap_or(Err(StoreError::Closed))
-    }
-
-    /// Store a batch without waiting for the commit (formats with no ack).
-    pub async fn append_no_ack(&self, batch: AppendBatch) -> Result<(), StoreError> {
-        self.tx
-            .send(Command::Append { batch, reply: None })
-            .await
-            .map_err(|_| StoreError::Closed)
+        Appender::new(self).store(batch).await
     }
 
     /// Blocks after `after`, in order, up to the given limits (at least
@@ -347,6 +334,60 @@ impl Outbox {
     /// Ask the writer to drop events older than `max_age`.
     pub async fn evict_aged(&self) {
         let _ = self.tx.send(Command::EvictAged).await;
+    }
+}
+
+/// A connection's way to store batches: one reply channel for its whole
+/// life, and each batch's buffer handed back after the commit for the
+/// next one, so the ingest path allocates nothing per batch or event.
+pub struct Appender {
+    outbox: Outbox,
+    reply_tx: mpsc::Sender<Stored>,
+    reply_rx: mpsc::Receiver<Stored>,
+    spare: Vec<u8>,
+}
+
+impl Appender {
+    pub fn new(outbox: &Outbox) -> Self {
+        let (reply_tx, reply_rx) = mpsc::channel(1);
+        Self {
+            outbox: outbox.clone(),
+            reply_tx,
+            reply_rx,
+            spare: Vec::new(),
+        }
+    }
+
+    /// An empty batch whose buffer holds at least `capacity` bytes (the
+    /// previous batch's buffer, recycled).
+    pub fn batch(&mut self, capacity: usize) -> AppendBatch {
+        let mut data = std::mem::take(&mut self.spare);
+        data.clear();
+        data.reserve(capacity);
+        AppendBatch { data, count: 0 }
+    }
+
+    /// Store `batch` (or, if it is empty, just keep its buffer).
+    pub async fn store(&mut self, batch: AppendBatch) -> Result<(), StoreError> {
+        if batch.count == 0 {
+            self.spare = batch.data;
+            return Ok(());
+        }
+        self.outbox
+            .tx
+            .send(Command::Append {
+                batch,
+                reply: Some(self.reply_tx.clone()),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match self.reply_rx.recv().await {
+            Some((result, buffer)) => {
+                self.spare = buffer;
+                result
+            }
+            None => Err(StoreError::Closed),
+        }
     }
 }
 
@@ -546,9 +587,10 @@ impl Writer {
         } else {
             self.stats.rejected.fetch_add(n, Relaxed);
         }
-        for (_, reply) in group.drain(..) {
+        for (batch, reply) in group.drain(..) {
             if let Some(reply) = reply {
-                let _ = reply.send(result.clone());
+                // One reply per batch and the client waits for it: never full.
+                let _ = reply.try_send((result.clone(), batch.data));
             }
         }
         stored
