@@ -507,17 +507,25 @@ fn routes_fan_out_to_several_topics() {
     assert_eq!(got[0].ferry_id(), got[1].ferry_id(), "one event, one id");
 }
 
+/// A ferry (broker unreachable, not started) whose systemd notifications
+/// go to a socket this test owns.
+fn ferry_notifying(
+    dir: &std::path::Path,
+    read_timeout: Duration,
+) -> (Ferry, std::os::unix::net::UnixDatagram) {
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(read_timeout)).unwrap();
+    let mut f = Ferry::new(dir, "127.0.0.1:1", "");
+    f.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into()));
+    (f, notify)
+}
+
 #[test]
 fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut f = Ferry::new(dir.path(), "127.0.0.1:1", "");
-    f.env
-        .push(("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into()));
+    let (mut f, notify) = ferry_notifying(dir.path(), Duration::from_secs(20));
     f.start();
     let mut buf = [0u8; 512];
     let n = notify.recv(&mut buf).unwrap();
@@ -548,14 +556,7 @@ fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
 #[test]
 fn watchdog_is_fed_while_alive_and_stops_while_the_outbox_is_wedged() {
     let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut f = Ferry::new(dir.path(), "127.0.0.1:1", "");
-    f.env
-        .push(("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into()));
+    let (mut f, notify) = ferry_notifying(dir.path(), Duration::from_millis(200));
     f.env.push(("WATCHDOG_USEC".into(), "1000000".into()));
     f.start();
     // Collect notifications for `d`: (seconds since start, message).
