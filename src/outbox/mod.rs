@@ -645,10 +645,13 @@ impl Writer {
             added += insert_block(&tx, b, &mut self.compressed, self.next_seq, now)?;
             self.next_seq += b.count as i64;
         }
-        schema::add_meta(&tx, "next_seq", self.next_seq - seq_before)?;
-        schema::add_meta(&tx, "events", added.events as i64)?;
-        schema::add_meta(&tx, "stored_bytes", added.stored as i64)?;
-        schema::add_meta(&tx, "raw_bytes", added.raw as i64)?;
+        schema::add_appended(
+            &tx,
+            self.next_seq - seq_before,
+            added.events as i64,
+            added.stored as i64,
+            added.raw as i64,
+        )?;
         let dropped = if self.config.when_full == WhenFull::DropOldest && self.config.max_bytes > 0
         {
             let limit = self.config.max_bytes;
