@@ -566,27 +566,31 @@ async fn serve_udp(
                     };
                     let body = &rest[4..total];
                     rest = &rest[total..];
-                    if let Ok(Frame::Status) = frame::decode(body) {
-                        continue;
-                    }
-                    ctx.stats.received.fetch_add(1, Relaxed);
                     let refusal = if body.len() > max_frame {
+                        ctx.stats.received.fetch_add(1, Relaxed);
                         Some(too_large(body.len(), &ctx))
                     } else {
                         match frame::decode(body) {
-                            Ok(Frame::Event(mut event, ts)) => match admit(&event, &ctx) {
-                                Ok(()) => {
-                                    stamp_time(&mut event, ts, &now);
-                                    if event.encode_into(&mut batch.data).is_ok() {
-                                        batch.count += 1;
+                            // Nobody to answer over UDP.
+                            Ok(Frame::Status) => continue,
+                            Ok(Frame::Event(mut event, ts)) => {
+                                ctx.stats.received.fetch_add(1, Relaxed);
+                                match admit(&event, &ctx) {
+                                    Ok(()) => {
+                                        stamp_time(&mut event, ts, &now);
+                                        if event.encode_into(&mut batch.data).is_ok() {
+                                            batch.count += 1;
+                                        }
+                                        None
                                     }
-                                    None
+                                    Err(Planned::Refused(_, msg)) => Some(msg),
+                                    Err(_) => None,
                                 }
-                                Err(Planned::Refused(_, msg)) => Some(msg),
-                                Err(_) => None,
-                            },
-                            Ok(Frame::Status) => None,
-                            Err(e) => Some(e.message),
+                            }
+                            Err(e) => {
+                                ctx.stats.received.fetch_add(1, Relaxed);
+                                Some(e.message)
+                            }
                         }
                     };
                     if let Some(msg) = refusal {
