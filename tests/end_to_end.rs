@@ -553,6 +553,22 @@ fn tells_systemd_ready_after_binding_and_stopping_on_sigterm() {
     }
 }
 
+/// Wedge the outbox writer: another process holds the database's write
+/// lock, and an event waits for it. Release with `ROLLBACK` on the returned
+/// connection; the thread yields the waiting client's answer.
+fn wedge_outbox(f: &Ferry) -> (rusqlite::Connection, std::thread::JoinHandle<Answer>) {
+    let db = rusqlite::Connection::open(f.dir.join("data/outbox.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let socket = f.socket();
+    let sender = std::thread::spawn(move || {
+        let mut c = FrameClient::connect(&socket).unwrap();
+        c.send_event("t", None, &[], b"waits").unwrap();
+        c.answer()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    (db, sender)
+}
+
 #[test]
 fn watchdog_is_fed_while_alive_and_stops_while_the_outbox_is_wedged() {
     let dir = tempfile::tempdir().unwrap();
@@ -587,17 +603,7 @@ fn watchdog_is_fed_while_alive_and_stops_while_the_outbox_is_wedged() {
         "{status:?}"
     );
 
-    // Wedge the outbox writer: another process holds the database's write
-    // lock, and an event waits for it.
-    let db = rusqlite::Connection::open(dir.path().join("data/outbox.db")).unwrap();
-    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let socket = f.socket();
-    let sender = std::thread::spawn(move || {
-        let mut c = FrameClient::connect(&socket).unwrap();
-        c.send_event("t", None, &[], b"waits").unwrap();
-        c.answer()
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let (db, sender) = wedge_outbox(&f);
     let wedged = collect(Duration::from_secs(3));
     assert!(
         !wedged.iter().any(|(_, m)| m == "WATCHDOG=1"),
@@ -747,18 +753,49 @@ fn metrics_and_health_over_http_and_textfile() {
     );
 
     // Storage stuck: /health says so with 503 and why.
-    let db = rusqlite::Connection::open(dir.path().join("data/outbox.db")).unwrap();
-    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let socket = f.socket();
-    let sender = std::thread::spawn(move || {
-        let mut c = FrameClient::connect(&socket).unwrap();
-        c.send_event("m", None, &[], b"waits").unwrap();
-        c.answer()
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let (db, sender) = wedge_outbox(&f);
     let (code, body) = http_get(port, "/health");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("outbox writer does not answer"), "{body}");
     db.execute_batch("ROLLBACK").unwrap();
     let _ = sender.join();
+}
+
+#[test]
+fn udp_lines_and_frames_are_stored_and_bad_datagrams_counted() {
+    let topics = [("udp-lines", 1), ("udp-frames", 1)];
+    let c = cluster(1, &topics);
+    let reader = Reader::start(&c.bootstrap_servers(), &topics);
+    let dir = tempfile::tempdir().unwrap();
+    let (lines_port, frames_port) = (free_port(), free_port());
+    let mut f = Ferry::new(
+        dir.path(),
+        &c.bootstrap_servers(),
+        &format!(
+            "[[listener]]\ntype = \"unix\"\n\n[[listener]]\ntype = \"udp\"\naddress = \"127.0.0.1:{lines_port}\"\nformat = \"lines\"\ntopic = \"udp-lines\"\n\n[[listener]]\ntype = \"udp\"\naddress = \"127.0.0.1:{frames_port}\"\nformat = \"frames\"\n"
+        ),
+    );
+    f.start();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"u1\nu2\n", ("127.0.0.1", lines_port))
+        .unwrap();
+    let mut datagram = Vec::new();
+    ferry::ingest::frame::encode_event(&mut datagram, "udp-frames", Some(b"k"), &[], b"f1", None);
+    ferry::ingest::frame::encode_status_request(&mut datagram);
+    ferry::ingest::frame::encode_event(&mut datagram, "bad topic", None, &[], b"x", None);
+    ferry::ingest::frame::encode_event(&mut datagram, "udp-frames", Some(b"k"), &[], b"f2", None);
+    sock.send_to(&datagram, ("127.0.0.1", frames_port)).unwrap();
+    let got = reader.collect(4, Duration::from_secs(30));
+    let values = by_value(&got);
+    for v in ["u1", "u2", "f1", "f2"] {
+        assert_eq!(values.get(v), Some(&1), "{v} in {values:?}");
+    }
+    assert_eq!(got.len(), 4);
+    let s = f.status();
+    assert_eq!((s.received, s.rejected), (5, 1), "{s:?}");
+    assert!(
+        f.log_text().contains("invalid topic name"),
+        "{}",
+        f.log_text()
+    );
 }
