@@ -231,12 +231,6 @@ pub fn start(
 }
 
 impl Outbox {
-    /// Store one batch; resolves once it is committed (or refused). For a
-    /// stream of batches use an [`Appender`], which allocates nothing per batch.
-    pub async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
-        Appender::new(self).store(batch).await
-    }
-
     /// Blocks after `after`, in order, up to the given limits (at least
     /// one), leaving out blocks of `skip_topics`.
     pub async fn read(
@@ -277,11 +271,6 @@ impl Outbox {
             .await
             .map_err(|_| "outbox closed".to_string())?;
         rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
-    }
-
-    /// Delete blocks whose every event Kafka has acknowledged.
-    pub async fn delete(&self, seq_firsts: Vec<i64>) -> Result<(), String> {
-        self.finish(seq_firsts, Vec::new()).await
     }
 
     /// Loss markers waiting for the loss topic: `(id, JSON)`.

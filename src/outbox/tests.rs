@@ -22,6 +22,11 @@ fn batch(topic: &str, values: &[&str]) -> AppendBatch {
     b
 }
 
+/// Store one batch and wait for the commit.
+async fn append(o: &Outbox, b: AppendBatch) -> Result<(), StoreError> {
+    Appender::new(o).store(b).await
+}
+
 fn values(blocks: &[Block]) -> Vec<(i64, String)> {
     blocks
         .iter()
@@ -51,15 +56,15 @@ fn close(o: Outbox, h: std::thread::JoinHandle<()>) {
 async fn append_read_delete_and_sequence_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
-    o.append(batch("t", &["a", "b"])).await.unwrap();
-    o.append(batch("t", &["c"])).await.unwrap();
+    append(&o, batch("t", &["a", "b"])).await.unwrap();
+    append(&o, batch("t", &["c"])).await.unwrap();
     let blocks = o.read(0, 100, 1 << 20, vec![]).await.unwrap();
     assert_eq!(
         values(&blocks),
         vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
     );
     assert_eq!(stats.backlog_events.load(Relaxed), 3);
-    o.delete(blocks.iter().map(|b| b.seq_first).collect())
+    o.finish(blocks.iter().map(|b| b.seq_first).collect(), Vec::new())
         .await
         .unwrap();
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
@@ -67,7 +72,7 @@ async fn append_read_delete_and_sequence_survives_restart() {
 
     let (o, h, stats) = open(dir.path(), OutboxConfig::default());
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
-    o.append(batch("t", &["d"])).await.unwrap();
+    append(&o, batch("t", &["d"])).await.unwrap();
     let blocks = o.read(0, 100, 1 << 20, vec![]).await.unwrap();
     assert_eq!(
         values(&blocks),
@@ -82,7 +87,7 @@ async fn counters_survive_restart_without_scan() {
     let dir = tempfile::tempdir().unwrap();
     let (o, h, _) = open(dir.path(), OutboxConfig::default());
     for i in 0..50 {
-        o.append(batch("t", &[&format!("v{i}"), "x"]))
+        append(&o, batch("t", &[&format!("v{i}"), "x"]))
             .await
             .unwrap();
     }
@@ -103,8 +108,8 @@ async fn reject_when_full_refuses_with_clear_error() {
         ..OutboxConfig::default()
     };
     let (o, h, stats) = open(dir.path(), config);
-    o.append(batch("t", &["first"])).await.unwrap();
-    let e = o.append(batch("t", &["second"])).await.unwrap_err();
+    append(&o, batch("t", &["first"])).await.unwrap();
+    let e = append(&o, batch("t", &["second"])).await.unwrap_err();
     assert_eq!(e, StoreError::Full { max_bytes: 1 });
     assert!(e.to_string().contains("outbox full"), "{e}");
     assert_eq!(stats.rejected.load(Relaxed), 1);
@@ -125,7 +130,7 @@ async fn drop_oldest_keeps_newest_and_counts() {
     let (o, h, stats) = open(dir.path(), config);
     for i in 0..20 {
         let v = format!("{i:0>60}");
-        o.append(batch("t", &[&v])).await.unwrap();
+        append(&o, batch("t", &[&v])).await.unwrap();
     }
     let kept = values(&o.read(0, 100, 1 << 20, vec![]).await.unwrap());
     let dropped = stats.dropped_events.load(Relaxed);
@@ -144,7 +149,7 @@ async fn age_cap_drops_and_counts() {
         ..OutboxConfig::default()
     };
     let (o, h, stats) = open(dir.path(), config);
-    o.append(batch("t", &["old"])).await.unwrap();
+    append(&o, batch("t", &["old"])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     o.evict_aged().await;
     assert!(o.read(0, 10, 1 << 20, vec![]).await.unwrap().is_empty());
@@ -157,8 +162,8 @@ async fn age_cap_drops_and_counts() {
 async fn corrupt_block_is_quarantined_and_does_not_block_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (o, h, _) = open(dir.path(), OutboxConfig::default());
-    o.append(batch("t", &["bad"])).await.unwrap();
-    o.append(batch("t", &["good"])).await.unwrap();
+    append(&o, batch("t", &["bad"])).await.unwrap();
+    append(&o, batch("t", &["good"])).await.unwrap();
     close(o, h);
     {
         let conn = Connection::open(dir.path().join("outbox.db")).unwrap();
