@@ -43,6 +43,8 @@ mod bench {
         runs: usize,
         events: usize,
         out: PathBuf,
+        /// Only this part (`e2e`, `kcat` or `drain`), printed, no report.
+        only: Option<String>,
     }
 
     fn args() -> Args {
@@ -50,6 +52,7 @@ mod bench {
             runs: 3,
             events: 1_000_000,
             out: PathBuf::from("BENCHMARKS.md"),
+            only: None,
         };
         let v: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -59,7 +62,10 @@ mod bench {
                 "--runs" => a.runs = next.parse().expect("--runs N"),
                 "--events" => a.events = next.parse().expect("--events N"),
                 "--out" => a.out = PathBuf::from(next),
-                other => panic!("unknown argument {other}; use --runs N --events N --out FILE"),
+                "--only" => a.only = Some(next),
+                other => panic!(
+                    "unknown argument {other}; use --runs N --events N --out FILE --only e2e|kcat|drain"
+                ),
             }
             i += 2;
         }
@@ -139,7 +145,10 @@ mod bench {
                 .args(["run", "-c"])
                 .arg(&config)
                 .env("NOTIFY_SOCKET", &notify_path)
-                .env("FERRY_LOG", "warn")
+                .env(
+                    "FERRY_LOG",
+                    std::env::var("BENCH_FERRY_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -346,8 +355,9 @@ mod bench {
             eprintln!("run {}/{}", run + 1, a.runs);
             let mut r = Run::default();
 
+            let part = |name: &str| a.only.as_deref().is_none_or(|o| o == name);
             // End to end, relaxed and fsync.
-            for durability in ["relaxed", "fsync"] {
+            for durability in ["relaxed", "fsync"].into_iter().filter(|_| part("e2e")) {
                 let dir = tempfile::tempdir_in(work.path()).unwrap();
                 let f = Ferry::start(&bin, dir.path(), &bootstrap, durability);
                 let before = end_offsets(&consumer, TOPIC_FERRY);
@@ -374,10 +384,24 @@ mod bench {
             }
 
             // librdkafka on the same broker and data.
-            let (rate, rss, cpu) = kcat(&data_file, &bootstrap, n, &consumer);
-            r.kcat_rate = rate;
-            r.kcat_peak_rss_kib = rss;
-            r.kcat_cpu_per_m = cpu;
+            if part("kcat") {
+                let (rate, rss, cpu) = kcat(&data_file, &bootstrap, n, &consumer);
+                r.kcat_rate = rate;
+                r.kcat_peak_rss_kib = rss;
+                r.kcat_cpu_per_m = cpu;
+            }
+            if !part("drain") {
+                eprintln!(
+                    "  e2e relaxed {:.0}/s, fsync {:.0}/s, peak {} KiB, idle {} KiB, cpu {:.2} s/M; kcat {:.0}/s",
+                    r.e2e_relaxed,
+                    r.e2e_fsync,
+                    r.ferry_peak_rss_kib,
+                    r.ferry_idle_rss_kib,
+                    r.ferry_cpu_per_m,
+                    r.kcat_rate
+                );
+                continue;
+            }
 
             // Ingest only (no broker), then start-up with the backlog, then drain.
             let dir = tempfile::tempdir_in(work.path()).unwrap();
@@ -404,14 +428,24 @@ mod bench {
             wait_offsets(&consumer, TOPIC_FERRY, before + n as i64);
             r.drain_rate = n as f64 / t.elapsed().as_secs_f64();
             r.allocs_forward = (f.status().allocations.unwrap_or(0) - a0) as f64 / n as f64;
+            let drain_peak_kib = proc_field(f.pid(), "status", "VmHWM:");
             f.stop();
+            if a.only.is_some() {
+                eprintln!(
+                    "  ingest {:.0}/s ({:.4} allocs/ev), drain {:.0}/s ({:.2} allocs/ev, peak {} KiB)",
+                    r.ingest_rate, r.allocs_ingest, r.drain_rate, r.allocs_forward, drain_peak_kib
+                );
+                continue;
+            }
             eprintln!(
                 "  e2e relaxed {:.0}/s, fsync {:.0}/s, kcat {:.0}/s, ingest {:.0}/s, drain {:.0}/s",
                 r.e2e_relaxed, r.e2e_fsync, r.kcat_rate, r.ingest_rate, r.drain_rate
             );
             runs.push(r);
         }
-        write_report(&a, &runs, raw_per_event, &bin);
+        if a.only.is_none() {
+            write_report(&a, &runs, raw_per_event, &bin);
+        }
     }
 
     fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {

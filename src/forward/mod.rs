@@ -4,6 +4,12 @@
 //! which keeps per-key order), and deletes the blocks only after Kafka has
 //! acknowledged (or ferry dead-lettered) every event in them.
 //!
+//! Two windows are in flight at once, so the cores stay busy while the
+//! last batches of one window are on the wire: a lane (one partition's
+//! events of a window) starts producing only when the same partition's
+//! lane of the window before has finished. When anything fails, the
+//! windows in flight are brought to a stop and retried one after another.
+//!
 //! Failures are classified (see [`errors`]): transient ones are retried
 //! after a jittered backoff and counted by the circuit breaker, which stops
 //! all attempts while open; a record Kafka refuses for good is isolated by
@@ -11,6 +17,7 @@
 //! authorised is parked (its blocks skipped) so other topics go on.
 
 pub mod errors;
+mod nodelay;
 pub mod partitioner;
 pub mod route;
 pub mod security;
@@ -31,16 +38,19 @@ use rskafka::BackoffConfig;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 /// How much of the outbox one delivery round takes on.
-const WINDOW_EVENTS: usize = 50_000;
-const WINDOW_RAW_BYTES: usize = 4 * 1024 * 1024;
+const WINDOW_EVENTS: usize = 25_000;
+const WINDOW_RAW_BYTES: usize = 2 * 1024 * 1024;
+/// Delivery windows in flight at once (see the module comment).
+const WINDOWS_IN_FLIGHT: usize = 2;
 /// Per-record overhead counted against `max_batch_bytes`.
 const RECORD_OVERHEAD: usize = 64;
 /// rskafka retries internally; bound it so ferry's backoff and breaker decide.
@@ -91,6 +101,46 @@ struct Lane {
     abandoned: bool,
 }
 
+/// A window read from the outbox, with its delivery progress.
+struct Window {
+    /// The cursor it was read after (to read it again if it never started).
+    after: i64,
+    blocks: Arc<Vec<Block>>,
+    /// Planned on its first attempt.
+    lanes: Option<Vec<Lane>>,
+    dead: Vec<NewDeadLetter>,
+    first_attempt_ms: i64,
+}
+
+impl Window {
+    fn new(after: i64, blocks: Vec<Block>) -> Self {
+        Self {
+            after,
+            blocks: Arc::new(blocks),
+            lanes: None,
+            dead: Vec::new(),
+            first_attempt_ms: now_ms(),
+        }
+    }
+
+    /// The cursor after this window.
+    fn last(&self) -> i64 {
+        self.blocks.last().map_or(self.after, |b| b.seq_first)
+    }
+}
+
+/// A window whose lane jobs are running.
+struct Running {
+    window: Window,
+    tasks: JoinSet<(usize, LaneOutcome)>,
+}
+
+/// The last lane started for each destination partition: the next lane of
+/// that partition waits for it, which keeps one request in flight per
+/// partition (and so per-key order) across windows. The value is whether
+/// that lane finished all its events.
+type Chain = HashMap<(String, i32), oneshot::Receiver<bool>>;
+
 /// A destination topic that cannot be produced to until an operator acts.
 #[derive(Debug)]
 struct Parked {
@@ -140,6 +190,9 @@ pub struct Forwarder {
     log: LogLimiter,
     loud: HashMap<String, LogLimiter>,
     clock: crate::clock::SystemClock,
+    /// When ferry's sockets were last given `TCP_NODELAY` (see [`nodelay`]);
+    /// `None` after a new connection may have been opened.
+    sockets_tuned: Option<Instant>,
 }
 
 /// What one window's delivery came to.
@@ -177,6 +230,23 @@ impl Forwarder {
             log: LogLimiter::new(Duration::from_secs(10)),
             loud: HashMap::new(),
             clock: crate::clock::SystemClock::default(),
+            sockets_tuned: None,
+        }
+    }
+
+    /// Give new broker connections `TCP_NODELAY`: right after ferry opened
+    /// one, and at most once a second otherwise (rskafka reconnects on its
+    /// own after a broken connection).
+    fn tune_sockets(&mut self) {
+        let due = self
+            .sockets_tuned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            let n = nodelay::apply_to_own_sockets();
+            if n > 0 {
+                debug!("TCP_NODELAY set on {n} connection(s)");
+            }
+            self.sockets_tuned = Some(Instant::now());
         }
     }
 
@@ -184,38 +254,67 @@ impl Forwarder {
         let mut cursor = 0i64;
         // Memory handed back since the last window was delivered.
         let mut trimmed = true;
+        let mut running: VecDeque<Running> = VecDeque::new();
+        let mut chain: Chain = HashMap::new();
         self.publish_state(None);
         loop {
             self.stats.beat_forward();
-            if !self.wait_for_breaker(&mut shutdown).await {
-                break;
-            }
-            if self.unpark_expired() {
-                // Their blocks were skipped: read from the start again.
-                cursor = 0;
+            if running.is_empty() {
+                chain.clear();
+                if !self.wait_for_breaker(&mut shutdown).await {
+                    break;
+                }
+                if self.unpark_expired() {
+                    // Their blocks were skipped: read from the start again.
+                    cursor = 0;
+                }
             }
             self.deliver_side_records().await;
-            let skip: Vec<String> = self
-                .parked
-                .values()
-                .flat_map(|p| p.sources.iter().cloned())
-                .collect();
-            let blocks = tokio::select! {
-                r = self.outbox.read(cursor, WINDOW_EVENTS, WINDOW_RAW_BYTES, skip) => r,
-                _ = shutdown.recv() => break,
-            };
-            let blocks = match blocks {
-                Ok(b) => b,
-                Err(e) => {
-                    self.log
-                        .error(&format!("cannot read the outbox: {e}; retrying"));
-                    if !self.pause(&mut shutdown).await {
-                        break;
+            // A parked topic due for a retry: let the windows in flight
+            // finish first, then read from the start.
+            let mut window = None;
+            if running.len() < WINDOWS_IN_FLIGHT && !self.unpark_due() {
+                let skip = self.parked_sources();
+                let blocks = tokio::select! {
+                    r = self.outbox.read(cursor, WINDOW_EVENTS, WINDOW_RAW_BYTES, skip) => r,
+                    _ = shutdown.recv() => break,
+                };
+                match blocks {
+                    Ok(blocks) if !blocks.is_empty() => window = Some(Window::new(cursor, blocks)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.log
+                            .error(&format!("cannot read the outbox: {e}; retrying"));
+                        if running.is_empty() {
+                            if !self.pause(&mut shutdown).await {
+                                break;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
-            };
-            let Some(last) = blocks.last().map(|b| b.seq_first) else {
+            }
+            if let Some(mut window) = window {
+                self.breaker.try_acquire(Instant::now());
+                match self.launch(&mut window, Some(&mut chain)).await {
+                    Ok(tasks) => {
+                        cursor = window.last();
+                        trimmed = false;
+                        running.push_back(Running { window, tasks });
+                        continue;
+                    }
+                    // Not started: it is read again after the recovery.
+                    Err(f) => match self.recover(&mut running, f, &mut shutdown).await {
+                        Some(Some(reread)) => {
+                            cursor = reread;
+                            continue;
+                        }
+                        Some(None) => continue,
+                        None => break,
+                    },
+                }
+            }
+            let Some(Running { mut window, tasks }) = running.pop_front() else {
                 if !trimmed {
                     release_memory();
                     trimmed = true;
@@ -225,17 +324,89 @@ impl Forwarder {
                 }
                 continue;
             };
-            let blocks = Arc::new(blocks);
-            match self.deliver(blocks.clone(), &mut shutdown).await {
-                Delivery::Done => {
-                    cursor = last;
-                    trimmed = false;
+            let result = {
+                let collect = self.collect(&mut window, tasks);
+                tokio::pin!(collect);
+                tokio::select! {
+                    r = &mut collect => r,
+                    _ = shutdown.recv() => {
+                        // Let requests already on the wire finish briefly; what
+                        // does not is sent again after restart (duplicates, not loss).
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, collect).await;
+                        break;
+                    }
                 }
-                Delivery::Reread => continue,
-                Delivery::Shutdown => break,
+            };
+            match result {
+                Ok(()) => self.complete(window).await,
+                Err(f) => {
+                    running.push_front(Running {
+                        window,
+                        tasks: JoinSet::new(),
+                    });
+                    match self.recover(&mut running, f, &mut shutdown).await {
+                        Some(Some(reread)) => cursor = reread,
+                        Some(None) => {}
+                        None => break,
+                    }
+                }
             }
         }
+        // Windows still in flight at shutdown: requests on the wire may finish.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            for mut r in running {
+                while r.tasks.join_next().await.is_some() {}
+            }
+        })
+        .await;
         info!("forwarder stopped");
+    }
+
+    /// Something failed with windows in flight: count the failure once, let
+    /// every running lane come to a stop (lanes behind a failed one give up
+    /// at once), then deliver the windows one after another, retrying with
+    /// backoff. `None` on shutdown; `Some(Some(cursor))` when the outbox must
+    /// be read again from `cursor`.
+    async fn recover(
+        &mut self,
+        running: &mut VecDeque<Running>,
+        failure: Failure,
+        shutdown: &mut Shutdown,
+    ) -> Option<Option<i64>> {
+        self.on_failure(&failure);
+        let mut windows = Vec::with_capacity(running.len());
+        for Running { mut window, tasks } in running.drain(..) {
+            // Their own failures are retried below; what they finished counts.
+            let stopped = {
+                let stop = self.collect(&mut window, tasks);
+                tokio::pin!(stop);
+                tokio::select! {
+                    _ = &mut stop => true,
+                    _ = shutdown.recv() => {
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop).await;
+                        false
+                    }
+                }
+            };
+            if !stopped {
+                return None;
+            }
+            windows.push(window);
+        }
+        if windows.is_empty() && !self.pause(shutdown).await {
+            return None;
+        }
+        let mut failed = true;
+        for window in windows {
+            let after = window.after;
+            match self.deliver(window, shutdown, failed).await {
+                Delivery::Done => failed = false,
+                // It and the windows after it are read again.
+                Delivery::Reread => return Some(Some(after)),
+                Delivery::Shutdown => return None,
+            }
+        }
+        Some(None)
     }
 
     /// Nothing to send: wait for new events, a parked topic's retry time, or
@@ -310,19 +481,34 @@ impl Forwarder {
         }
     }
 
-    /// Deliver every event of `blocks` not held back for a parked topic.
-    async fn deliver(&mut self, blocks: Arc<Vec<Block>>, shutdown: &mut Shutdown) -> Delivery {
-        let mut lanes: Option<Vec<Lane>> = None;
-        let mut dead: Vec<NewDeadLetter> = Vec::new();
-        let first_attempt_ms = now_ms();
+    /// Deliver every event of `window` not held back for a parked topic,
+    /// retrying until done. `failed`: the last attempt failed (already
+    /// counted), so wait out the backoff first.
+    async fn deliver(
+        &mut self,
+        mut window: Window,
+        shutdown: &mut Shutdown,
+        mut failed: bool,
+    ) -> Delivery {
         loop {
+            if failed {
+                if !self.pause(shutdown).await {
+                    return Delivery::Shutdown;
+                }
+                match window.lanes.as_mut() {
+                    Some(lanes) => self.forget_dropped(&window.blocks, lanes).await,
+                    // Nothing sent yet: read the window afresh, which
+                    // also leaves out what was dropped or parked meanwhile.
+                    None => return Delivery::Reread,
+                }
+            }
             if shutdown.is_shutdown() || !self.wait_for_breaker(shutdown).await {
                 return Delivery::Shutdown;
             }
             // Half-open lets one probe at a time; this is the only caller.
             self.breaker.try_acquire(Instant::now());
             let result = {
-                let attempt = self.attempt(&blocks, &mut lanes, &mut dead, first_attempt_ms);
+                let attempt = self.attempt(&mut window);
                 tokio::pin!(attempt);
                 tokio::select! {
                     r = &mut attempt => r,
@@ -336,39 +522,44 @@ impl Forwarder {
             };
             match result {
                 Ok(()) => {
-                    self.on_success();
-                    let held = self.held_blocks(&blocks, lanes.as_deref().unwrap_or(&[]));
-                    let finished: Vec<i64> = blocks
-                        .iter()
-                        .map(|b| b.seq_first)
-                        .filter(|s| !held.contains(s))
-                        .collect();
-                    if let Err(e) = self
-                        .outbox
-                        .finish(finished, std::mem::take(&mut dead))
-                        .await
-                    {
-                        // Delivered but still stored: they will be sent again
-                        // after a restart, which `ferry-id` lets consumers drop.
-                        self.log.error(&format!(
-                            "cannot remove delivered events from the outbox: {e}"
-                        ));
-                    }
+                    self.complete(window).await;
                     return Delivery::Done;
                 }
                 Err(f) => {
                     self.on_failure(&f);
-                    if !self.pause(shutdown).await {
-                        return Delivery::Shutdown;
-                    }
-                    match lanes.as_mut() {
-                        Some(lanes) => self.forget_dropped(&blocks, lanes).await,
-                        // Nothing sent yet: read the window afresh, which
-                        // also leaves out what was dropped or parked meanwhile.
-                        None => return Delivery::Reread,
-                    }
+                    failed = true;
                 }
             }
+        }
+    }
+
+    /// Every event of `window` is acknowledged, dead-lettered or held for a
+    /// parked topic: remove its blocks (but the held ones) and store its
+    /// dead letters.
+    async fn complete(&mut self, mut window: Window) {
+        debug!(
+            "window of {} blocks delivered {} ms after its first attempt",
+            window.blocks.len(),
+            now_ms() - window.first_attempt_ms
+        );
+        self.on_success();
+        let held = self.held_blocks(&window.blocks, window.lanes.as_deref().unwrap_or(&[]));
+        let finished: Vec<i64> = window
+            .blocks
+            .iter()
+            .map(|b| b.seq_first)
+            .filter(|s| !held.contains(s))
+            .collect();
+        if let Err(e) = self
+            .outbox
+            .finish(finished, std::mem::take(&mut window.dead))
+            .await
+        {
+            // Delivered but still stored: they will be sent again
+            // after a restart, which `ferry-id` lets consumers drop.
+            self.log.error(&format!(
+                "cannot remove delivered events from the outbox: {e}"
+            ));
         }
     }
 
@@ -501,6 +692,20 @@ impl Forwarder {
         self.publish_state(Some(f));
     }
 
+    /// Source topics whose blocks are held back for parked destinations.
+    fn parked_sources(&self) -> Vec<String> {
+        self.parked
+            .values()
+            .flat_map(|p| p.sources.iter().cloned())
+            .collect()
+    }
+
+    /// A parked topic is due for its retry.
+    fn unpark_due(&self) -> bool {
+        let now = Instant::now();
+        self.parked.values().any(|p| p.is_active() && p.until <= now)
+    }
+
     /// Lift parks whose time has come; true if any was lifted.
     fn unpark_expired(&mut self) -> bool {
         let now = Instant::now();
@@ -562,22 +767,30 @@ impl Forwarder {
         }
     }
 
-    async fn attempt(
+    /// One delivery attempt of what is left of `window`.
+    async fn attempt(&mut self, window: &mut Window) -> Result<(), Failure> {
+        let tasks = self.launch(window, None).await?;
+        self.collect(window, tasks).await
+    }
+
+    /// Plan `window` (on its first attempt) and start a job for each lane
+    /// with events left. With a `chain`, each job first waits for the
+    /// previous lane of its partition (see [`Chain`]).
+    async fn launch(
         &mut self,
-        blocks: &Arc<Vec<Block>>,
-        lanes: &mut Option<Vec<Lane>>,
-        dead: &mut Vec<NewDeadLetter>,
-        first_attempt_ms: i64,
-    ) -> Result<(), Failure> {
+        window: &mut Window,
+        mut chain: Option<&mut Chain>,
+    ) -> Result<JoinSet<(usize, LaneOutcome)>, Failure> {
         let client = self.ensure_client().await?;
-        if lanes.is_none() {
+        let blocks = &window.blocks;
+        if window.lanes.is_none() {
             self.ensure_topics(&client, blocks).await?;
             // Connecting may have taken a while: leave out blocks the outbox
             // dropped by policy meanwhile (they are counted and announced).
             let keep = self.still_stored(blocks).await;
-            *lanes = Some(self.plan(blocks, &keep));
+            window.lanes = Some(self.plan(blocks, &keep));
         }
-        let lanes = lanes.as_mut().expect("planned above");
+        let lanes = window.lanes.as_mut().expect("planned above");
         // Lanes whose topic is missing from the cluster.
         let missing: Vec<usize> = (0..lanes.len())
             .filter(|&i| !lanes[i].abandoned && !self.partitions.contains_key(&lanes[i].topic))
@@ -593,6 +806,8 @@ impl Forwarder {
             };
             self.abandon_topic(blocks, lanes, &topic, &f);
         }
+        // Lanes whose topic got parked since the window was read.
+        self.hold_parked(blocks, lanes);
         let mut set = JoinSet::new();
         for (i, lane) in lanes.iter().enumerate() {
             if lane.abandoned || lane.done == lane.items.len() {
@@ -602,6 +817,14 @@ impl Forwarder {
             let pc = self
                 .partition_client(&client, &lane.topic, lane.partition)
                 .await?;
+            let (after, finished) = match chain.as_deref_mut() {
+                Some(chain) => {
+                    let (tx, rx) = oneshot::channel();
+                    let after = chain.insert((lane.topic.clone(), lane.partition), rx);
+                    (after, Some(tx))
+                }
+                None => (None, None),
+            };
             let job = LaneJob {
                 client: pc,
                 blocks: blocks.clone(),
@@ -611,14 +834,31 @@ impl Forwarder {
                 max_events: self.config.max_batch_events as usize,
                 max_bytes: self.config.max_batch_bytes as usize,
                 stats: self.stats.clone(),
-                first_attempt_ms,
+                first_attempt_ms: window.first_attempt_ms,
                 clock: self.clock.clone(),
+                after,
+                finished,
             };
             set.spawn(async move {
                 let out = job.run().await;
                 (i, out)
             });
         }
+        self.tune_sockets();
+        Ok(set)
+    }
+
+    /// Wait for the lane jobs of `window` and record what they achieved.
+    async fn collect(
+        &mut self,
+        window: &mut Window,
+        mut set: JoinSet<(usize, LaneOutcome)>,
+    ) -> Result<(), Failure> {
+        let blocks = &window.blocks;
+        let Some(lanes) = window.lanes.as_mut() else {
+            return Ok(());
+        };
+        let dead = &mut window.dead;
         let mut first_error: Option<Failure> = None;
         let mut parked: Vec<(String, Failure)> = Vec::new();
         // Dropping `set` (when shutdown cancels this attempt) aborts the tasks.
@@ -632,6 +872,11 @@ impl Forwarder {
                         None => {}
                         Some(f) if f.class == Class::ConfigTopic => {
                             parked.push((lane.topic.clone(), f));
+                        }
+                        // The lane before it failed; if that one's topic
+                        // got parked, this lane is held below with it.
+                        Some(f) if out.gave_up => {
+                            first_error.get_or_insert(f);
                         }
                         Some(f) => {
                             // Look the leader up afresh next time.
@@ -650,6 +895,7 @@ impl Forwarder {
         for (topic, f) in parked {
             self.abandon_topic(blocks, lanes, &topic, &f);
         }
+        self.hold_parked(blocks, lanes);
         // A once-parked topic that now delivers is forgiven: its backoff resets.
         for lane in lanes
             .iter()
@@ -660,9 +906,34 @@ impl Forwarder {
                 self.parked.remove(&lane.topic);
             }
         }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(e),
+        if lanes
+            .iter()
+            .all(|l| l.abandoned || l.done == l.items.len())
+        {
+            return Ok(());
+        }
+        Err(first_error.unwrap_or_else(|| {
+            Failure::transient("a produce job stopped before its events were sent".into())
+        }))
+    }
+
+    /// Abandon, in this window, the unfinished lanes of topics that are
+    /// parked now (without parking them again): their blocks are held.
+    fn hold_parked(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
+        for lane in lanes.iter_mut() {
+            if lane.abandoned || lane.done == lane.items.len() {
+                continue;
+            }
+            let Some(p) = self.parked.get_mut(&lane.topic) else {
+                continue;
+            };
+            if !p.is_active() {
+                continue;
+            }
+            lane.abandoned = true;
+            for item in &lane.items[lane.done..] {
+                p.sources.insert(blocks[item.block as usize].topic.clone());
+            }
         }
     }
 
@@ -723,6 +994,8 @@ impl Forwarder {
         };
         info!("connected to Kafka at {brokers}");
         self.client = Some(client.clone());
+        self.sockets_tuned = None;
+        self.tune_sockets();
         Ok(client)
     }
 
@@ -819,6 +1092,8 @@ impl Forwarder {
         .await?;
         let pc = Arc::new(pc);
         self.partition_clients.insert(key, pc.clone());
+        // Finding the leader may have opened a connection to it.
+        self.sockets_tuned = None;
         Ok(pc)
     }
 
@@ -975,6 +1250,8 @@ struct LaneOutcome {
     done: usize,
     dead: Vec<NewDeadLetter>,
     failure: Option<Failure>,
+    /// The lane before it (same partition) did not finish: nothing tried.
+    gave_up: bool,
 }
 
 /// Produces one lane's remaining events, batch by batch, in order.
@@ -989,14 +1266,44 @@ struct LaneJob {
     stats: Arc<Stats>,
     first_attempt_ms: i64,
     clock: crate::clock::SystemClock,
+    /// Start only once the previous lane of this partition has finished.
+    after: Option<oneshot::Receiver<bool>>,
+    /// Tell the next lane of this partition whether this one finished.
+    finished: Option<oneshot::Sender<bool>>,
 }
 
 impl LaneJob {
-    async fn run(self) -> LaneOutcome {
+    async fn run(mut self) -> LaneOutcome {
+        let finished = self.finished.take();
+        let ready = match self.after.take() {
+            Some(after) => after.await == Ok(true),
+            None => true,
+        };
+        let out = match ready {
+            false => LaneOutcome {
+                done: 0,
+                dead: Vec::new(),
+                failure: Some(Failure::transient(format!(
+                    "{}/{}: an earlier batch of this partition was not delivered",
+                    self.client.topic(),
+                    self.client.partition()
+                ))),
+                gave_up: true,
+            },
+            true => self.produce_all().await,
+        };
+        if let Some(finished) = finished {
+            let _ = finished.send(out.failure.is_none());
+        }
+        out
+    }
+
+    async fn produce_all(self) -> LaneOutcome {
         let mut out = LaneOutcome {
             done: 0,
             dead: Vec::new(),
             failure: None,
+            gave_up: false,
         };
         let topic = self.client.topic().to_string();
         let partition = self.client.partition();
