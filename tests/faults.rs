@@ -126,6 +126,61 @@ fn injected_transient_errors_are_retried_in_order() {
     assert_eq!(s.dead_letters, 0, "transient errors never dead-letter");
 }
 
+/// A backlog of several delivery windows drains with two windows in
+/// flight. Produce errors met on the way stop the pipeline; the windows in
+/// flight are then retried one after another: nothing lost, per-key order
+/// kept across window boundaries.
+#[test]
+fn backlog_drains_through_errors_with_windows_in_flight_in_order() {
+    let topics = [("backlog", 4)];
+    let c = cluster(1, &topics);
+    let bootstrap = c.bootstrap_servers();
+    c.broker_down(-1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &bootstrap, "");
+    f.start();
+    // 120 000 events: about five windows of 25 000.
+    let mut client = FrameClient::connect(&f.socket()).unwrap();
+    let mut acked = Vec::new();
+    for chunk in 0..12 {
+        for i in chunk * 10_000..(chunk + 1) * 10_000 {
+            let key = format!("k{:02}", i % KEYS);
+            let value = format!("{key}|{i}");
+            client
+                .send_event("backlog", Some(key.as_bytes()), &[], value.as_bytes())
+                .unwrap();
+            acked.push(value);
+        }
+        assert_eq!(client.answers_for(10_000), Ok((10_000, vec![])));
+    }
+    use RDKafkaRespErr::{
+        RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION as NOT_LEADER,
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT as TIMED_OUT,
+    };
+    // The first produce requests (first window, the second one already
+    // launched behind it) fail; more fail while the rest drains.
+    c.request_errors(RDKafkaApiKey::Produce, &[NOT_LEADER, TIMED_OUT, NOT_LEADER]);
+    let reader = Reader::start(&bootstrap, &topics);
+    c.broker_up(-1).unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(40));
+        c.request_errors(RDKafkaApiKey::Produce, &[TIMED_OUT, NOT_LEADER]);
+    }
+    let got = reader.collect(acked.len(), Duration::from_secs(90));
+    let dups = check_delivery(&acked, &got);
+    f.wait_status(Duration::from_secs(20), "drained", |s| {
+        s.backlog_events == 0
+    });
+    let s = f.status();
+    eprintln!(
+        "backlog through errors: {} events, {} produce errors, {dups} duplicates",
+        acked.len(),
+        s.produce_errors
+    );
+    assert!(s.produce_errors > 0, "errors were met: {s:?}");
+    assert_eq!(s.dead_letters, 0, "transient errors never dead-letter");
+}
+
 #[test]
 fn permanent_errors_dead_letter_the_record_and_replay_works() {
     let topics = [("perm", 1), ("ferry-dlq", 1)];

@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 /// How much of the outbox one delivery round takes on.
-const WINDOW_EVENTS: usize = 25_000;
+const WINDOW_EVENTS: usize = 25000;
 const WINDOW_RAW_BYTES: usize = 2 * 1024 * 1024;
 /// Delivery windows in flight at once (see the module comment).
 const WINDOWS_IN_FLIGHT: usize = 2;
@@ -703,7 +703,9 @@ impl Forwarder {
     /// A parked topic is due for its retry.
     fn unpark_due(&self) -> bool {
         let now = Instant::now();
-        self.parked.values().any(|p| p.is_active() && p.until <= now)
+        self.parked
+            .values()
+            .any(|p| p.is_active() && p.until <= now)
     }
 
     /// Lift parks whose time has come; true if any was lifted.
@@ -783,14 +785,17 @@ impl Forwarder {
     ) -> Result<JoinSet<(usize, LaneOutcome)>, Failure> {
         let client = self.ensure_client().await?;
         let blocks = &window.blocks;
+        // Also for a planned window: a reconnect forgets the partition counts.
+        self.ensure_topics(&client, blocks).await?;
         if window.lanes.is_none() {
-            self.ensure_topics(&client, blocks).await?;
             // Connecting may have taken a while: leave out blocks the outbox
             // dropped by policy meanwhile (they are counted and announced).
             let keep = self.still_stored(blocks).await;
             window.lanes = Some(self.plan(blocks, &keep));
         }
         let lanes = window.lanes.as_mut().expect("planned above");
+        // Lanes whose topic got parked since the window was read.
+        self.hold_parked(blocks, lanes);
         // Lanes whose topic is missing from the cluster.
         let missing: Vec<usize> = (0..lanes.len())
             .filter(|&i| !lanes[i].abandoned && !self.partitions.contains_key(&lanes[i].topic))
@@ -806,8 +811,6 @@ impl Forwarder {
             };
             self.abandon_topic(blocks, lanes, &topic, &f);
         }
-        // Lanes whose topic got parked since the window was read.
-        self.hold_parked(blocks, lanes);
         let mut set = JoinSet::new();
         for (i, lane) in lanes.iter().enumerate() {
             if lane.abandoned || lane.done == lane.items.len() {
@@ -906,10 +909,7 @@ impl Forwarder {
                 self.parked.remove(&lane.topic);
             }
         }
-        if lanes
-            .iter()
-            .all(|l| l.abandoned || l.done == l.items.len())
-        {
+        if lanes.iter().all(|l| l.abandoned || l.done == l.items.len()) {
             return Ok(());
         }
         Err(first_error.unwrap_or_else(|| {

@@ -28,8 +28,12 @@ pub fn apply_to_own_sockets() -> usize {
         else {
             continue;
         };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.as_os_str().as_encoded_bytes().starts_with(b"socket:"));
+        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|target| {
+            target
+                .as_os_str()
+                .as_encoded_bytes()
+                .starts_with(b"socket:")
+        });
         if is_socket && is_connected_tcp(fd) && !has_nodelay(fd) && set_nodelay(fd) {
             changed += 1;
         }
@@ -69,7 +73,13 @@ fn is_connected_tcp(fd: RawFd) -> bool {
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `peer` and `len` are valid for writes; failure (not connected,
     // a listener) is an error code.
-    let rc = unsafe { libc::getpeername(fd, (&mut peer as *mut libc::sockaddr_storage).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut peer as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
     rc == 0
 }
 
