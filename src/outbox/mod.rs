@@ -10,6 +10,7 @@
 //! the same transactions, so start-up needs no scan.
 
 pub mod dead_letter;
+mod hot;
 pub mod loss;
 mod schema;
 
@@ -17,6 +18,7 @@ use crate::config::{Durability, OutboxConfig, WhenFull};
 use crate::event::Event;
 use crate::stats::{Stats, now_ms};
 use dead_letter::NewDeadLetter;
+use hot::HotStatements;
 use log::{error, info, warn};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fmt;
@@ -381,6 +383,9 @@ impl Appender {
 }
 
 struct Writer {
+    /// The append path's statements; declared before `conn`, so they are
+    /// finalized before it closes.
+    hot: HotStatements,
     conn: Connection,
     config: OutboxConfig,
     stats: Arc<Stats>,
@@ -436,7 +441,10 @@ impl Writer {
             .query_row("SELECT count(*) FROM loss_markers", [], |r| r.get(0))
             .map_err(|e| format!("outbox {}: {e}", path.display()))?;
         stats.loss_markers_pending.store(markers as u64, Relaxed);
+        let hot = HotStatements::prepare(&conn)
+            .map_err(|e| format!("outbox {}: cannot prepare statements: {e}", path.display()))?;
         let mut w = Self {
+            hot,
             conn,
             config,
             stats,
@@ -586,11 +594,37 @@ impl Writer {
     }
 
     fn write_group(&mut self, group: &[Pending]) -> rusqlite::Result<()> {
+        self.hot.begin()?;
+        let written = self
+            .write_group_in_transaction(group)
+            .and_then(|totals| self.hot.commit().map(|()| totals));
+        let (added, dropped) = match written {
+            Ok(totals) => totals,
+            Err(e) => {
+                // Undo whatever part was written (an error path: allocating is fine).
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        self.apply(
+            added,
+            dropped,
+            "outbox.max_bytes reached (when_full = \"drop_oldest\")",
+        );
+        if self.stats.oldest_ms.load(Relaxed) == 0 || dropped.events > 0 {
+            self.refresh_oldest();
+        }
+        Ok(())
+    }
+
+    /// The body of a group commit: (added, dropped by the size cap).
+    fn write_group_in_transaction(
+        &mut self,
+        group: &[Pending],
+    ) -> rusqlite::Result<(Totals, Totals)> {
         let now = now_ms();
         let seq_before = self.next_seq;
         let mut added = Totals::default();
-        // Borrows the connection shared, so `drop_blocks` can read `self`.
-        let tx = self.conn.unchecked_transaction()?;
         for b in &mut self.building {
             b.data.clear();
             b.count = 0;
@@ -623,7 +657,7 @@ impl Writer {
                 b.count += 1;
                 rest = after;
                 if b.data.len() >= BLOCK_TARGET_RAW {
-                    added += insert_block(&tx, b, &mut self.compressed, self.next_seq, now)?;
+                    added += insert_block(&self.hot, b, &mut self.compressed, self.next_seq, now)?;
                     self.next_seq += b.count as i64;
                     b.data.clear();
                     b.count = 0;
@@ -631,11 +665,10 @@ impl Writer {
             }
         }
         for b in self.building.iter().filter(|b| b.count > 0) {
-            added += insert_block(&tx, b, &mut self.compressed, self.next_seq, now)?;
+            added += insert_block(&self.hot, b, &mut self.compressed, self.next_seq, now)?;
             self.next_seq += b.count as i64;
         }
-        schema::add_appended(
-            &tx,
+        self.hot.add_appended(
             self.next_seq - seq_before,
             added.events as i64,
             added.stored as i64,
@@ -645,28 +678,19 @@ impl Writer {
         {
             let limit = self.config.max_bytes;
             let current = self.stats.backlog_bytes.load(Relaxed) + added.stored;
-            let victims = oldest_over(&tx, current, limit, seq_before)?;
-            self.drop_blocks(&tx, &victims, "max_bytes")?
+            let victims = oldest_over(&self.conn, current, limit, seq_before)?;
+            self.drop_blocks(&self.conn, &victims, "max_bytes")?
         } else {
             Totals::default()
         };
-        tx.commit()?;
-        self.apply(
-            added,
-            dropped,
-            "outbox.max_bytes reached (when_full = \"drop_oldest\")",
-        );
-        if self.stats.oldest_ms.load(Relaxed) == 0 || dropped.events > 0 {
-            self.refresh_oldest();
-        }
-        Ok(())
+        Ok((added, dropped))
     }
 
     /// Delete `victims` by policy inside `tx`: count them and, when a loss
     /// topic is configured, queue a loss marker naming what was dropped.
     fn drop_blocks(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         victims: &[i64],
         reason: &str,
     ) -> rusqlite::Result<Totals> {
@@ -832,6 +856,28 @@ impl Writer {
     }
 
     fn finish(&mut self, delivered: &[i64], dead: &[NewDeadLetter]) -> rusqlite::Result<()> {
+        // Removing delivered blocks need not reach the disk at once: if a
+        // power cut undoes it, the events are sent again (duplicates that
+        // `ferry-id` marks, never loss), and the next `fsync` commit of
+        // new events syncs the write-ahead log, this change included.
+        // That saves a flush per delivery window (SD-card wear, and the
+        // writer stays free for appends).
+        let fsync = self.config.durability == Durability::Fsync;
+        if fsync {
+            self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        }
+        let result = self.finish_transaction(delivered, dead);
+        if fsync {
+            self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+        }
+        result
+    }
+
+    fn finish_transaction(
+        &mut self,
+        delivered: &[i64],
+        dead: &[NewDeadLetter],
+    ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         for d in dead {
             dead_letter::insert(&tx, d)?;
@@ -908,7 +954,7 @@ impl std::ops::AddAssign for Totals {
 }
 
 fn insert_block(
-    tx: &rusqlite::Transaction<'_>,
+    hot: &HotStatements,
     block: &TopicBlock,
     compressed: &mut Vec<u8>,
     seq_first: i64,
@@ -921,19 +967,15 @@ fn insert_block(
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     compressed.truncate(n);
     let crc = crc32fast::hash(compressed);
-    tx.prepare_cached(
-        "INSERT INTO blocks (seq_first, topic, count, raw_bytes, created_ms, crc, payload) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+    hot.insert_block(&hot::BlockRow {
         seq_first,
-        block.topic,
-        block.count,
-        raw.len() as i64,
-        now,
+        topic: &block.topic,
+        count: block.count,
+        raw_bytes: raw.len() as i64,
+        created_ms: now,
         crc,
-        &compressed[..]
-    ])?;
+        payload: compressed,
+    })?;
     Ok(Totals {
         events: block.count as u64,
         stored: n as u64,
@@ -972,14 +1014,14 @@ fn verify_block(payload: &[u8], crc: u32, count: u32, raw_bytes: usize) -> Resul
     Ok(data)
 }
 
-fn delete_blocks(tx: &rusqlite::Transaction<'_>, seq_firsts: &[i64]) -> rusqlite::Result<Totals> {
+fn delete_blocks(tx: &Connection, seq_firsts: &[i64]) -> rusqlite::Result<Totals> {
     delete_blocks_with(tx, seq_firsts, |_, _, _, _| {})
 }
 
 /// Delete blocks, keep the counters right, and tell `each` the topic, first
 /// sequence, event count and raw bytes of every block actually deleted.
 fn delete_blocks_with(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     seq_firsts: &[i64],
     mut each: impl FnMut(&str, i64, u64, u64),
 ) -> rusqlite::Result<Totals> {
@@ -1013,7 +1055,7 @@ fn delete_blocks_with(
 /// The oldest blocks (never those at or after `keep_from`, just written)
 /// whose removal brings the stored bytes within `limit`.
 fn oldest_over(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     mut current: u64,
     limit: u64,
     keep_from: i64,

@@ -106,26 +106,6 @@ pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
     })
 }
 
-/// The counters every commit moves, in one statement: each cached
-/// statement costs rusqlite an allocation per use, and this runs per group
-/// commit on the ingest path.
-pub fn add_appended(
-    conn: &Connection,
-    seqs: i64,
-    events: i64,
-    stored_bytes: i64,
-    raw_bytes: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE meta SET value = value + CASE key \
-             WHEN 'next_seq' THEN ?1 WHEN 'events' THEN ?2 \
-             WHEN 'stored_bytes' THEN ?3 WHEN 'raw_bytes' THEN ?4 END \
-         WHERE key IN ('next_seq', 'events', 'stored_bytes', 'raw_bytes')",
-    )?
-    .execute(params![seqs, events, stored_bytes, raw_bytes])?;
-    Ok(())
-}
-
 pub fn add_meta(conn: &Connection, key: &str, delta: i64) -> rusqlite::Result<()> {
     if delta != 0 {
         conn.prepare_cached("UPDATE meta SET value = value + ?2 WHERE key = ?1")?
