@@ -137,7 +137,7 @@ fn backlog_drains_through_errors_with_windows_in_flight_in_order() {
     let bootstrap = c.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     // Store the backlog with no broker at all, so no breaker state carries
-    // over: 120 000 events, about five windows of 25 000.
+    // over: 120 000 events, about ten windows of 12 500.
     let mut filler = Ferry::new(dir.path(), "127.0.0.1:1", "");
     filler.start();
     let mut client = FrameClient::connect(&filler.socket()).unwrap();
