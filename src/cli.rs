@@ -117,6 +117,26 @@ pub fn main() -> i32 {
         }
     };
     init_logging();
+    // Commands whose output is read by people and pipes (`ferry status |
+    // head`) end quietly when the reader goes away, as Unix tools do, rather
+    // than panicking on a closed stdout. Not for commands that write to
+    // ferry's socket, where a closed connection must be a clear error.
+    let prints_only = matches!(
+        cli.command,
+        Command::Status { .. }
+            | Command::CheckConfig { .. }
+            | Command::Dlq {
+                action: DlqAction::List { .. },
+                ..
+            }
+    );
+    if prints_only {
+        // SAFETY: restoring the default disposition of one signal, before
+        // any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Run { config } => with_config(config, crate::daemon::run),
         Command::Send {

@@ -142,3 +142,28 @@ fn under_journald_logs_carry_priority_prefixes() {
         "{log}"
     );
 }
+
+/// `ferry check-config | head -1`: a reader that goes away ends the
+/// command quietly (as for other Unix tools), never with a panic.
+#[test]
+fn a_closed_stdout_pipe_ends_printing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = ferry_command();
+    cmd.args(["check-config"])
+        .env("FERRY_DATA_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Close the reading end before ferry writes anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.code() == Some(0) || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+}
