@@ -28,6 +28,11 @@ use tokio::net::{TcpListener, UdpSocket, UnixListener};
 
 /// Read this much at a time; a frame larger than this grows the buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// A producer that keeps the socket full gets larger reads, up to this:
+/// each read becomes one batch of the group commit, so a busy connection
+/// is stored in fewer, larger transactions (fewer flushes in `fsync`
+/// durability, and less written per event).
+const MAX_READ_CHUNK: usize = 512 * 1024;
 /// Room for topic, key length, timestamp and header framing around
 /// `max_event_bytes` of payload.
 const FRAME_OVERHEAD: usize = 1024;
@@ -220,10 +225,12 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
     let mut appender = Appender::new(&ctx.outbox);
     // Bytes of a refused oversized frame still to be discarded.
     let mut skip = 0usize;
+    let mut chunk = READ_CHUNK;
     loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
         }
+        let room = buf.capacity() - buf.len();
         let n = tokio::select! {
             r = stream.read_buf(&mut buf) => match r {
                 Ok(n) => n,
@@ -233,6 +240,18 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
         };
         if n == 0 {
             return;
+        }
+        // A full read means more is waiting: read more at once next time;
+        // a light one lets the reads shrink back.
+        if n == room && chunk < MAX_READ_CHUNK {
+            chunk *= 2;
+        } else if n < room / 4 && chunk > READ_CHUNK {
+            chunk /= 2;
+            if chunk == READ_CHUNK {
+                // The burst is over: hand its buffers back.
+                buf.shrink_to(READ_CHUNK.max(buf.len()));
+                appender.release_spare();
+            }
         }
         if skip > 0 {
             let d = skip.min(buf.len());

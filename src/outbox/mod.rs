@@ -358,6 +358,11 @@ impl Appender {
         AppendBatch { data, count: 0 }
     }
 
+    /// Drop the recycled buffer (after a burst made it large).
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
+    }
+
     /// Store `batch` (or, if it is empty, just keep its buffer).
     pub async fn store(&mut self, batch: AppendBatch) -> Result<(), StoreError> {
         if batch.count == 0 {
