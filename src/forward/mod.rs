@@ -274,8 +274,12 @@ impl Forwarder {
             self.deliver_side_records().await;
             // A parked topic due for a retry: let the windows in flight
             // finish first, then read from the start.
+            // A half-open breaker lets one window through as its probe.
+            let room = running.is_empty()
+                || (running.len() < WINDOWS_IN_FLIGHT
+                    && self.breaker.state(Instant::now()) == State::Closed);
             let mut window = None;
-            if running.len() < WINDOWS_IN_FLIGHT && !self.unpark_due() {
+            if room && !self.unpark_due() {
                 let skip = self.parked_sources();
                 let blocks = tokio::select! {
                     r = self.outbox.read(cursor, WINDOW_EVENTS, WINDOW_RAW_BYTES, skip) => r,
