@@ -330,18 +330,11 @@ impl Forwarder {
                 }
                 continue;
             };
-            let result = {
-                let collect = self.collect(&mut window, tasks);
-                tokio::pin!(collect);
-                tokio::select! {
-                    r = &mut collect => r,
-                    _ = shutdown.recv() => {
-                        // Let requests already on the wire finish briefly; what
-                        // does not is sent again after restart (duplicates, not loss).
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, collect).await;
-                        break;
-                    }
-                }
+            let Some(result) = self
+                .collect_until_shutdown(&mut window, tasks, &mut shutdown)
+                .await
+            else {
+                break;
             };
             match result {
                 Ok(()) => self.complete(window).await,
@@ -368,6 +361,26 @@ impl Forwarder {
         info!("forwarder stopped");
     }
 
+    /// `collect`, unless shutdown comes first: then requests already on the
+    /// wire may finish for a moment (what does not is sent again after a
+    /// restart: duplicates, not loss) and the answer is `None`.
+    async fn collect_until_shutdown(
+        &mut self,
+        window: &mut Window,
+        tasks: JoinSet<(usize, LaneOutcome)>,
+        shutdown: &mut Shutdown,
+    ) -> Option<Result<(), Failure>> {
+        let collect = self.collect(window, tasks);
+        tokio::pin!(collect);
+        tokio::select! {
+            r = &mut collect => Some(r),
+            _ = shutdown.recv() => {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, collect).await;
+                None
+            }
+        }
+    }
+
     /// Something failed with windows in flight: count the failure once, let
     /// every running lane come to a stop (lanes behind a failed one give up
     /// at once), then deliver the windows one after another, retrying with
@@ -383,20 +396,9 @@ impl Forwarder {
         let mut windows = Vec::with_capacity(running.len());
         for Running { mut window, tasks } in running.drain(..) {
             // Their own failures are retried below; what they finished counts.
-            let stopped = {
-                let stop = self.collect(&mut window, tasks);
-                tokio::pin!(stop);
-                tokio::select! {
-                    _ = &mut stop => true,
-                    _ = shutdown.recv() => {
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop).await;
-                        false
-                    }
-                }
-            };
-            if !stopped {
-                return None;
-            }
+            let _ = self
+                .collect_until_shutdown(&mut window, tasks, shutdown)
+                .await?;
             windows.push(window);
         }
         if windows.is_empty() && !self.pause(shutdown).await {
