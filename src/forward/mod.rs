@@ -272,9 +272,9 @@ impl Forwarder {
                 }
             }
             self.deliver_side_records().await;
-            // A parked topic due for a retry: let the windows in flight
-            // finish first, then read from the start.
-            // A half-open breaker lets one window through as its probe.
+            // A half-open breaker lets one window through as its probe. A
+            // parked topic due for a retry lets the windows in flight finish
+            // first; then the outbox is read from the start (above).
             let room = running.is_empty()
                 || (running.len() < WINDOWS_IN_FLIGHT
                     && self.breaker.state(Instant::now()) == State::Closed);
