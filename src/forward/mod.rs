@@ -103,6 +103,22 @@ struct Lane {
     abandoned: bool,
 }
 
+impl Lane {
+    /// Nothing left to try in this window: all done, or abandoned.
+    fn settled(&self) -> bool {
+        self.abandoned || self.done == self.items.len()
+    }
+
+    /// Give up on this lane for this window; add the source topics of its
+    /// unfinished events to `sources` (their blocks are held back).
+    fn abandon(&mut self, blocks: &[Block], sources: &mut HashSet<String>) {
+        self.abandoned = true;
+        for item in &self.items[self.done..] {
+            sources.insert(blocks[item.block as usize].topic.clone());
+        }
+    }
+}
+
 /// A window read from the outbox, with its delivery progress.
 struct Window {
     /// The cursor it was read after (to read it again if it never started).
@@ -310,7 +326,7 @@ impl Forwarder {
                         continue;
                     }
                     // Not started: it is read again after the recovery.
-                    Err(f) => match self.recover(&mut running, f, &mut shutdown).await {
+                    Err(f) => match self.recover(None, &mut running, f, &mut shutdown).await {
                         Some(Some(reread)) => {
                             cursor = reread;
                             continue;
@@ -338,17 +354,14 @@ impl Forwarder {
             };
             match result {
                 Ok(()) => self.complete(window).await,
-                Err(f) => {
-                    running.push_front(Running {
-                        window,
-                        tasks: JoinSet::new(),
-                    });
-                    match self.recover(&mut running, f, &mut shutdown).await {
-                        Some(Some(reread)) => cursor = reread,
-                        Some(None) => {}
-                        None => break,
-                    }
-                }
+                Err(f) => match self
+                    .recover(Some(window), &mut running, f, &mut shutdown)
+                    .await
+                {
+                    Some(Some(reread)) => cursor = reread,
+                    Some(None) => {}
+                    None => break,
+                },
             }
         }
         // Windows still in flight at shutdown: requests on the wire may finish.
@@ -383,17 +396,19 @@ impl Forwarder {
 
     /// Something failed with windows in flight: count the failure once, let
     /// every running lane come to a stop (lanes behind a failed one give up
-    /// at once), then deliver the windows one after another, retrying with
+    /// at once), then deliver the windows one after another — `collected`, the
+    /// window already collected whose failure this is, first — retrying with
     /// backoff. `None` on shutdown; `Some(Some(cursor))` when the outbox must
     /// be read again from `cursor`.
     async fn recover(
         &mut self,
+        collected: Option<Window>,
         running: &mut VecDeque<Running>,
         failure: Failure,
         shutdown: &mut Shutdown,
     ) -> Option<Option<i64>> {
         self.on_failure(&failure);
-        let mut windows = Vec::with_capacity(running.len());
+        let mut windows: Vec<Window> = collected.into_iter().collect();
         for Running { mut window, tasks } in running.drain(..) {
             // Their own failures are retried below; what they finished counts.
             let _ = self
@@ -821,7 +836,7 @@ impl Forwarder {
         }
         let mut set = JoinSet::new();
         for (i, lane) in lanes.iter().enumerate() {
-            if lane.abandoned || lane.done == lane.items.len() {
+            if lane.settled() {
                 continue;
             }
             self.stats.beat_forward();
@@ -917,7 +932,7 @@ impl Forwarder {
                 self.parked.remove(&lane.topic);
             }
         }
-        if lanes.iter().all(|l| l.abandoned || l.done == l.items.len()) {
+        if lanes.iter().all(Lane::settled) {
             return Ok(());
         }
         Err(first_error.unwrap_or_else(|| {
@@ -928,19 +943,9 @@ impl Forwarder {
     /// Abandon, in this window, the unfinished lanes of topics that are
     /// parked now (without parking them again): their blocks are held.
     fn hold_parked(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
-        for lane in lanes.iter_mut() {
-            if lane.abandoned || lane.done == lane.items.len() {
-                continue;
-            }
-            let Some(p) = self.parked.get_mut(&lane.topic) else {
-                continue;
-            };
-            if !p.is_active() {
-                continue;
-            }
-            lane.abandoned = true;
-            for item in &lane.items[lane.done..] {
-                p.sources.insert(blocks[item.block as usize].topic.clone());
+        for lane in lanes.iter_mut().filter(|l| !l.settled()) {
+            if let Some(p) = self.parked.get_mut(&lane.topic).filter(|p| p.is_active()) {
+                lane.abandon(blocks, &mut p.sources);
             }
         }
     }
@@ -949,10 +954,7 @@ impl Forwarder {
     fn abandon_topic(&mut self, blocks: &[Block], lanes: &mut [Lane], topic: &str, f: &Failure) {
         let mut sources = HashSet::new();
         for lane in lanes.iter_mut().filter(|l| l.topic == topic) {
-            lane.abandoned = true;
-            for item in &lane.items[lane.done..] {
-                sources.insert(blocks[item.block as usize].topic.clone());
-            }
+            lane.abandon(blocks, &mut sources);
         }
         self.park(topic, sources, f);
     }
