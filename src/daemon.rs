@@ -76,8 +76,6 @@ async fn serve(config: Config) -> Result<(), String> {
     start_metrics(&config, &stats, &outbox, &shutdown).await;
     tokio::spawn(Forwarder::new(&config, outbox.clone(), stats.clone()).run(shutdown.clone()));
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
-    tokio::spawn(supervise(outbox.clone(), stats.clone(), shutdown.clone()));
-    drop(outbox);
 
     info!(
         "ferry {} ready: node {}, outbox {}, brokers {}",
@@ -89,6 +87,9 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Err(e) = notify::notify("READY=1\nSTATUS=forwarding") {
         warn!("cannot notify systemd: {e}");
     }
+    // Spawned only now: its first STATUS= must not reach systemd before READY=1.
+    tokio::spawn(supervise(outbox.clone(), stats.clone(), shutdown.clone()));
+    drop(outbox);
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: stopping"),
