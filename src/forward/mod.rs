@@ -270,8 +270,8 @@ impl Forwarder {
 
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut cursor = 0i64;
-        // Memory handed back since the last window was delivered.
-        let mut trimmed = true;
+        // Memory handed back since the last window was launched.
+        let mut released = true;
         let mut running: VecDeque<Running> = VecDeque::new();
         let mut chain: Chain = HashMap::new();
         self.publish_state(None);
@@ -321,7 +321,7 @@ impl Forwarder {
                 match self.launch(&mut window, Some(&mut chain)).await {
                     Ok(tasks) => {
                         cursor = window.last();
-                        trimmed = false;
+                        released = false;
                         running.push_back(Running { window, tasks });
                         continue;
                     }
@@ -337,11 +337,7 @@ impl Forwarder {
                 }
             }
             let Some(Running { mut window, tasks }) = running.pop_front() else {
-                if !trimmed {
-                    release_memory();
-                    trimmed = true;
-                }
-                if !self.idle(&mut shutdown).await {
+                if !self.idle(&mut shutdown, &mut released).await {
                     break;
                 }
                 continue;
@@ -433,8 +429,10 @@ impl Forwarder {
     }
 
     /// Nothing to send: wait for new events, a parked topic's retry time, or
-    /// shutdown; then linger so a burst fills batches. False on shutdown.
-    async fn idle(&mut self, shutdown: &mut Shutdown) -> bool {
+    /// shutdown; then linger so a burst fills batches. After a quiet second
+    /// the outbox is asked to release memory (once, `released`). False on
+    /// shutdown.
+    async fn idle(&mut self, shutdown: &mut Shutdown, released: &mut bool) -> bool {
         let next_unpark = self
             .parked
             .values()
@@ -458,6 +456,13 @@ impl Forwarder {
                 _ = self.outbox.committed.notified() => break,
                 _ = tokio::time::sleep(nap) => {}
                 _ = shutdown.recv() => return false,
+            }
+            // A quiet heartbeat: an idle gateway keeps a small footprint.
+            // Not at every catch-up with a busy producer, where the buffers
+            // would be needed again at once.
+            if !*released {
+                self.outbox.release_memory().await;
+                *released = true;
             }
         }
         if self.config.linger_ms > 0 {
@@ -1232,16 +1237,6 @@ async fn bounded<T>(
             })
         }
         Ok(Ok(v)) => Ok(v),
-    }
-}
-
-/// The backlog is empty: hand the memory of the last windows back to the
-/// system, so an idle gateway keeps a small footprint.
-fn release_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap pages; no pointers change.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::stats::{Stats, now_ms};
 use dead_letter::NewDeadLetter;
 use hot::HotStatements;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -165,6 +165,9 @@ enum Command {
         reply: oneshot::Sender<()>,
     },
     EvictAged,
+    /// ferry is idle: drop buffers kept for the next commit and SQLite's
+    /// page cache, then hand free heap pages back to the system.
+    ReleaseMemory,
     Present {
         seq_firsts: Vec<i64>,
         reply: oneshot::Sender<Result<Vec<i64>, String>>,
@@ -326,6 +329,12 @@ impl Outbox {
     pub async fn evict_aged(&self) {
         let _ = self.tx.send(Command::EvictAged).await;
     }
+
+    /// Nothing has happened for a while: release what the writer keeps for
+    /// speed, and trim the heap (every thread's arena) afterwards.
+    pub async fn release_memory(&self) {
+        let _ = self.tx.send(Command::ReleaseMemory).await;
+    }
 }
 
 /// A connection's way to store batches: one reply channel for its whole
@@ -397,9 +406,9 @@ struct Writer {
     path: PathBuf,
     next_seq: i64,
     /// Blocks being built in this group commit, one per topic, reused
-    /// between commits; and the compression buffer.
+    /// between commits; and the compressor.
     building: Vec<TopicBlock>,
-    compressed: Vec<u8>,
+    compressor: Compressor,
     /// Node id and whether to record loss markers for a loss topic.
     node_id: String,
     record_loss: bool,
@@ -456,7 +465,7 @@ impl Writer {
             path,
             next_seq: m.next_seq,
             building: Vec::new(),
-            compressed: Vec::new(),
+            compressor: Compressor::default(),
             node_id: options.node_id,
             record_loss: options.record_loss,
             committed,
@@ -557,6 +566,27 @@ impl Writer {
                     error!("outbox {}: age eviction failed: {e}", self.path.display());
                 }
             }
+            Command::ReleaseMemory => self.release_memory(),
+        }
+    }
+
+    /// Give back the block buffers (each up to a few hundred KiB) and
+    /// SQLite's page cache; both come back on the next busy moment.
+    fn release_memory(&mut self) {
+        self.building = Vec::new();
+        self.compressor.out = Vec::new();
+        if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
+            debug!(
+                "outbox {}: cannot shrink SQLite's memory: {e}",
+                self.path.display()
+            );
+        }
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only hands free heap pages back; no pointer
+        // changes. It covers every thread's arena, so the forwarder's
+        // finished windows are released here too.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 
@@ -662,7 +692,7 @@ impl Writer {
                 b.count += 1;
                 rest = after;
                 if b.data.len() >= BLOCK_TARGET_RAW {
-                    added += insert_block(&self.hot, b, &mut self.compressed, self.next_seq, now)?;
+                    added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
                     self.next_seq += b.count as i64;
                     b.data.clear();
                     b.count = 0;
@@ -670,7 +700,7 @@ impl Writer {
             }
         }
         for b in self.building.iter().filter(|b| b.count > 0) {
-            added += insert_block(&self.hot, b, &mut self.compressed, self.next_seq, now)?;
+            added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
             self.next_seq += b.count as i64;
         }
         self.hot.add_appended(
@@ -958,19 +988,54 @@ impl std::ops::AddAssign for Totals {
     }
 }
 
+/// LZ4 block compression with its output buffer and hash tables kept
+/// between blocks: lz4_flex's plain `compress_into` allocates a fresh
+/// table for every call. Like `compress_into`, inputs under 64 KiB use the
+/// table of 16-bit entries (measured: the other one slows ingest by ~15 %
+/// on small blocks).
+struct Compressor {
+    out: Vec<u8>,
+    small: lz4_flex::block::CompressTable,
+    large: lz4_flex::block::CompressTable,
+}
+
+impl Default for Compressor {
+    fn default() -> Self {
+        Self {
+            out: Vec::new(),
+            small: lz4_flex::block::CompressTable::small(),
+            large: lz4_flex::block::CompressTable::large(),
+        }
+    }
+}
+
+impl Compressor {
+    fn compress(&mut self, raw: &[u8]) -> Result<&[u8], lz4_flex::block::CompressError> {
+        self.out.clear();
+        self.out
+            .resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+        let table = if raw.len() < u16::MAX as usize {
+            &mut self.small
+        } else {
+            &mut self.large
+        };
+        let n = lz4_flex::block::compress_into_with_table(raw, &mut self.out, table)?;
+        Ok(&self.out[..n])
+    }
+}
+
 fn insert_block(
     hot: &HotStatements,
     block: &TopicBlock,
-    compressed: &mut Vec<u8>,
+    compressor: &mut Compressor,
     seq_first: i64,
     now: i64,
 ) -> rusqlite::Result<Totals> {
     let raw = &block.data;
-    compressed.clear();
-    compressed.resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
-    let n = lz4_flex::block::compress_into(raw, compressed)
+    let compressed = compressor
+        .compress(raw)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    compressed.truncate(n);
+    let n = compressed.len();
     let crc = crc32fast::hash(compressed);
     hot.insert_block(&hot::BlockRow {
         seq_first,
