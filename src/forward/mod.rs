@@ -370,24 +370,14 @@ impl Forwarder {
         info!("forwarder stopped");
     }
 
-    /// `collect`, unless shutdown comes first: then requests already on the
-    /// wire may finish for a moment (what does not is sent again after a
-    /// restart: duplicates, not loss) and the answer is `None`.
+    /// `collect`, unless shutdown comes first (see [`until_shutdown`]).
     async fn collect_until_shutdown(
         &mut self,
         window: &mut Window,
         tasks: JoinSet<(usize, LaneOutcome)>,
         shutdown: &mut Shutdown,
     ) -> Option<Result<(), Failure>> {
-        let collect = self.collect(window, tasks);
-        tokio::pin!(collect);
-        tokio::select! {
-            r = &mut collect => Some(r),
-            _ = shutdown.recv() => {
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, collect).await;
-                None
-            }
-        }
+        until_shutdown(self.collect(window, tasks), shutdown).await
     }
 
     /// Something failed with windows in flight: count the failure once, let
@@ -533,20 +523,10 @@ impl Forwarder {
             if shutdown.is_shutdown() || !self.wait_for_breaker(shutdown).await {
                 return Delivery::Shutdown;
             }
-            // Half-open lets one probe at a time; this is the only caller.
+            // Half-open lets one probe at a time (one window at a time here).
             self.breaker.try_acquire(Instant::now());
-            let result = {
-                let attempt = self.attempt(&mut window);
-                tokio::pin!(attempt);
-                tokio::select! {
-                    r = &mut attempt => r,
-                    _ = shutdown.recv() => {
-                        // Let requests already on the wire finish briefly; what
-                        // does not is sent again after restart (duplicates, not loss).
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, attempt).await;
-                        return Delivery::Shutdown;
-                    }
-                }
+            let Some(result) = until_shutdown(self.attempt(&mut window), shutdown).await else {
+                return Delivery::Shutdown;
             };
             match result {
                 Ok(()) => {
@@ -1237,6 +1217,23 @@ async fn bounded<T>(
             })
         }
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// `work`, unless shutdown comes first: then requests already on the wire
+/// may finish for a moment (what does not is sent again after a restart:
+/// duplicates, not loss) and the answer is `None`.
+async fn until_shutdown<T>(
+    work: impl std::future::Future<Output = T>,
+    shutdown: &mut Shutdown,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => Some(r),
+        _ = shutdown.recv() => {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
+            None
+        }
     }
 }
 
