@@ -1011,15 +1011,17 @@ impl Default for Compressor {
 
 impl Compressor {
     fn compress(&mut self, raw: &[u8]) -> Result<&[u8], lz4_flex::block::CompressError> {
-        self.out.clear();
-        self.out
-            .resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+        // Grown once and not cleared: the compressor writes before it reads.
+        let max = lz4_flex::block::get_maximum_output_size(raw.len());
+        if self.out.len() < max {
+            self.out.resize(max, 0);
+        }
         let table = if raw.len() < u16::MAX as usize {
             &mut self.small
         } else {
             &mut self.large
         };
-        let n = lz4_flex::block::compress_into_with_table(raw, &mut self.out, table)?;
+        let n = lz4_flex::block::compress_into_with_table(raw, &mut self.out[..max], table)?;
         Ok(&self.out[..n])
     }
 }
