@@ -132,7 +132,7 @@ pub fn now_ms() -> i64 {
 
 #[cfg(feature = "count-allocs")]
 fn allocations() -> Option<u64> {
-    Some(crate::alloc_count::ALLOCATIONS.load(Relaxed))
+    Some(crate::alloc_count::allocations())
 }
 
 #[cfg(not(feature = "count-allocs"))]
