@@ -565,7 +565,7 @@ mod bench {
             (
                 "idle RSS, ferry",
                 format!(
-                    "{:.1} MiB ({:.1} MiB of it anonymous, the rest mapped code)",
+                    "{:.1} MiB ({:.1} MiB of it anonymous, the rest mapped files: code and libraries)",
                     mib(m(|r| r.ferry_idle_rss_kib as f64)),
                     mib(m(|r| r.ferry_idle_anon_kib as f64))
                 ),
