@@ -3,9 +3,9 @@
 //! builds.
 //!
 //! The count is spread over padded counters, one per thread (threads share
-//! one only past [`SHARDS`]): with a single shared counter, threads that
-//! allocate at once fought over its cache line and the counting build
-//! forwarded a third slower than the real one.
+//! one only when there are more than 16): with a single shared counter,
+//! threads that allocate at once fought over its cache line and the
+//! counting build forwarded a third slower than the real one.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
