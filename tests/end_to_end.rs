@@ -366,6 +366,50 @@ fn bad_input_gets_clear_errors_and_harms_nothing_else() {
     );
 }
 
+/// A producer that writes without waiting keeps several batches of its
+/// connection waiting for their commits at once; the answers still come
+/// back one per frame, in stream order.
+#[test]
+fn answers_stay_in_stream_order_while_batches_await_commits() {
+    use std::io::Write;
+    let topics = [("good", 2)];
+    let c = cluster(1, &topics);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &c.bootstrap_servers(), "");
+    f.start();
+    // About 1.3 MB: many reads, so many batches.
+    const PAIRS: usize = 20_000;
+    let mut stream = Vec::new();
+    for i in 0..PAIRS {
+        ferry::ingest::frame::encode_event(
+            &mut stream,
+            "good",
+            None,
+            &[],
+            format!("v{i}").as_bytes(),
+            None,
+        );
+        ferry::ingest::frame::encode_event(&mut stream, "bad topic", None, &[], b"x", None);
+    }
+    let mut client = FrameClient::connect(&f.socket()).unwrap();
+    let mut writer = client.writer().unwrap();
+    let writing = std::thread::spawn(move || writer.write_all(&stream));
+    for i in 0..PAIRS {
+        assert_eq!(client.answer(), Answer::Ack(1), "answer to frame {}", 2 * i);
+        match client.answer() {
+            Answer::Error(1, m) => assert!(m.contains("invalid topic name"), "{m}"),
+            other => panic!("answer to frame {}: {other:?}", 2 * i + 1),
+        }
+    }
+    writing.join().unwrap().unwrap();
+    let s = f.status();
+    assert_eq!(
+        (s.stored, s.rejected),
+        (PAIRS as u64, PAIRS as u64),
+        "{s:?}"
+    );
+}
+
 #[test]
 fn when_full_reject_refuses_with_clear_error() {
     let c = cluster(1, &[("full", 1)]);

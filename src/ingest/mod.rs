@@ -18,6 +18,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use frame::{Check, ErrorCode, Frame, Reply};
 use log::{info, warn};
+use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -212,7 +213,18 @@ enum Planned {
     Status,
 }
 
-/// One `frames` connection.
+/// A batch handed to the outbox whose answers are not written yet: what
+/// each of its frames became, in stream order.
+struct Unanswered {
+    plan: Vec<Planned>,
+    /// Its events wait for the commit (else `result` is already known).
+    awaiting_commit: bool,
+    result: Result<(), StoreError>,
+}
+
+/// One `frames` connection. It reads and decodes the next batch while the
+/// outbox commits the last one (up to [`Appender::DEPTH`] batches), and
+/// answers every batch in order once its commit is done.
 async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     ctx: &Context,
@@ -221,25 +233,55 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
     let max_frame = ctx.max_event_bytes + FRAME_OVERHEAD;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(256);
-    let mut plan: Vec<Planned> = Vec::new();
+    let mut unanswered: VecDeque<Unanswered> = VecDeque::with_capacity(Appender::DEPTH + 1);
+    // Plans of answered batches, reused.
+    let mut spare_plans: Vec<Vec<Planned>> = Vec::new();
     let mut appender = Appender::new(&ctx.outbox);
     // Bytes of a refused oversized frame still to be discarded.
     let mut skip = 0usize;
     let mut chunk = READ_CHUNK;
+    // End of stream, a read error, garbage (`fatal`) or shutdown: answer
+    // what was read, then close.
+    let mut closing = false;
+    let mut fatal: Option<String> = None;
     loop {
+        // Answer, in order, every batch whose outcome is known.
+        while unanswered.front().is_some_and(|u| !u.awaiting_commit) {
+            let Some(mut done) = unanswered.pop_front() else {
+                break;
+            };
+            if !write_answers(&mut stream, &mut out, &mut done, ctx).await {
+                return;
+            }
+            spare_plans.push(done.plan);
+        }
+        // From here on the oldest unanswered batch, if any, awaits its commit.
+        if closing || unanswered.len() >= Appender::DEPTH {
+            if unanswered.is_empty() {
+                break;
+            }
+            let result = appender.answer().await;
+            settle_oldest(&mut unanswered, result);
+            continue;
+        }
         if buf.capacity() - buf.len() < chunk / 4 {
             buf.reserve(chunk);
         }
         let room = buf.capacity() - buf.len();
         let n = tokio::select! {
-            r = stream.read_buf(&mut buf) => match r {
-                Ok(n) => n,
-                Err(_) => return,
-            },
-            _ = shutdown.recv() => return,
+            r = stream.read_buf(&mut buf) => r.unwrap_or(0),
+            result = appender.answer(), if !unanswered.is_empty() => {
+                settle_oldest(&mut unanswered, result);
+                continue;
+            }
+            _ = shutdown.recv() => {
+                closing = true;
+                continue;
+            }
         };
         if n == 0 {
-            return;
+            closing = true;
+            continue;
         }
         // A full read means more is waiting: read more at once next time;
         // a light one lets the reads shrink back.
@@ -259,10 +301,10 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             skip -= d;
         }
         let now = ctx.clock.read();
+        let mut plan = spare_plans.pop().unwrap_or_default();
         // Room for everything this read holds: no growth per event.
         let mut batch = appender.batch(buf.len() + buf.len() / 4);
         let mut pos = 0usize;
-        let mut fatal: Option<String> = None;
         while pos < buf.len() {
             let total = match frame::check(&buf[pos..]) {
                 Check::Incomplete(_) => {
@@ -286,6 +328,7 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
                         frame::HARD_MAX_FRAME,
                         frame::VERSION
                     ));
+                    closing = true;
                     break;
                 }
                 Check::Complete { total } => total,
@@ -335,33 +378,56 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         buf.drain(..pos);
-        let stored = appender.store(batch).await;
+        let (awaiting_commit, result) = match appender.submit(batch).await {
+            Ok(sent) => (sent, Ok(())),
+            Err(e) => (false, Err(e)),
+        };
+        unanswered.push_back(Unanswered {
+            plan,
+            awaiting_commit,
+            result,
+        });
+    }
+    if let Some(msg) = &fatal {
         out.clear();
-        for p in plan.drain(..) {
-            match p {
-                Planned::Stored(n) => match &stored {
-                    Ok(()) => Reply::Ack(n).encode_into(&mut out),
-                    Err(e) => Reply::Error(n, store_code(e), &e.to_string()).encode_into(&mut out),
-                },
-                Planned::Refused(code, msg) => Reply::Error(1, code, &msg).encode_into(&mut out),
-                Planned::Status => {
-                    let snap = ctx.stats.snapshot(&ctx.node_id, now_ms());
-                    let json = serde_json::to_string(&snap).unwrap_or_default();
-                    Reply::Status(&json).encode_into(&mut out)
-                }
-            }
-        }
-        if let Some(msg) = &fatal {
-            Reply::Fatal(ErrorCode::Malformed, msg).encode_into(&mut out);
-        }
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-            return;
-        }
-        if fatal.is_some() {
+        Reply::Fatal(ErrorCode::Malformed, msg).encode_into(&mut out);
+        if stream.write_all(&out).await.is_ok() {
             let _ = stream.shutdown().await;
-            return;
         }
     }
+}
+
+/// The oldest batch waiting for its commit has its answer.
+fn settle_oldest(unanswered: &mut VecDeque<Unanswered>, result: Result<(), StoreError>) {
+    if let Some(u) = unanswered.iter_mut().find(|u| u.awaiting_commit) {
+        u.awaiting_commit = false;
+        u.result = result;
+    }
+}
+
+/// Write the answers for one batch's frames; false if the client is gone.
+async fn write_answers<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    batch: &mut Unanswered,
+    ctx: &Context,
+) -> bool {
+    out.clear();
+    for p in batch.plan.drain(..) {
+        match p {
+            Planned::Stored(n) => match &batch.result {
+                Ok(()) => Reply::Ack(n).encode_into(out),
+                Err(e) => Reply::Error(n, store_code(e), &e.to_string()).encode_into(out),
+            },
+            Planned::Refused(code, msg) => Reply::Error(1, code, &msg).encode_into(out),
+            Planned::Status => {
+                let snap = ctx.stats.snapshot(&ctx.node_id, now_ms());
+                let json = serde_json::to_string(&snap).unwrap_or_default();
+                Reply::Status(&json).encode_into(out)
+            }
+        }
+    }
+    out.is_empty() || stream.write_all(out).await.is_ok()
 }
 
 /// A client's timestamp is kept as sent; otherwise ferry's, marked when

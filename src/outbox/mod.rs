@@ -340,43 +340,66 @@ impl Outbox {
 /// A connection's way to store batches: one reply channel for its whole
 /// life, and each batch's buffer handed back after the commit for the
 /// next one, so the ingest path allocates nothing per batch or event.
+///
+/// Up to [`Appender::DEPTH`] batches may wait for their commit at once
+/// ([`Appender::submit`], then [`Appender::answer`] in the same order), so
+/// a connection reads and decodes its next batch while the writer commits
+/// the last one.
 pub struct Appender {
     outbox: Outbox,
     reply_tx: mpsc::Sender<Stored>,
     reply_rx: mpsc::Receiver<Stored>,
-    spare: Vec<u8>,
+    /// Buffers of answered batches, for the next ones.
+    spares: Vec<Vec<u8>>,
 }
 
 impl Appender {
+    /// Batches of one connection that may wait for a commit at once.
+    pub const DEPTH: usize = 2;
+
     pub fn new(outbox: &Outbox) -> Self {
-        let (reply_tx, reply_rx) = mpsc::channel(1);
+        // Room for every answer: the writer never waits on a connection.
+        let (reply_tx, reply_rx) = mpsc::channel(Self::DEPTH);
         Self {
             outbox: outbox.clone(),
             reply_tx,
             reply_rx,
-            spare: Vec::new(),
+            spares: Vec::with_capacity(Self::DEPTH),
         }
     }
 
-    /// An empty batch whose buffer holds at least `capacity` bytes (the
-    /// previous batch's buffer, recycled).
+    /// An empty batch whose buffer holds at least `capacity` bytes (an
+    /// earlier batch's buffer, recycled).
     pub fn batch(&mut self, capacity: usize) -> AppendBatch {
-        let mut data = std::mem::take(&mut self.spare);
+        let mut data = self.spares.pop().unwrap_or_default();
         data.clear();
         data.reserve(capacity);
         AppendBatch { data, count: 0 }
     }
 
-    /// Drop the recycled buffer (after a burst made it large).
+    /// Drop the recycled buffers (after a burst made them large).
     pub fn release_spare(&mut self) {
-        self.spare = Vec::new();
+        self.spares.clear();
     }
 
-    /// Store `batch` (or, if it is empty, just keep its buffer).
+    /// Store `batch` and wait for its commit (or, if it is empty, just
+    /// keep its buffer). Nothing else may be waiting for an answer.
     pub async fn store(&mut self, batch: AppendBatch) -> Result<(), StoreError> {
+        if self.submit(batch).await? {
+            self.answer().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Hand `batch` to the writer without waiting for its commit: true if
+    /// an [`Appender::answer`] will follow; an empty batch only gives back
+    /// its buffer (false). The caller keeps at most [`Appender::DEPTH`]
+    /// batches unanswered.
+    pub async fn submit(&mut self, batch: AppendBatch) -> Result<bool, StoreError> {
         if batch.count == 0 {
-            self.spare = batch.data;
-            return Ok(());
+            self.keep_spare(batch.data);
+            return Ok(false);
         }
         self.outbox
             .tx
@@ -386,12 +409,24 @@ impl Appender {
             })
             .await
             .map_err(|_| StoreError::Closed)?;
+        Ok(true)
+    }
+
+    /// The commit result of the oldest submitted batch not yet answered.
+    /// Cancel safe: an answer not taken stays for the next call.
+    pub async fn answer(&mut self) -> Result<(), StoreError> {
         match self.reply_rx.recv().await {
             Some((result, buffer)) => {
-                self.spare = buffer;
+                self.keep_spare(buffer);
                 result
             }
             None => Err(StoreError::Closed),
+        }
+    }
+
+    fn keep_spare(&mut self, buffer: Vec<u8>) {
+        if self.spares.len() < Self::DEPTH {
+            self.spares.push(buffer);
         }
     }
 }
@@ -621,7 +656,8 @@ impl Writer {
         }
         for (batch, reply) in group.drain(..) {
             if let Some(reply) = reply {
-                // One reply per batch and the client waits for it: never full.
+                // Its channel has room for every batch a connection may
+                // have waiting (Appender::DEPTH): never full.
                 let _ = reply.try_send((result.clone(), batch.data));
             }
         }

@@ -249,6 +249,12 @@ impl FrameClient {
         })
     }
 
+    /// A second handle on the connection, to write from another thread
+    /// while this one reads the answers.
+    pub fn writer(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
     pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }
