@@ -15,6 +15,7 @@ pub mod event;
 pub mod forward;
 pub mod ingest;
 pub mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

@@ -451,6 +451,7 @@ impl Forwarder {
             // Not at every catch-up with a busy producer, where the buffers
             // would be needed again at once.
             if !*released {
+                crate::memory::request_release();
                 self.outbox.release_memory().await;
                 *released = true;
             }

@@ -616,13 +616,10 @@ impl Writer {
                 self.path.display()
             );
         }
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only hands free heap pages back; no pointer
-        // changes. It covers every thread's arena, so the forwarder's
+        // Trimming covers every thread's arena, so the forwarder's
         // finished windows are released here too.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        crate::memory::release_thread_cache();
+        crate::memory::trim();
     }
 
     /// Commit a group of batches; acknowledge each. True if anything stored.
