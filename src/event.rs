@@ -1,17 +1,17 @@
 //! The event as the hot path sees it: borrowed slices into a receive buffer
 //! or a decompressed outbox block, never owned copies. Also its at-rest
-//! encoding (postcard, appended into a reused buffer) and the checks every
+//! encoding (postcard's format, written by hand into a reused buffer) and the checks every
 //! event passes at the door.
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One event. `headers` stays in its wire encoding (see [`HeaderIter`]) so
 /// that neither ingest nor storage allocates per header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize, serde::Deserialize))]
 pub struct Event<'a> {
     pub topic: &'a str,
-    #[serde(borrow)]
+    #[cfg_attr(test, serde(borrow))]
     pub key: Option<&'a [u8]>,
     /// `u16 count` then per header `u16 name_len, name, u32 value_len, value`
     /// (big-endian), exactly as in a frame; empty when there are none.
@@ -24,24 +24,165 @@ pub struct Event<'a> {
     pub clock: Option<crate::clock::UnsyncedStamp>,
 }
 
+/// Why stored bytes are not an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes end inside the event.
+    Truncated,
+    /// A length or number takes more bytes than its type allows.
+    BadVarint,
+    /// An optional field's marker is neither 0 nor 1.
+    BadOption(u8),
+    /// The topic is not UTF-8.
+    TopicNotUtf8,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "the bytes end inside the event"),
+            DecodeError::BadVarint => write!(f, "a length or number is malformed"),
+            DecodeError::BadOption(b) => write!(f, "optional field marked {b} (not 0 or 1)"),
+            DecodeError::TopicNotUtf8 => write!(f, "the topic is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
 impl<'a> Event<'a> {
     /// Size that counts against `max_event_bytes`: what Kafka will carry.
     pub fn payload_len(&self) -> usize {
         self.key.map_or(0, <[u8]>::len) + self.headers.len() + self.value.len()
     }
 
-    /// Append the at-rest encoding to `out` (no allocation beyond `out`'s growth).
-    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
-        postcard::to_io(self, out).map(|_| ())
+    /// Append the at-rest encoding to `out` (no allocation beyond `out`'s
+    /// growth). The format is postcard's encoding of this struct, written
+    /// out by hand because this is on every event's path: fields in order,
+    /// lengths and integers as LEB128 varints (the signed timestamp
+    /// zigzagged), options as a 0/1 marker.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.payload_len() + self.topic.len() + 40);
+        put_bytes(out, self.topic.as_bytes());
+        match self.key {
+            Some(key) => {
+                out.push(1);
+                put_bytes(out, key);
+            }
+            None => out.push(0),
+        }
+        put_bytes(out, self.headers);
+        put_bytes(out, self.value);
+        put_varint(out, zigzag(self.timestamp_ms));
+        match self.clock {
+            Some(stamp) => {
+                out.push(1);
+                put_varint(out, u64::from(stamp.boot));
+                put_varint(out, stamp.boot_ms);
+            }
+            None => out.push(0),
+        }
     }
 
     /// Decode one event from the front of `bytes`, returning the rest.
-    pub fn decode_from(bytes: &'a [u8]) -> Result<(Event<'a>, &'a [u8]), postcard::Error> {
-        postcard::take_from_bytes(bytes)
+    pub fn decode_from(bytes: &'a [u8]) -> Result<(Event<'a>, &'a [u8]), DecodeError> {
+        let mut r = Reader(bytes);
+        let topic = std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError::TopicNotUtf8)?;
+        let key = match r.marker()? {
+            true => Some(r.bytes()?),
+            false => None,
+        };
+        let headers = r.bytes()?;
+        let value = r.bytes()?;
+        let timestamp_ms = unzigzag(r.varint(u64::BITS)?);
+        let clock = match r.marker()? {
+            true => Some(crate::clock::UnsyncedStamp {
+                boot: r.varint(u32::BITS)? as u32,
+                boot_ms: r.varint(u64::BITS)?,
+            }),
+            false => None,
+        };
+        let event = Event {
+            topic,
+            key,
+            headers,
+            value,
+            timestamp_ms,
+            clock,
+        };
+        Ok((event, r.0))
     }
 
     pub fn header_iter(&self) -> HeaderIter<'a> {
         HeaderIter::new(self.headers)
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// The unread rest of an encoded event.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    /// A LEB128 varint of a `bits`-bit integer: at most as many bytes as
+    /// that needs, and no bits beyond it.
+    fn varint(&mut self, bits: u32) -> Result<u64, DecodeError> {
+        let max_bytes = bits.div_ceil(7) as usize;
+        let mut v = 0u64;
+        for i in 0..max_bytes {
+            let Some(&b) = self.0.get(i) else {
+                return Err(DecodeError::Truncated);
+            };
+            if i == max_bytes - 1 && u32::from(b) >> (bits - 7 * i as u32) != 0 {
+                return Err(DecodeError::BadVarint);
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::BadVarint)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint(usize::BITS)?;
+        let len = usize::try_from(len).map_err(|_| DecodeError::BadVarint)?;
+        if self.0.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (body, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(body)
+    }
+
+    fn marker(&mut self) -> Result<bool, DecodeError> {
+        let (&b, rest) = self.0.split_first().ok_or(DecodeError::Truncated)?;
+        self.0 = rest;
+        match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::BadOption(other)),
+        }
     }
 }
 
@@ -173,8 +314,8 @@ mod tests {
             }),
         };
         let mut buf = Vec::new();
-        e.encode_into(&mut buf).unwrap();
-        e.encode_into(&mut buf).unwrap();
+        e.encode_into(&mut buf);
+        e.encode_into(&mut buf);
         let (a, rest) = Event::decode_from(&buf).unwrap();
         let (b, rest) = Event::decode_from(rest).unwrap();
         assert!(rest.is_empty());
@@ -182,6 +323,92 @@ mod tests {
         assert_eq!(b, e);
         let hs: Vec<_> = a.header_iter().collect();
         assert_eq!(hs, vec![("a", &b"1"[..]), ("bee", &b""[..])]);
+    }
+
+    /// Events at the edges of every field: lengths around varint byte
+    /// boundaries, extreme timestamps and clock stamps.
+    fn edge_events(space: &[u8]) -> Vec<Event<'_>> {
+        let mut out = Vec::new();
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 70_000] {
+            for ts in [0i64, -1, 1, 1_700_000_000_123, i64::MIN, i64::MAX] {
+                out.push(Event {
+                    topic: "t",
+                    key: (len % 2 == 1).then(|| &space[..len.min(200)]),
+                    headers: &space[..len.min(3)],
+                    value: &space[..len],
+                    timestamp_ms: ts,
+                    clock: (ts % 2 == 0).then_some(crate::clock::UnsyncedStamp {
+                        boot: u32::MAX - len as u32,
+                        boot_ms: u64::MAX - ts as u64,
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    /// The hand-written encoding is byte for byte postcard's, in both
+    /// directions: outboxes written before it (or after it) read the same.
+    #[test]
+    fn encoding_is_postcards() {
+        let space: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        for e in edge_events(&space) {
+            let mut ours = Vec::new();
+            e.encode_into(&mut ours);
+            let theirs = postcard::to_stdvec(&e).unwrap();
+            assert!(ours == theirs, "encoding differs for {e:?}");
+            let (back, rest) = Event::decode_from(&theirs).unwrap();
+            assert_eq!(back, e);
+            assert!(rest.is_empty());
+        }
+    }
+
+    /// Whatever postcard refuses, the decoder refuses: every truncation,
+    /// bad option markers, overlong varints, a topic that is not UTF-8.
+    #[test]
+    fn decoding_refuses_what_postcard_refuses() {
+        let headers = [0u8, 0];
+        let e = Event {
+            topic: "t.x",
+            key: Some(b"k"),
+            headers: &headers,
+            value: b"hello",
+            timestamp_ms: -1_700_000_000_123,
+            clock: Some(crate::clock::UnsyncedStamp {
+                boot: 7,
+                boot_ms: 300,
+            }),
+        };
+        let mut good = Vec::new();
+        e.encode_into(&mut good);
+        let mut cases: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+        // The key's option marker (after topic length and topic) set to 2.
+        let mut bad = good.clone();
+        bad[4] = 2;
+        cases.push(bad);
+        // A topic that is not UTF-8.
+        let mut bad = good.clone();
+        bad[1] = 0xff;
+        cases.push(bad);
+        // Lengths and a timestamp that run past their type.
+        cases.push(vec![0x80; 11]);
+        cases.push([&[0u8, 0, 0, 0][..], &[0xff; 9], &[0x02]].concat());
+        // A clock boot number beyond u32.
+        cases.push([&[0u8, 0, 0, 0, 0, 1][..], &[0xff; 4], &[0x1f, 0]].concat());
+        for bytes in cases {
+            let theirs = postcard::take_from_bytes::<Event>(&bytes);
+            let ours = Event::decode_from(&bytes);
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "{bytes:?}: ours {ours:?}, postcard {theirs:?}"
+            );
+            assert!(ours.is_err(), "{bytes:?} decoded: {ours:?}");
+        }
+        // Non-canonical but in range: both accept.
+        let padded = [&[0x83u8, 0x80, 0x00][..], b"t.x", &good[4..]].concat();
+        assert_eq!(Event::decode_from(&padded).unwrap().0, e);
+        assert!(postcard::take_from_bytes::<Event>(&padded).is_ok());
     }
 
     #[test]

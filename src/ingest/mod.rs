@@ -354,14 +354,7 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     stamp_time(&mut event, ts, &now);
-                    if event.encode_into(&mut batch.data).is_err() {
-                        ctx.stats.rejected.fetch_add(1, Relaxed);
-                        plan.push(Planned::Refused(
-                            ErrorCode::Malformed,
-                            "event cannot be encoded for storage".into(),
-                        ));
-                        continue;
-                    }
+                    event.encode_into(&mut batch.data);
                     batch.count += 1;
                     match plan.last_mut() {
                         Some(Planned::Stored(n)) => *n += 1,
@@ -600,9 +593,8 @@ impl LineSplitter {
             timestamp_ms: now.wall_ms,
             clock: now.stamp(),
         };
-        if event.encode_into(&mut batch.data).is_ok() {
-            batch.count += 1;
-        }
+        event.encode_into(&mut batch.data);
+        batch.count += 1;
     }
 }
 
@@ -663,9 +655,8 @@ async fn serve_udp(
                                 match admit(&event, &ctx) {
                                     Ok(()) => {
                                         stamp_time(&mut event, ts, &now);
-                                        if event.encode_into(&mut batch.data).is_ok() {
-                                            batch.count += 1;
-                                        }
+                                        event.encode_into(&mut batch.data);
+                                        batch.count += 1;
                                         None
                                     }
                                     Err(Planned::Refused(_, msg)) => Some(msg),

@@ -15,8 +15,7 @@ fn batch(topic: &str, values: &[&str]) -> AppendBatch {
             timestamp_ms: 1,
             clock: None,
         }
-        .encode_into(&mut b.data)
-        .unwrap();
+        .encode_into(&mut b.data);
         b.count += 1;
     }
     b
