@@ -74,7 +74,7 @@ async fn serve(config: Config) -> Result<(), String> {
         max_event_bytes: config.ingest.max_event_bytes as usize,
         node_id: config.node_id.clone(),
     });
-    ingest::spawn_all(bound, ctx, &shutdown);
+    ingest::spawn_all(bound, ctx, &shutdown)?;
     start_metrics(&config, &stats, &outbox, &shutdown).await;
     tokio::spawn(Forwarder::new(&config, outbox.clone(), stats.clone()).run(shutdown.clone()));
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
