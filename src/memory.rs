@@ -13,9 +13,10 @@
 //!   touch: these chunks lie scattered over the pages the burst used and
 //!   keep every one of them resident ([`release_thread_cache`]).
 //!
-//! The tokio workers empty their caches as they next park after the
-//! forwarder asks for it ([`request_release`], [`on_worker_park`]); the
-//! outbox writer does it in its own `ReleaseMemory` command.
+//! The tokio threads (forwarding workers and the ingest thread) empty
+//! their caches as they next park after the forwarder asks for it
+//! ([`request_release`], [`on_worker_park`]); the outbox writer does it in
+//! its own `ReleaseMemory` command.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -47,9 +48,11 @@ pub fn fixed_thresholds() {
     }
 }
 
-/// Ask every tokio worker to empty its chunk cache and trim the heap the
-/// next time it parks, and wake the parked ones so they do it now: a
-/// second spawned task makes tokio notify a parked worker.
+/// Ask every tokio thread to empty its chunk cache and trim the heap the
+/// next time it parks, and wake the forwarding runtime's parked workers so
+/// they do it now: a second spawned task makes tokio notify a parked
+/// worker. (The ingest thread does it after its next wake-up; it frees
+/// little, since ingest allocates nothing per event.)
 pub fn request_release() {
     RELEASE_ROUND.fetch_add(1, Relaxed);
     for _ in 0..2 {
@@ -77,15 +80,15 @@ pub fn trim() {
     }
 }
 
-/// Smallest and largest request sizes glibc's tcache holds (1032 bytes on
-/// 64-bit; 32-bit targets stop at about half that), and the step that
-/// reaches every one of its size classes on both (8 or 16 bytes).
-const CACHED_SIZES: std::ops::RangeInclusive<usize> = 8..=1032;
-const CACHED_SIZE_STEP: usize = 8;
+/// glibc's tcache has 64 size classes, one per malloc alignment step
+/// (twice the pointer size: 16 bytes on 64-bit, 8 on 32-bit), up to about
+/// 1 KiB on 64-bit. One request size per class reaches each of them.
+const CACHE_CLASSES: usize = 64;
+const CLASS_STEP: usize = 2 * std::mem::size_of::<usize>();
 /// Chunks taken of each size: the 7 a cache holds, and more, because
 /// taking a chunk from a bin moves further chunks of that size into the
-/// cache.
-const TAKE_PER_SIZE: usize = 64;
+/// cache. In all about 0.5 MiB on 64-bit, for a moment.
+const TAKE_PER_SIZE: usize = 16;
 
 /// Empty the calling thread's glibc chunk cache. A thread's cache can
 /// only be emptied by taking the chunks out (malloc) and by a thread
@@ -95,9 +98,9 @@ const TAKE_PER_SIZE: usize = 64;
 pub fn release_thread_cache() {
     #[cfg(target_env = "gnu")]
     {
-        let mut taken: Vec<usize> =
-            Vec::with_capacity(CACHED_SIZES.end() / CACHED_SIZE_STEP * TAKE_PER_SIZE);
-        for size in CACHED_SIZES.step_by(CACHED_SIZE_STEP) {
+        let mut taken: Vec<usize> = Vec::with_capacity(CACHE_CLASSES * TAKE_PER_SIZE);
+        for class in 1..=CACHE_CLASSES {
+            let size = class * CLASS_STEP;
             for _ in 0..TAKE_PER_SIZE {
                 // SAFETY: a plain allocation, freed below.
                 let p = unsafe { libc::malloc(size) };
