@@ -1,7 +1,7 @@
 //! The event as the hot path sees it: borrowed slices into a receive buffer
 //! or a decompressed outbox block, never owned copies. Also its at-rest
-//! encoding (postcard's format, written by hand into a reused buffer) and the checks every
-//! event passes at the door.
+//! encoding (postcard's format, written by hand into a reused buffer) and
+//! the checks every event passes at the door.
 
 use std::fmt;
 
