@@ -74,7 +74,7 @@ fn uplink_down_30s_under_load_loses_nothing_and_idles() {
     proxy.set_down(false);
     std::thread::sleep(Duration::from_secs(1));
     let acked = load.stop();
-    let got = reader.collect(acked.len(), Duration::from_secs(120));
+    let got = reader.collect_values(&acked, Duration::from_secs(120));
     let dups = check_delivery(&acked, &got);
     eprintln!(
         "{} acknowledged, {} read, {dups} duplicates",
@@ -116,7 +116,7 @@ fn injected_transient_errors_are_retried_in_order() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let acked = load.stop();
-    let got = reader.collect(acked.len(), Duration::from_secs(60));
+    let got = reader.collect_values(&acked, Duration::from_secs(60));
     check_delivery(&acked, &got);
     let s = f.status();
     assert!(
@@ -169,7 +169,7 @@ fn backlog_drains_through_errors_with_windows_in_flight_in_order() {
         std::thread::sleep(Duration::from_millis(40));
         c.request_errors(RDKafkaApiKey::Produce, &[TIMED_OUT, NOT_LEADER]);
     }
-    let got = reader.collect(acked.len(), Duration::from_secs(90));
+    let got = reader.collect_values(&acked, Duration::from_secs(90));
     let dups = check_delivery(&acked, &got);
     f.wait_status(Duration::from_secs(20), "drained", |s| {
         s.backlog_events == 0
@@ -319,8 +319,8 @@ fn authorization_failure_parks_the_topic_keeps_events_and_logs_sparingly() {
     // The operator fixes the ACL: everything goes through.
     c.clear_request_errors(RDKafkaApiKey::Produce);
     let reader = Reader::start(&c.bootstrap_servers(), &topics);
-    let got = reader.collect(300, Duration::from_secs(90));
     let acked: Vec<String> = (0..300).map(|i| format!("k|{i}")).collect();
+    let got = reader.collect_values(&acked, Duration::from_secs(90));
     check_delivery(&acked, &got);
 }
 
@@ -369,9 +369,9 @@ fn missing_topic_is_parked_while_other_topics_flow() {
         "absent delivered after it was created",
         |s| s.backlog_events == 0,
     );
-    let got = reader.collect(600, Duration::from_secs(30));
     let mut acked: Vec<String> = (0..100).map(|i| format!("k|{i}")).collect();
     acked.extend((0..500).map(|i| format!("p|{i}")));
+    let got = reader.collect_values(&acked, Duration::from_secs(30));
     check_delivery(&acked, &got);
     assert!(f.status().forward.parked_topics.is_empty());
     // Idle again, and idle means idle: no spinning after the recovery.
@@ -431,7 +431,7 @@ fn leader_moves_in_a_three_broker_cluster_lose_nothing() {
     f.wait_status(Duration::from_secs(60), "all sent", |s| {
         s.backlog_events == 0
     });
-    let got = reader.collect(acked.len(), Duration::from_secs(90));
+    let got = reader.collect_values(&acked, Duration::from_secs(90));
     let dups = check_delivery(&acked, &got);
     eprintln!(
         "leader moves: {} acknowledged, {dups} duplicates",
@@ -453,7 +453,7 @@ fn slow_link_that_cuts_connections_loses_and_reorders_nothing() {
     let load = Load::start(f.socket(), "cut", KEYS, 200, Duration::from_millis(10));
     std::thread::sleep(Duration::from_secs(10));
     let acked = load.stop();
-    let got = reader.collect(acked.len(), Duration::from_secs(120));
+    let got = reader.collect_values(&acked, Duration::from_secs(120));
     let dups = check_delivery(&acked, &got);
     eprintln!(
         "cutting proxy: {} acknowledged, {} connections cut, {dups} duplicates",
@@ -482,7 +482,7 @@ fn twenty_kill_9_cycles_with_uplink_flaps_deliver_every_acknowledged_event() {
     proxy.set_down(false);
     std::thread::sleep(Duration::from_millis(500));
     let acked = load.stop();
-    let got = reader.collect(acked.len(), Duration::from_secs(120));
+    let got = reader.collect_values(&acked, Duration::from_secs(120));
     let dups = check_delivery(&acked, &got);
     eprintln!(
         "20 kill -9 cycles: {} acknowledged, {} read, {dups} duplicates",

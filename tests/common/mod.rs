@@ -11,7 +11,7 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -342,6 +342,9 @@ pub struct Reader {
     handle: Option<std::thread::JoinHandle<Vec<Got>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Every distinct value read so far, so a test can wait for the values
+    /// it expects rather than for a record count that duplicates inflate.
+    seen: std::sync::Arc<std::sync::Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Reader {
@@ -363,7 +366,8 @@ impl Reader {
         consumer.assign(&tpl).expect("assign");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, c) = (stop.clone(), count.clone());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let (s, c, v) = (stop.clone(), count.clone(), seen.clone());
         let handle = std::thread::spawn(move || {
             let mut got = Vec::new();
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
@@ -387,6 +391,9 @@ impl Reader {
                             value: m.payload().unwrap_or_default().to_vec(),
                             headers,
                         });
+                        if let Some(last) = got.last() {
+                            v.lock().unwrap().insert(last.value.clone());
+                        }
                         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Some(Err(e)) => eprintln!("consumer: {e}"),
@@ -399,6 +406,7 @@ impl Reader {
             handle: Some(handle),
             stop,
             count,
+            seen,
         }
     }
 
@@ -416,6 +424,21 @@ impl Reader {
         std::thread::sleep(Duration::from_millis(500));
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
+    }
+
+    /// Wait until every value in `expected` has been read (or `timeout`),
+    /// then the same quiet period; return everything read. Where redelivery
+    /// is possible (kills, injected faults), waiting for `expected.len()`
+    /// records would stop early: duplicates count as records too.
+    pub fn collect_values(self, expected: &[String], timeout: Duration) -> Vec<Got> {
+        let deadline = Instant::now() + timeout;
+        let mut waiting: Vec<&String> = expected.iter().collect();
+        while !waiting.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let seen = self.seen.lock().unwrap();
+            waiting.retain(|v| !seen.contains(v.as_bytes()));
+        }
+        self.collect(0, Duration::ZERO)
     }
 }
 
@@ -605,7 +628,7 @@ pub fn check_delivery(acked: &[String], got: &[Got]) -> usize {
     );
     let mut sorted: Vec<&Got> = got.iter().collect();
     sorted.sort_by_key(|g| (g.topic.clone(), g.partition, g.offset));
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut dups = 0;
     for g in sorted {
