@@ -1,13 +1,12 @@
 //! Heap allocation counting for the benchmark build (`--features
-//! count-allocs`): a thin wrapper over the system allocator. Not in normal
-//! builds.
+//! count-allocs`): ferry's allocator (`arena`) counts each allocation
+//! here. Not in normal builds.
 //!
 //! The count is spread over padded counters, one per thread (threads share
 //! one only when there are more than 16): with a single shared counter,
 //! threads that allocate at once fought over its cache line and the
 //! counting build forwarded a third slower than the real one.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -31,7 +30,7 @@ pub fn allocations() -> u64 {
     COUNTERS.iter().map(|c| c.0.load(Relaxed)).sum()
 }
 
-fn count() {
+pub(crate) fn count() {
     let shard = SHARD
         .try_with(|s| {
             if s.get() == usize::MAX {
@@ -42,27 +41,3 @@ fn count() {
         .unwrap_or(0);
     COUNTERS[shard].0.fetch_add(1, Relaxed);
 }
-
-pub struct Counting;
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;

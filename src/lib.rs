@@ -4,6 +4,7 @@
 
 #[cfg(feature = "count-allocs")]
 pub mod alloc_count;
+pub mod arena;
 pub mod backoff;
 pub mod breaker;
 pub mod cli;

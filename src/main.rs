@@ -1,5 +1,9 @@
 //! The `ferry` binary: everything lives in the library; see `cli`.
 
+/// The system allocator, with bump allocation for the produce lanes.
+#[global_allocator]
+static ALLOCATOR: ferry::arena::Allocator = ferry::arena::Allocator;
+
 fn main() {
     std::process::exit(ferry::cli::main());
 }

@@ -66,6 +66,8 @@ pub fn on_worker_park() {
     let round = RELEASE_ROUND.load(Relaxed);
     if DONE_ROUND.get() != round {
         DONE_ROUND.set(round);
+        crate::arena::retire_local();
+        crate::arena::release();
         release_thread_cache();
         trim();
     }

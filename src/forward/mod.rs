@@ -851,10 +851,12 @@ impl Forwarder {
                 after,
                 finished,
             };
-            set.spawn(async move {
+            // The records of a produce request are allocated and freed
+            // together: bumped from the arena while the lane is polled.
+            set.spawn(crate::arena::scoped(async move {
                 let out = job.run().await;
                 (i, out)
-            });
+            }));
         }
         self.tune_sockets();
         Ok(set)
