@@ -13,6 +13,9 @@
 //!   touch: these chunks lie scattered over the pages the burst used and
 //!   keep every one of them resident ([`release_thread_cache`]).
 //!
+//! The produce lanes' own bump allocator (`arena`) keeps its free chunks
+//! for the next window; they are handed back here too.
+//!
 //! The tokio threads (forwarding workers and the ingest thread) empty
 //! their caches as they next park after the forwarder asks for it
 //! ([`request_release`], [`on_worker_park`]); the outbox writer does it in
