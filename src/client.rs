@@ -298,9 +298,17 @@ pub fn status(config: &Config, json: bool) -> i32 {
                 .unwrap_or_else(|| "-".into())
         );
         println!(
-            "since start: received {}, stored {}, rejected {}, sent {}, failed attempts {}",
-            snap.received, snap.stored, snap.rejected, snap.sent, snap.produce_errors
+            "since start: received {}, stored {}, rejected {}, sent {}, failed attempts {}, throttled {:.1} s",
+            snap.received,
+            snap.stored,
+            snap.rejected,
+            snap.sent,
+            snap.produce_errors,
+            snap.throttled_s
         );
+        if !snap.forward.delivery.is_empty() {
+            println!("delivery:    {}", snap.forward.delivery);
+        }
         println!(
             "all time:    dropped {} events ({} bytes) by policy, quarantined {}, dead-lettered {}",
             snap.dropped_events, snap.dropped_bytes, snap.quarantined, snap.dead_letters

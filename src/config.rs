@@ -63,6 +63,15 @@ pub struct KafkaConfig {
     #[serde(with = "size")]
     pub max_batch_bytes: u64,
     pub max_batch_events: u64,
+    /// Metadata requests let the broker create a topic ferry produces to
+    /// (as the Java producer's do); the broker's own setting decides.
+    pub allow_auto_create_topics: bool,
+    /// One attempt to connect (TCP, TLS, SASL) gives up after this long.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// A request without an answer by then fails (and its connection is closed).
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
     /// Dead letters are also produced here (headers dlq-reason,
     /// dlq-timestamp, original-topic) when set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,6 +253,9 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             max_batch_bytes: 1_000_000,
             max_batch_events: 10_000,
+            allow_auto_create_topics: true,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             dead_letter_topic: None,
             loss_topic: None,
             tls: None,
@@ -450,6 +462,14 @@ impl Config {
                     "kafka.brokers".into(),
                     format!("`{b}` is not host:port (for example \"10.0.0.5:9092\")"),
                 ));
+            }
+        }
+        for (key, d) in [
+            ("kafka.connect_timeout", self.kafka.connect_timeout),
+            ("kafka.request_timeout", self.kafka.request_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                return Err((key.into(), "must be between 100ms and 10m".into()));
             }
         }
         if self.kafka.max_batch_events == 0 {

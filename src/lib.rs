@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod event;
 pub mod forward;
 pub mod ingest;
+pub mod kafka;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;

@@ -111,6 +111,12 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
         s.produce_errors as f64,
     );
     metric(
+        "ferry_throttle_seconds_total",
+        "counter",
+        "Time the brokers asked ferry to hold off (produce quotas, throttle_time_ms).",
+        s.throttled_s,
+    );
+    metric(
         "ferry_retries_total",
         "counter",
         "Delivery attempts retried after a failure.",

@@ -21,6 +21,8 @@ pub struct Stats {
     /// Records acknowledged by Kafka (one per event per destination topic).
     pub sent: AtomicU64,
     pub produce_errors: AtomicU64,
+    /// Milliseconds the brokers asked ferry to hold off (`throttle_time_ms`).
+    pub throttle_ms: AtomicU64,
     /// Dead letters stored (all time, kept in the database).
     pub dead_letters: AtomicU64,
     /// Dead letters not yet produced to the DLQ topic.
@@ -59,6 +61,9 @@ pub struct Snapshot {
     pub quarantined: u64,
     pub sent: u64,
     pub produce_errors: u64,
+    /// Seconds the brokers throttled ferry (quotas), in total.
+    #[serde(default)]
+    pub throttled_s: f64,
     pub retries: u64,
     pub dead_letters: u64,
     pub backlog_events: u64,
@@ -89,6 +94,7 @@ impl Stats {
             quarantined: self.quarantined.load(Relaxed),
             sent: self.sent.load(Relaxed),
             produce_errors: self.produce_errors.load(Relaxed),
+            throttled_s: self.throttle_ms.load(Relaxed) as f64 / 1000.0,
             retries: self.retries.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             backlog_events,

@@ -1,7 +1,9 @@
 //! Forwarding to Kafka: reads the outbox in sequence order a window of
-//! blocks at a time, routes and partitions each event, produces one LZ4
-//! record batch stream per partition (one request in flight per partition,
-//! which keeps per-key order), and deletes the blocks only after Kafka has
+//! blocks at a time, routes and partitions each event, plans each
+//! partition's events into record batches numbered by the idempotent
+//! producer (the plan is stored before anything is sent, see [`plan`]),
+//! produces them with up to five requests in flight per partition (which
+//! keeps per-key order), and deletes the blocks only after Kafka has
 //! acknowledged (or ferry dead-lettered) every event in them.
 //!
 //! Two windows are in flight at once, so the cores stay busy while the
@@ -9,40 +11,47 @@
 //! events of a window) starts producing only when the same partition's
 //! lane of the window before has finished. When anything fails, the
 //! windows in flight are brought to a stop and retried one after another.
+//! After a crash the stored plans are delivered first, with the same
+//! producer ids and sequences, so the broker drops what it already has.
 //!
-//! Failures are classified (see [`errors`]): transient ones are retried
-//! after a jittered backoff and counted by the circuit breaker, which stops
-//! all attempts while open; a record Kafka refuses for good is isolated by
-//! halving its batch and dead-lettered; a topic that is missing or not
-//! authorised is parked (its blocks skipped) so other topics go on.
+//! Failures are classified (see [`crate::kafka::errors`]): transient ones
+//! are retried after a jittered backoff and counted by the circuit breaker,
+//! which stops all attempts while open; a record Kafka refuses for good is
+//! dead-lettered (named by the broker, or found by halving its batch); a
+//! topic that is missing or not authorised is parked (its blocks skipped)
+//! so other topics go on.
 
-pub mod errors;
-mod nodelay;
+mod lane;
 pub mod partitioner;
+pub mod plan;
 pub mod route;
 pub mod security;
+pub mod streams;
 
 use crate::backoff::{Backoff, seed_from_environment};
 use crate::breaker::{Breaker, State};
-use crate::config::{Compression, Config, KafkaConfig, RetryConfig};
+use crate::config::{Compression, Config, Durability, KafkaConfig, RetryConfig};
+use crate::kafka::cluster::Cluster;
+use crate::kafka::connection::ConnectionConfig;
+use crate::kafka::errors::{Class, Failure};
+use crate::kafka::producer::{self, ProducerIdentity};
+use crate::kafka::record_batch::{Codec, ProducerFields};
 use crate::log_limit::LogLimiter;
 use crate::outbox::dead_letter::NewDeadLetter;
+use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
 use crate::outbox::{Block, Outbox};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
-use errors::{Class, Failure, classify};
+use lane::{LaneJob, LaneOutcome, RecordWriter};
 use log::{debug, error, info, warn};
 use partitioner::{Sticky, partition_for_key};
+use plan::{Item, Lane};
 use route::Router;
-use rskafka::BackoffConfig;
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::Write;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+use streams::{Idempotence, Streams};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
@@ -55,18 +64,19 @@ const WINDOW_RAW_BYTES: usize = 1024 * 1024;
 const WINDOWS_IN_FLIGHT: usize = 2;
 /// Per-record overhead counted against `max_batch_bytes`.
 const RECORD_OVERHEAD: usize = 64;
-/// rskafka retries internally; bound it so ferry's backoff and breaker decide.
-const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(1);
-/// Bound on finding a partition leader (rskafka nests its retries).
-const LEADER_TIMEOUT: Duration = Duration::from_secs(3);
-/// A produce request that has not completed by then is treated as failed.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long in-flight requests may finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// After this many failed rounds in a row, reconnect from the bootstrap list.
 const RECONNECT_AFTER_FAILURES: u32 = 3;
 /// Configuration problems are logged at most this often (per topic).
 const LOUD_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// A topic Kafka does not know (yet) is retried on a short schedule for
+/// this long (a broker that creates topics needs a moment)...
+const NEW_TOPIC_GRACE: Duration = Duration::from_secs(10);
+/// ...from this delay...
+const NEW_TOPIC_INITIAL: Duration = Duration::from_millis(100);
+/// ...to this one.
+const NEW_TOPIC_MAX: Duration = Duration::from_secs(2);
 /// Parked topics are retried after a growing delay from this...
 const PARK_INITIAL: Duration = Duration::from_secs(10);
 /// ...to this.
@@ -83,39 +93,10 @@ pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
 /// corrected (clock still unsynchronised, or recorded in an earlier boot).
 pub const TS_UNSYNCED_HEADER: &str = "ferry-ts-unsynced";
 
-/// One event's place in the window.
-#[derive(Debug, Clone, Copy)]
-struct Item {
-    block: u32,
-    offset: u32,
-    seq: i64,
-}
-
-/// Events of one window bound for one partition, in order.
-#[derive(Debug)]
-struct Lane {
-    topic: String,
-    partition: i32,
-    items: Vec<Item>,
-    /// How many of `items` are finished (acknowledged or dead-lettered).
-    done: usize,
-    /// The topic got parked: give up on this lane for this window.
-    abandoned: bool,
-}
-
-impl Lane {
-    /// Nothing left to try in this window: all done, or abandoned.
-    fn settled(&self) -> bool {
-        self.abandoned || self.done == self.items.len()
-    }
-
-    /// Give up on this lane for this window; add the source topics of its
-    /// unfinished events to `sources` (their blocks are held back).
-    fn abandon(&mut self, blocks: &[Block], sources: &mut HashSet<String>) {
-        self.abandoned = true;
-        for item in &self.items[self.done..] {
-            sources.insert(blocks[item.block as usize].topic.clone());
-        }
+fn abandon(lane: &mut Lane, blocks: &[Block], sources: &mut HashSet<String>) {
+    lane.abandoned = true;
+    for item in &lane.items[lane.done()..] {
+        sources.insert(blocks[item.block as usize].topic.clone());
     }
 }
 
@@ -126,6 +107,8 @@ struct Window {
     blocks: Arc<Vec<Block>>,
     /// Planned on its first attempt.
     lanes: Option<Vec<Lane>>,
+    /// Its plan is in the outbox (removed with its blocks).
+    saved: bool,
     dead: Vec<NewDeadLetter>,
     first_attempt_ms: i64,
 }
@@ -136,6 +119,7 @@ impl Window {
             after,
             blocks: Arc::new(blocks),
             lanes: None,
+            saved: false,
             dead: Vec::new(),
             first_attempt_ms: now_ms(),
         }
@@ -144,6 +128,11 @@ impl Window {
     /// The cursor after this window.
     fn last(&self) -> i64 {
         self.blocks.last().map_or(self.after, |b| b.seq_first)
+    }
+
+    /// Its id in the outbox's plans: its first block.
+    fn id(&self) -> i64 {
+        self.blocks.first().map_or(self.after, |b| b.seq_first)
     }
 }
 
@@ -154,16 +143,20 @@ struct Running {
 }
 
 /// The last lane started for each destination partition: the next lane of
-/// that partition waits for it, which keeps one request in flight per
-/// partition (and so per-key order) across windows. The value is whether
-/// that lane finished all its events.
+/// that partition waits for it, which keeps order per partition across
+/// windows. The value is whether that lane finished all its events.
 type Chain = HashMap<(String, i32), oneshot::Receiver<bool>>;
 
-/// A destination topic that cannot be produced to until an operator acts.
+/// A destination topic that cannot be produced to until an operator acts
+/// (or, for a topic Kafka does not know yet, until it has been created).
 #[derive(Debug)]
 struct Parked {
     until: Instant,
     backoff: Backoff,
+    /// When it was first found missing (the short schedule's start).
+    since: Instant,
+    /// Delay of the short schedule for a topic not known yet.
+    short: Duration,
     /// Source topics whose blocks are held back while this one is parked.
     sources: HashSet<String>,
     reason: String,
@@ -186,12 +179,16 @@ pub struct ForwardState {
     pub next_attempt_in_s: Option<f64>,
     pub last_error_class: Option<String>,
     pub parked_topics: Vec<String>,
+    /// "exactly-once" (idempotent producer) or "at-least-once".
+    #[serde(default)]
+    pub delivery: String,
 }
 
 pub struct Forwarder {
     config: KafkaConfig,
     retry: RetryConfig,
-    compression: rskafka::client::partition::Compression,
+    durability: Durability,
+    codec: Codec,
     node_id: Arc<str>,
     outbox: Outbox,
     stats: Arc<Stats>,
@@ -199,18 +196,14 @@ pub struct Forwarder {
     backoff: Backoff,
     breaker: Breaker,
     seed: u64,
-    client: Option<Arc<Client>>,
-    partitions: HashMap<String, i32>,
-    partition_clients: HashMap<(String, i32), Arc<PartitionClient>>,
+    cluster: Option<Cluster>,
+    streams: Streams,
     sticky: Sticky,
     failures: u32,
     parked: HashMap<String, Parked>,
     log: LogLimiter,
     loud: HashMap<String, LogLimiter>,
     clock: crate::clock::SystemClock,
-    /// When ferry's sockets were last given `TCP_NODELAY` (see [`nodelay`]);
-    /// `None` after a new connection may have been opened.
-    sockets_tuned: Option<Instant>,
 }
 
 /// What one window's delivery came to.
@@ -228,9 +221,10 @@ impl Forwarder {
         Self {
             config: config.kafka.clone(),
             retry: config.retry.clone(),
-            compression: match config.kafka.compression {
-                Compression::Lz4 => rskafka::client::partition::Compression::Lz4,
-                Compression::None => rskafka::client::partition::Compression::NoCompression,
+            durability: config.outbox.durability,
+            codec: match config.kafka.compression {
+                Compression::Lz4 => Codec::Lz4,
+                Compression::None => Codec::None,
             },
             node_id: Arc::from(config.node_id.as_str()),
             outbox,
@@ -239,32 +233,14 @@ impl Forwarder {
             backoff: Backoff::new(&config.retry, seed),
             breaker: Breaker::new(config.breaker.clone(), seed.rotate_left(17)),
             seed,
-            client: None,
-            partitions: HashMap::new(),
-            partition_clients: HashMap::new(),
+            cluster: None,
+            streams: Streams::default(),
             sticky: Sticky::seeded(seed as u32),
             failures: 0,
             parked: HashMap::new(),
             log: LogLimiter::new(Duration::from_secs(10)),
             loud: HashMap::new(),
             clock: crate::clock::SystemClock::default(),
-            sockets_tuned: None,
-        }
-    }
-
-    /// Give new broker connections `TCP_NODELAY`: right after ferry opened
-    /// one, and at most once a second otherwise (rskafka reconnects on its
-    /// own after a broken connection).
-    fn tune_sockets(&mut self) {
-        let due = self
-            .sockets_tuned
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if due {
-            let n = nodelay::apply_to_own_sockets();
-            if n > 0 {
-                debug!("TCP_NODELAY set on {n} connection(s)");
-            }
-            self.sockets_tuned = Some(Instant::now());
         }
     }
 
@@ -275,6 +251,23 @@ impl Forwarder {
         let mut running: VecDeque<Running> = VecDeque::new();
         let mut chain: Chain = HashMap::new();
         self.publish_state(None);
+        // Windows planned (and maybe sent) before a crash go first, as planned.
+        let recovered = self.recover_plans().await;
+        if !recovered.is_empty() {
+            info!(
+                "{} delivery window(s) planned before ferry stopped are sent again first, with the same producer ids and sequences",
+                recovered.len()
+            );
+            for window in recovered {
+                match self.deliver(window, &mut shutdown, false).await {
+                    Delivery::Done | Delivery::Reread => {}
+                    Delivery::Shutdown => {
+                        info!("forwarder stopped");
+                        return;
+                    }
+                }
+            }
+        }
         loop {
             self.stats.beat_forward();
             if running.is_empty() {
@@ -325,15 +318,19 @@ impl Forwarder {
                         running.push_back(Running { window, tasks });
                         continue;
                     }
-                    // Not started: it is read again after the recovery.
-                    Err(f) => match self.recover(None, &mut running, f, &mut shutdown).await {
-                        Some(Some(reread)) => {
-                            cursor = reread;
-                            continue;
+                    // Not started: it is read again after the recovery
+                    // (unless its plan was stored: then it goes as planned).
+                    Err(f) => {
+                        let keep = window.saved.then_some(window);
+                        match self.recover(keep, &mut running, f, &mut shutdown).await {
+                            Some(Some(reread)) => {
+                                cursor = reread;
+                                continue;
+                            }
+                            Some(None) => continue,
+                            None => break,
                         }
-                        Some(None) => continue,
-                        None => break,
-                    },
+                    }
                 }
             }
             let Some(Running { mut window, tasks }) = running.pop_front() else {
@@ -346,7 +343,13 @@ impl Forwarder {
                 .collect_until_shutdown(&mut window, tasks, &mut shutdown)
                 .await
             else {
-                break;
+                // What was acknowledged during the grace period counts.
+                self.complete_if_settled(window).await;
+                for r in running {
+                    self.settle_at_shutdown(r).await;
+                }
+                info!("forwarder stopped");
+                return;
             };
             match result {
                 Ok(()) => self.complete(window).await,
@@ -360,14 +363,168 @@ impl Forwarder {
                 },
             }
         }
-        // Windows still in flight at shutdown: requests on the wire may finish.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            for mut r in running {
-                while r.tasks.join_next().await.is_some() {}
+        // Windows still in flight at shutdown: requests on the wire may
+        // finish; what Kafka acknowledged by then is recorded as delivered.
+        let grace = async {
+            for r in running {
+                self.settle_at_shutdown(r).await;
             }
-        })
-        .await;
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, grace).await;
         info!("forwarder stopped");
+    }
+
+    /// At shutdown: let a running window's lanes finish for a moment, and
+    /// if that delivered all of it, record it.
+    async fn settle_at_shutdown(&mut self, r: Running) {
+        let Running { mut window, tasks } = r;
+        let collected =
+            tokio::time::timeout(SHUTDOWN_GRACE, self.collect(&mut window, tasks)).await;
+        if matches!(collected, Ok(Ok(()))) {
+            self.complete(window).await;
+        }
+    }
+
+    /// A window cut short by shutdown: record it if everything in it was
+    /// delivered anyway.
+    async fn complete_if_settled(&mut self, window: Window) {
+        if window
+            .lanes
+            .as_ref()
+            .is_some_and(|lanes| lanes.iter().all(Lane::settled))
+        {
+            self.complete(window).await;
+        }
+    }
+
+    /// The producer state and the plans stored before ferry last stopped:
+    /// restore the streams and rebuild those windows from their blocks.
+    async fn recover_plans(&mut self) -> Vec<Window> {
+        let saved = match self.outbox.load_plans().await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(
+                    "cannot read the stored delivery plans: {e}; windows are planned afresh (duplicates possible)"
+                );
+                return Vec::new();
+            }
+        };
+        let boot = i64::from(self.clock.read().boot);
+        let trusted = match saved.producer {
+            Some(p) if self.durability == Durability::Fsync || p.boot == boot => Some(p),
+            Some(_) => {
+                // A power cut may have undone the last commits under
+                // `relaxed`: sequences stored then cannot be trusted.
+                warn!(
+                    "the machine restarted since the producer state was stored under relaxed durability: ferry takes a new producer id; windows in flight then are sent again at least once"
+                );
+                if let Err(e) = self.outbox.forget_producer().await {
+                    error!("cannot clear the stored producer state: {e}");
+                }
+                None
+            }
+            None => None,
+        };
+        if let Some(p) = trusted {
+            self.streams = Streams::restore(
+                ProducerIdentity {
+                    producer_id: p.producer_id,
+                    epoch: p.epoch,
+                },
+                &saved.streams,
+            );
+        }
+        let mut windows = Vec::new();
+        for stored in saved.windows {
+            let blocks = match self.outbox.read_blocks(stored.blocks.clone()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    error!(
+                        "cannot read the blocks of a stored delivery window: {e}; it is planned afresh"
+                    );
+                    continue;
+                }
+            };
+            if blocks.is_empty() {
+                continue;
+            }
+            let mut window = Window::new(blocks[0].seq_first - 1, blocks);
+            window.saved = true;
+            window.lanes = Some(self.restore_lanes(&window.blocks, &stored, trusted.is_some()));
+            windows.push(window);
+        }
+        windows
+    }
+
+    /// A stored plan's lanes, placed in `blocks`. Lanes of streams that
+    /// started afresh since (or whose events are gone) are planned again.
+    fn restore_lanes(
+        &mut self,
+        blocks: &[Block],
+        stored: &SavedWindow,
+        trusted: bool,
+    ) -> Vec<Lane> {
+        let mut place: HashMap<i64, (u32, u32)> = HashMap::new();
+        for (b, block) in blocks.iter().enumerate() {
+            for (seq, offset, _) in block.events() {
+                place.insert(seq, (b as u32, offset as u32));
+            }
+        }
+        let Some(lanes) = plan::decode(&stored.plan) else {
+            error!(
+                "stored delivery plan of window {} is unreadable; it is planned afresh",
+                stored.id
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in lanes {
+            let mut lane = Lane::new(s.topic, s.partition);
+            lane.items = s
+                .seqs
+                .iter()
+                .filter_map(|seq| {
+                    place.get(seq).map(|&(block, offset)| Item {
+                        block,
+                        offset,
+                        seq: *seq,
+                    })
+                })
+                .collect();
+            let complete = lane.items.len() == s.seqs.len();
+            let current = self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer);
+            if trusted && complete && current {
+                let mut start = 0u32;
+                for (len, base_sequence) in s.batches {
+                    lane.batches.push(plan::Batch {
+                        start,
+                        len,
+                        base_sequence,
+                    });
+                    start += len;
+                }
+                lane.producer = Some(s.producer);
+                lane.generation = self
+                    .streams
+                    .generation_of(&lane.topic, lane.partition)
+                    .unwrap_or(0);
+                lane.sent_before = lane.batches.len();
+                lane.replan = false;
+            } else {
+                // Sent again under a stream that starts afresh: at least once.
+                warn!(
+                    "{}/{}: {} events planned before ferry stopped go again under a new producer id (duplicates possible)",
+                    lane.topic,
+                    lane.partition,
+                    lane.items.len()
+                );
+                self.streams.start_afresh(&lane.topic, lane.partition);
+            }
+            if !lane.items.is_empty() {
+                out.push(lane);
+            }
+        }
+        out
     }
 
     /// `collect`, unless shutdown comes first (see [`until_shutdown`]).
@@ -377,13 +534,22 @@ impl Forwarder {
         tasks: JoinSet<(usize, LaneOutcome)>,
         shutdown: &mut Shutdown,
     ) -> Option<Result<(), Failure>> {
-        until_shutdown(self.collect(window, tasks), shutdown).await
+        let collect = self.collect(window, tasks);
+        tokio::pin!(collect);
+        tokio::select! {
+            r = &mut collect => Some(r),
+            _ = shutdown.recv() => {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, collect).await;
+                None
+            }
+        }
     }
 
-    /// Something failed with windows in flight: count the failure once, let
-    /// every running lane come to a stop (lanes behind a failed one give up
-    /// at once), then deliver the windows one after another — `collected`, the
-    /// window already collected whose failure this is, first — retrying with
+    /// Something failed with windows in flight: count the failure once
+    /// (a refused record is not a failure of the uplink), let every running
+    /// lane come to a stop (lanes behind a failed one give up at once), then
+    /// deliver the windows one after another — `collected`, the window
+    /// already collected whose failure this is, first — retrying with
     /// backoff. `None` on shutdown; `Some(Some(cursor))` when the outbox must
     /// be read again from `cursor`.
     async fn recover(
@@ -393,7 +559,10 @@ impl Forwarder {
         failure: Failure,
         shutdown: &mut Shutdown,
     ) -> Option<Option<i64>> {
-        self.on_failure(&failure);
+        let counted = failure.class != Class::PermanentRecord;
+        if counted {
+            self.on_failure(&failure);
+        }
         let mut windows: Vec<Window> = collected.into_iter().collect();
         for Running { mut window, tasks } in running.drain(..) {
             // Their own failures are retried below; what they finished counts.
@@ -402,10 +571,10 @@ impl Forwarder {
                 .await?;
             windows.push(window);
         }
-        if windows.is_empty() && !self.pause(shutdown).await {
+        if windows.is_empty() && counted && !self.pause(shutdown).await {
             return None;
         }
-        let mut failed = true;
+        let mut failed = counted;
         for window in windows {
             let after = window.after;
             match self.deliver(window, shutdown, failed).await {
@@ -514,11 +683,10 @@ impl Forwarder {
                 if !self.pause(shutdown).await {
                     return Delivery::Shutdown;
                 }
-                match window.lanes.as_mut() {
-                    Some(lanes) => self.forget_dropped(&window.blocks, lanes).await,
+                if window.lanes.is_none() && !window.saved {
                     // Nothing sent yet: read the window afresh, which
                     // also leaves out what was dropped or parked meanwhile.
-                    None => return Delivery::Reread,
+                    return Delivery::Reread;
                 }
             }
             if shutdown.is_shutdown() || !self.wait_for_breaker(shutdown).await {
@@ -527,6 +695,7 @@ impl Forwarder {
             // Half-open lets one probe at a time (one window at a time here).
             self.breaker.try_acquire(Instant::now());
             let Some(result) = until_shutdown(self.attempt(&mut window), shutdown).await else {
+                self.complete_if_settled(window).await;
                 return Delivery::Shutdown;
             };
             match result {
@@ -534,6 +703,9 @@ impl Forwarder {
                     self.complete(window).await;
                     return Delivery::Done;
                 }
+                // A refused record is dead-lettered and its lane sent
+                // again at once: not a failure of the uplink.
+                Err(f) if f.class == Class::PermanentRecord => failed = false,
                 Err(f) => {
                     self.on_failure(&f);
                     failed = true;
@@ -543,8 +715,8 @@ impl Forwarder {
     }
 
     /// Every event of `window` is acknowledged, dead-lettered or held for a
-    /// parked topic: remove its blocks (but the held ones) and store its
-    /// dead letters.
+    /// parked topic: remove its blocks (but the held ones) and its plan, and
+    /// store its dead letters.
     async fn complete(&mut self, mut window: Window) {
         debug!(
             "window of {} blocks delivered {} ms after its first attempt",
@@ -559,13 +731,18 @@ impl Forwarder {
             .map(|b| b.seq_first)
             .filter(|s| !held.contains(s))
             .collect();
+        let plans = if window.saved {
+            vec![window.id()]
+        } else {
+            Vec::new()
+        };
         if let Err(e) = self
             .outbox
-            .finish(finished, std::mem::take(&mut window.dead))
+            .finish(finished, std::mem::take(&mut window.dead), plans)
             .await
         {
-            // Delivered but still stored: they will be sent again
-            // after a restart, which `ferry-id` lets consumers drop.
+            // Delivered but still stored: they go again after a restart,
+            // with their stored plan, and the broker drops them.
             self.log.error(&format!(
                 "cannot remove delivered events from the outbox: {e}"
             ));
@@ -616,9 +793,9 @@ impl Forwarder {
             warn!("circuit breaker open: no produce attempts for {secs:.1} s");
         }
         if self.failures >= RECONNECT_AFTER_FAILURES {
-            self.client = None;
-            self.partition_clients.clear();
-            self.partitions.clear();
+            if let Some(c) = self.cluster.as_mut() {
+                c.reset();
+            }
         }
         self.publish_state(Some(f));
     }
@@ -647,6 +824,11 @@ impl Forwarder {
                 .filter(|(_, p)| p.is_active())
                 .map(|(t, _)| t.clone())
                 .collect(),
+            delivery: match self.streams.idempotence {
+                Idempotence::On(_) => "exactly-once".into(),
+                Idempotence::Off => "at-least-once".into(),
+                Idempotence::Unknown => "not connected yet".into(),
+            },
         };
         self.stats
             .breaker_state
@@ -668,7 +850,8 @@ impl Forwarder {
     }
 
     /// Park `topic` (a destination): its source blocks are skipped until a
-    /// growing, jittered delay has passed.
+    /// growing, jittered delay has passed; a topic Kafka does not know yet
+    /// is first retried on a short schedule (it may be being created).
     fn park(&mut self, topic: &str, sources: impl IntoIterator<Item = String>, f: &Failure) {
         let now = Instant::now();
         let retry = RetryConfig {
@@ -683,13 +866,30 @@ impl Forwarder {
             .or_insert_with(|| Parked {
                 until: now,
                 backoff: Backoff::new(&retry, seed),
+                since: now,
+                short: NEW_TOPIC_INITIAL,
                 sources: HashSet::new(),
                 reason: String::new(),
             });
-        let delay = p.backoff.next_delay();
+        let missing = f.name == "UNKNOWN_TOPIC_OR_PARTITION" || f.name == "LEADER_NOT_AVAILABLE";
+        let short = missing && now.duration_since(p.since) < NEW_TOPIC_GRACE;
+        let delay = if short {
+            let d = p.short;
+            p.short = (p.short * 2).min(NEW_TOPIC_MAX);
+            d
+        } else {
+            p.backoff.next_delay()
+        };
         p.until = now + delay;
         p.sources.extend(sources);
         p.reason = f.message.clone();
+        if short {
+            debug!(
+                "topic {topic}: {} [{}]; retrying in {delay:?}",
+                f.message, f.name
+            );
+            return;
+        }
         let msg = format!(
             "topic {topic}: {} [{}: {}]; its events are kept and retried in {:.0} s, other topics go on",
             f.message,
@@ -732,6 +932,10 @@ impl Forwarder {
                 debug!("topic {t}: retrying after park ({})", p.reason);
                 p.sources.clear();
             }
+            // Ask Kafka about it afresh.
+            if let Some(c) = self.cluster.as_mut() {
+                c.forget_topic(t);
+            }
         }
         !expired.is_empty()
     }
@@ -740,29 +944,11 @@ impl Forwarder {
     fn held_blocks(&self, blocks: &[Block], lanes: &[Lane]) -> HashSet<i64> {
         let mut held = HashSet::new();
         for lane in lanes.iter().filter(|l| l.abandoned) {
-            for item in &lane.items[lane.done..] {
+            for item in &lane.items[lane.done()..] {
                 held.insert(blocks[item.block as usize].seq_first);
             }
         }
         held
-    }
-
-    /// While we waited, the outbox may have dropped some of this window's
-    /// blocks by policy (size or age cap). Those drops are counted and
-    /// announced; do not send them anyway.
-    async fn forget_dropped(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
-        let keep = self.still_stored(blocks).await;
-        if keep.iter().all(|k| *k) {
-            return;
-        }
-        for lane in lanes.iter_mut() {
-            let done = lane.done;
-            let mut i = 0;
-            lane.items.retain(|item| {
-                i += 1;
-                i <= done || keep[item.block as usize]
-            });
-        }
     }
 
     /// For each block of the window: is it still in the outbox? (If the
@@ -784,51 +970,166 @@ impl Forwarder {
         self.collect(window, tasks).await
     }
 
-    /// Plan `window` (on its first attempt) and start a job for each lane
-    /// with events left. With a `chain`, each job first waits for the
-    /// previous lane of its partition (see [`Chain`]).
+    /// The cluster, set up on first use (TLS and SASL files are read then:
+    /// a file changed since start-up is a configuration error now).
+    fn cluster(&mut self) -> Result<&mut Cluster, Failure> {
+        if self.cluster.is_none() {
+            let tls = match &self.config.tls {
+                Some(t) => Some(
+                    security::tls_config(t)
+                        .map_err(|e| Failure::new(Class::ConfigCluster, "TLS_CONFIG", e))?,
+                ),
+                None => None,
+            };
+            let sasl = match &self.config.sasl {
+                Some(s) => Some(
+                    security::sasl_credentials(s)
+                        .map_err(|e| Failure::new(Class::ConfigCluster, "SASL_CONFIG", e))?,
+                ),
+                None => None,
+            };
+            let config = ConnectionConfig {
+                client_id: self.config.client_id.clone(),
+                connect_timeout: self.config.connect_timeout,
+                request_timeout: self.config.request_timeout,
+                tls,
+                sasl,
+            };
+            self.cluster = Some(Cluster::new(
+                self.config.brokers.clone(),
+                config,
+                self.config.allow_auto_create_topics,
+            ));
+        }
+        Ok(self.cluster.as_mut().expect("set above"))
+    }
+
+    /// Make sure every destination topic of `blocks` has been asked about
+    /// (one Metadata request naming those not known yet).
+    async fn ensure_topics(&mut self, blocks: &[Block]) -> Result<(), Failure> {
+        let mut wanted: Vec<String> = Vec::new();
+        self.cluster()?;
+        {
+            let cluster = self.cluster.as_ref().expect("set up above");
+            for block in blocks {
+                self.router.for_each_destination(&block.topic, |t| {
+                    if cluster.partition_count(t).is_none() && !wanted.iter().any(|w| w == t) {
+                        wanted.push(t.to_string());
+                    }
+                });
+            }
+        }
+        let cluster = self.cluster()?;
+        // Also when all are known: it opens the connection (and learns the
+        // brokers) before anything is produced.
+        if !wanted.is_empty() {
+            cluster.refresh(&wanted).await?;
+        } else {
+            cluster.any_connection().await?;
+        }
+        Ok(())
+    }
+
+    /// A producer id from the broker, if any stream needs one now.
+    async fn ensure_producer_ids(&mut self, lanes: &[Lane]) -> Result<(), Failure> {
+        let needed = lanes
+            .iter()
+            .filter(|l| !l.settled())
+            .any(|l| self.streams.needs_producer_id(&l.topic, l.partition));
+        if !needed {
+            return Ok(());
+        }
+        let conn = self.cluster()?.any_connection().await?;
+        let id = producer::init_producer_id(&conn).await?;
+        let first = self.streams.idempotence == Idempotence::Unknown;
+        match id {
+            Some(p) if first => info!(
+                "Kafka gave ferry producer id {} (epoch {}): exactly-once delivery (idempotent producer)",
+                p.producer_id, p.epoch
+            ),
+            Some(p) => info!(
+                "new producer id {} for streams that start afresh",
+                p.producer_id
+            ),
+            None => warn!(
+                "broker {} gives no idempotent producer id (no InitProducerId, or IdempotentWrite not authorised): delivery is at-least-once; consumers can drop duplicates by the ferry-id header",
+                conn.addr()
+            ),
+        }
+        self.streams.producer_id_received(id);
+        self.publish_state(None);
+        Ok(())
+    }
+
+    /// Plan `window` (on its first attempt), cut and number the lanes that
+    /// need it (storing the plan before anything is sent), and start a job
+    /// for each lane with events left. With a `chain`, each job first waits
+    /// for the previous lane of its partition (see [`Chain`]).
     async fn launch(
         &mut self,
         window: &mut Window,
         mut chain: Option<&mut Chain>,
     ) -> Result<JoinSet<(usize, LaneOutcome)>, Failure> {
-        let client = self.ensure_client().await?;
-        let blocks = &window.blocks;
-        // Also for a planned window: a reconnect forgets the partition counts.
-        self.ensure_topics(&client, blocks).await?;
+        let blocks = window.blocks.clone();
+        self.ensure_topics(&blocks).await?;
         if window.lanes.is_none() {
             // Connecting may have taken a while: leave out blocks the outbox
             // dropped by policy meanwhile (they are counted and announced).
-            let keep = self.still_stored(blocks).await;
-            window.lanes = Some(self.plan(blocks, &keep));
+            let keep = self.still_stored(&blocks).await;
+            window.lanes = Some(self.plan(&blocks, &keep));
         }
-        let lanes = window.lanes.as_mut().expect("planned above");
+        let mut lanes = window.lanes.take().expect("planned above");
         // Lanes whose topic got parked since the window was read.
-        self.hold_parked(blocks, lanes);
-        // Lanes whose topic is missing from the cluster.
+        self.hold_parked(&blocks, &mut lanes);
+        // Lanes whose topic Kafka does not know (yet).
         let missing: Vec<usize> = (0..lanes.len())
-            .filter(|&i| !lanes[i].abandoned && !self.partitions.contains_key(&lanes[i].topic))
+            .filter(|&i| {
+                !lanes[i].abandoned
+                    && self
+                        .cluster
+                        .as_ref()
+                        .is_none_or(|c| c.partition_count(&lanes[i].topic).is_none())
+            })
             .collect();
         for i in missing {
             let topic = lanes[i].topic.clone();
-            let f = Failure {
-                class: Class::ConfigTopic,
-                name: "UNKNOWN_TOPIC_OR_PARTITION".into(),
-                message: format!(
-                    "topic {topic} does not exist on the Kafka cluster (ferry does not create topics)"
-                ),
+            let code = self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.topic(&topic))
+                .map_or(3, |t| if t.error == 0 { 5 } else { t.error });
+            let hint = if self.config.allow_auto_create_topics {
+                "not known to Kafka yet (the broker may be creating it, or does not create topics: create it)"
+            } else {
+                "does not exist on the Kafka cluster (kafka.allow_auto_create_topics = false: create it)"
             };
-            self.abandon_topic(blocks, lanes, &topic, &f);
+            let f = Failure::from_code(code, &format!("topic {topic} {hint}"), None);
+            self.abandon_topic(&blocks, &mut lanes, &topic, &f);
         }
+        let result = self.cut_and_save(window, &mut lanes).await;
+        window.lanes = Some(lanes);
+        result?;
+        let lanes = window.lanes.as_ref().expect("set above");
         let mut set = JoinSet::new();
+        let timeout_ms = self
+            .config
+            .request_timeout
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
         for (i, lane) in lanes.iter().enumerate() {
             if lane.settled() {
                 continue;
             }
             self.stats.beat_forward();
-            let pc = self
-                .partition_client(&client, &lane.topic, lane.partition)
-                .await?;
+            let cluster = self.cluster()?;
+            let conn = match cluster.leader(&lane.topic, lane.partition).await {
+                Ok(c) => c,
+                Err(f) => {
+                    cluster.forget_topic(&lane.topic);
+                    return Err(f);
+                }
+            };
+            let version = producer::produce_version(&conn)?;
             let (after, finished) = match chain.as_deref_mut() {
                 Some(chain) => {
                     let (tx, rx) = oneshot::channel();
@@ -837,29 +1138,105 @@ impl Forwarder {
                 }
                 None => (None, None),
             };
+            let done = lane.done();
             let job = LaneJob {
-                client: pc,
+                conn,
+                version,
+                topic: lane.topic.clone(),
+                partition: lane.partition,
                 blocks: blocks.clone(),
-                items: lane.items[lane.done..].to_vec(),
+                items: lane.items[done..].to_vec(),
+                batches: lane.batches[lane.acked..]
+                    .iter()
+                    .map(|b| plan::Batch {
+                        start: b.start - done as u32,
+                        ..*b
+                    })
+                    .collect(),
+                sent_before: lane.sent_before.saturating_sub(lane.acked),
+                producer: lane.producer,
+                codec: self.codec,
                 node_id: self.node_id.clone(),
-                compression: self.compression,
-                max_events: self.config.max_batch_events as usize,
-                max_bytes: self.config.max_batch_bytes as usize,
                 stats: self.stats.clone(),
-                first_attempt_ms: window.first_attempt_ms,
                 clock: self.clock.clone(),
+                timeout_ms,
                 after,
                 finished,
             };
-            // The records of a produce request are allocated and freed
-            // together: bumped from the arena while the lane is polled.
-            set.spawn(crate::arena::scoped(async move {
+            set.spawn(async move {
                 let out = job.run().await;
                 (i, out)
-            }));
+            });
         }
-        self.tune_sockets();
         Ok(set)
+    }
+
+    /// Cut the lanes that need it into numbered batches and, if anything
+    /// changed, store the window's plan (and the streams it advanced)
+    /// before any of it is sent.
+    async fn cut_and_save(
+        &mut self,
+        window: &mut Window,
+        lanes: &mut [Lane],
+    ) -> Result<(), Failure> {
+        self.ensure_producer_ids(lanes).await?;
+        let max_events = self.config.max_batch_events as usize;
+        let max_bytes = self.config.max_batch_bytes as usize;
+        let blocks = window.blocks.clone();
+        let mut advanced: Vec<(String, i32)> = Vec::new();
+        for lane in lanes.iter_mut().filter(|l| !l.settled()) {
+            let generation = self.streams.generation_of(&lane.topic, lane.partition);
+            if !lane.replan && generation == Some(lane.generation) {
+                continue;
+            }
+            let stream = self.streams.get(&lane.topic, lane.partition);
+            let size = |item: &Item| {
+                blocks[item.block as usize]
+                    .event_at(item.offset as usize)
+                    .map_or(0, |e| e.payload_len())
+                    + RECORD_OVERHEAD
+            };
+            let mut next = stream.next_sequence;
+            lane.cut(
+                max_events,
+                max_bytes,
+                size,
+                stream.producer,
+                stream.generation,
+                &mut next,
+            );
+            stream.next_sequence = next;
+            advanced.push((lane.topic.clone(), lane.partition));
+        }
+        if advanced.is_empty() && window.saved {
+            return Ok(());
+        }
+        let Idempotence::On(current) = self.streams.idempotence else {
+            // Nothing to keep without idempotence: a resend is a duplicate anyway.
+            return Ok(());
+        };
+        let save = PlanSave {
+            window: SavedWindow {
+                id: window.id(),
+                blocks: blocks.iter().map(|b| b.seq_first).collect(),
+                plan: plan::encode(lanes),
+            },
+            streams: self.streams.stored(advanced),
+            producer: ProducerMeta {
+                producer_id: current.producer_id,
+                epoch: current.epoch,
+                boot: i64::from(self.clock.read().boot),
+            },
+        };
+        self.outbox.save_plan(save).await.map_err(|e| {
+            Failure::new(
+                Class::Transient,
+                "OUTBOX",
+                format!("cannot store the delivery plan before sending: {e}"),
+            )
+        })?;
+        window.saved = true;
+        Ok(())
     }
 
     /// Wait for the lane jobs of `window` and record what they achieved.
@@ -868,53 +1245,114 @@ impl Forwarder {
         window: &mut Window,
         mut set: JoinSet<(usize, LaneOutcome)>,
     ) -> Result<(), Failure> {
-        let blocks = &window.blocks;
+        let blocks = window.blocks.clone();
         let Some(lanes) = window.lanes.as_mut() else {
             return Ok(());
         };
-        let dead = &mut window.dead;
         let mut first_error: Option<Failure> = None;
+        let mut refused: Option<Failure> = None;
         let mut parked: Vec<(String, Failure)> = Vec::new();
         // Dropping `set` (when shutdown cancels this attempt) aborts the tasks.
         while let Some(next) = set.join_next().await {
-            match next {
-                Ok((i, out)) => {
-                    let lane = &mut lanes[i];
-                    lane.done += out.done;
-                    dead.extend(out.dead);
-                    match out.failure {
-                        None => {}
-                        Some(f) if f.class == Class::ConfigTopic => {
-                            parked.push((lane.topic.clone(), f));
-                        }
-                        // The lane before it failed; if that one's topic
-                        // got parked, this lane is held below with it.
-                        Some(f) if out.gave_up => {
-                            first_error.get_or_insert(f);
-                        }
-                        Some(f) => {
-                            // Look the leader up afresh next time.
-                            self.partition_clients
-                                .remove(&(lane.topic.clone(), lane.partition));
-                            first_error.get_or_insert(f);
-                        }
-                    }
-                }
+            let (i, out) = match next {
+                Ok(r) => r,
                 Err(e) => {
                     first_error
                         .get_or_insert(Failure::transient(format!("produce task failed: {e}")));
+                    continue;
+                }
+            };
+            let lane = &mut lanes[i];
+            let done = lane.done();
+            let acked_before = lane.acked;
+            lane.acked += out.acked;
+            lane.sent_before = lane.sent_before.max(acked_before + out.sent);
+            if !out.refused.is_empty() || out.halve {
+                let f = out.failure.clone().unwrap_or_else(|| {
+                    Failure::new(Class::PermanentRecord, "OTHER", "refused".into())
+                });
+                if out.halve {
+                    let len = lane.batches.get(lane.acked).map_or(1, |b| b.len as usize);
+                    lane.batch_limit = (len / 2).max(1);
+                } else {
+                    let now = now_ms();
+                    let mut gone: Vec<usize> = Vec::new();
+                    for (rel, reason) in &out.refused {
+                        let idx = done + rel;
+                        let Some(item) = lane.items.get(idx).copied() else {
+                            continue;
+                        };
+                        let block = &blocks[item.block as usize];
+                        let event = block.event_bytes(item.offset as usize).unwrap_or_default();
+                        error!(
+                            "event {}:{} (topic {}) refused by Kafka for good: {} ({reason}); moved to dead letters (`ferry dlq list`)",
+                            self.node_id, item.seq, lane.topic, f.name
+                        );
+                        window.dead.push(NewDeadLetter {
+                            seq: item.seq,
+                            destination: lane.topic.clone(),
+                            event: event.to_vec(),
+                            reason: reason.clone(),
+                            error_name: f.name.clone(),
+                            attempts: 1,
+                            first_attempt_ms: window.first_attempt_ms,
+                            last_attempt_ms: now,
+                        });
+                        self.stats.dead_letters_unsent.fetch_add(1, Relaxed);
+                        gone.push(idx);
+                    }
+                    // `gone` counts from the lane's start; drop the finished
+                    // items first, then the refused ones.
+                    let shift = lane.done();
+                    lane.compact();
+                    let mut k = shift;
+                    lane.items.retain(|_| {
+                        let keep = !gone.contains(&k);
+                        k += 1;
+                        keep
+                    });
+                    lane.batch_limit = usize::MAX;
+                }
+                // The batch and all after it in this partition were never
+                // written: the stream starts afresh, the lane is cut again.
+                lane.replan = true;
+                self.streams.start_afresh(&lane.topic, lane.partition);
+                refused.get_or_insert(f);
+                continue;
+            }
+            match out.failure {
+                None => {}
+                Some(f) if f.class == Class::ConfigTopic => {
+                    parked.push((lane.topic.clone(), f));
+                }
+                // The lane before it failed; if that one's topic
+                // got parked, this lane is held below with it.
+                Some(f) if out.gave_up => {
+                    first_error.get_or_insert(f);
+                }
+                Some(f) => {
+                    if f.class == Class::ProducerState {
+                        self.log.warn(&format!(
+                            "{}: the broker no longer knows ferry's producer for this partition ({}); it starts afresh with a new producer id, and batches in flight may arrive twice",
+                            f.message, f.name
+                        ));
+                        lane.replan = true;
+                        self.streams.start_afresh(&lane.topic, lane.partition);
+                    }
+                    // Look the leader up afresh next time.
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.forget_topic(&lane.topic);
+                    }
+                    first_error.get_or_insert(f);
                 }
             }
         }
         for (topic, f) in parked {
-            self.abandon_topic(blocks, lanes, &topic, &f);
+            self.abandon_topic(&blocks, lanes, &topic, &f);
         }
-        self.hold_parked(blocks, lanes);
+        self.hold_parked(&blocks, lanes);
         // A once-parked topic that now delivers is forgiven: its backoff resets.
-        for lane in lanes
-            .iter()
-            .filter(|l| !l.abandoned && l.done == l.items.len())
-        {
+        for lane in lanes.iter().filter(|l| !l.abandoned && l.settled()) {
             if self.parked.get(&lane.topic).is_some_and(|p| !p.is_active()) {
                 info!("topic {}: delivering again", lane.topic);
                 self.parked.remove(&lane.topic);
@@ -923,7 +1361,7 @@ impl Forwarder {
         if lanes.iter().all(Lane::settled) {
             return Ok(());
         }
-        Err(first_error.unwrap_or_else(|| {
+        Err(first_error.or(refused).unwrap_or_else(|| {
             Failure::transient("a produce job stopped before its events were sent".into())
         }))
     }
@@ -933,7 +1371,11 @@ impl Forwarder {
     fn hold_parked(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
         for lane in lanes.iter_mut().filter(|l| !l.settled()) {
             if let Some(p) = self.parked.get_mut(&lane.topic).filter(|p| p.is_active()) {
-                lane.abandon(blocks, &mut p.sources);
+                abandon(lane, blocks, &mut p.sources);
+                // Its numbered batches will not go as planned.
+                if !lane.batches.is_empty() {
+                    self.streams.start_afresh(&lane.topic, lane.partition);
+                }
             }
         }
     }
@@ -941,90 +1383,16 @@ impl Forwarder {
     /// Park `topic` and abandon its lanes in this window.
     fn abandon_topic(&mut self, blocks: &[Block], lanes: &mut [Lane], topic: &str, f: &Failure) {
         let mut sources = HashSet::new();
-        for lane in lanes.iter_mut().filter(|l| l.topic == topic) {
-            lane.abandon(blocks, &mut sources);
+        for lane in lanes
+            .iter_mut()
+            .filter(|l| l.topic == topic && !l.settled())
+        {
+            abandon(lane, blocks, &mut sources);
+            if !lane.batches.is_empty() {
+                self.streams.start_afresh(&lane.topic, lane.partition);
+            }
         }
         self.park(topic, sources, f);
-    }
-
-    async fn ensure_client(&mut self) -> Result<Arc<Client>, Failure> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let brokers = self.config.brokers.join(",");
-        let mut builder = ClientBuilder::new(self.config.brokers.clone())
-            .client_id(self.config.client_id.as_str())
-            .backoff_config(rskafka_backoff());
-        if let Some(tls) = &self.config.tls {
-            // Checked at start-up; a file changed since then is a config error now.
-            let tls = security::tls_config(tls).map_err(|e| Failure {
-                class: Class::ConfigCluster,
-                name: "TLS_CONFIG".into(),
-                message: e,
-            })?;
-            builder = builder.tls_config(tls);
-        }
-        if let Some(sasl) = &self.config.sasl {
-            let sasl = security::sasl_config(sasl).map_err(|e| Failure {
-                class: Class::ConfigCluster,
-                name: "SASL_CONFIG".into(),
-                message: e,
-            })?;
-            builder = builder.sasl_config(sasl);
-        }
-        let build = builder.build();
-        let client = match tokio::time::timeout(CLIENT_RETRY_DEADLINE * 3, build).await {
-            Ok(Ok(c)) => Arc::new(c),
-            Ok(Err(e)) => {
-                let (class, name) = classify(&e);
-                return Err(Failure {
-                    class,
-                    name,
-                    message: format!("cannot reach Kafka at {brokers}: {e}"),
-                });
-            }
-            Err(_) => {
-                return Err(Failure::transient(format!(
-                    "cannot reach Kafka at {brokers}: no answer within {:?}",
-                    CLIENT_RETRY_DEADLINE * 3
-                )));
-            }
-        };
-        info!("connected to Kafka at {brokers}");
-        self.client = Some(client.clone());
-        self.sockets_tuned = None;
-        self.tune_sockets();
-        Ok(client)
-    }
-
-    /// Make sure the partition count of every destination topic is known
-    /// (refreshing metadata once if one is not); topics still unknown after
-    /// that are handled per lane.
-    async fn ensure_topics(&mut self, client: &Client, blocks: &[Block]) -> Result<(), Failure> {
-        let mut missing = false;
-        for block in blocks {
-            self.router.for_each_destination(&block.topic, |t| {
-                missing |= !self.partitions.contains_key(t);
-            });
-        }
-        if missing {
-            self.refresh_metadata(client).await?;
-        }
-        Ok(())
-    }
-
-    async fn refresh_metadata(&mut self, client: &Client) -> Result<(), Failure> {
-        let topics = bounded(
-            "cannot read topic metadata from Kafka",
-            client.list_topics(),
-        )
-        .await?;
-        self.partitions = topics
-            .into_iter()
-            .filter(|t| !t.partitions.is_empty())
-            .map(|t| (t.name, t.partitions.len() as i32))
-            .collect();
-        Ok(())
     }
 
     /// Assign every event of the window to its destination partitions.
@@ -1032,6 +1400,7 @@ impl Forwarder {
         let mut index: HashMap<(&str, i32), usize> = HashMap::new();
         let mut sticky: HashMap<&str, i32> = HashMap::new();
         let mut lanes: Vec<Lane> = Vec::new();
+        let cluster = self.cluster.as_ref();
         for (b, block) in blocks.iter().enumerate() {
             if !keep[b] {
                 continue;
@@ -1043,7 +1412,7 @@ impl Forwarder {
                     seq,
                 };
                 self.router.for_each_destination(event.topic, |topic| {
-                    let n = self.partitions.get(topic).copied().unwrap_or(1);
+                    let n = cluster.and_then(|c| c.partition_count(topic)).unwrap_or(1);
                     let partition = match event.key {
                         Some(k) => partition_for_key(k, n),
                         None => *sticky
@@ -1051,13 +1420,7 @@ impl Forwarder {
                             .or_insert_with(|| self.sticky.next_batch(n)),
                     };
                     let lane = *index.entry((topic, partition)).or_insert_with(|| {
-                        lanes.push(Lane {
-                            topic: topic.to_string(),
-                            partition,
-                            items: Vec::new(),
-                            done: 0,
-                            abandoned: false,
-                        });
+                        lanes.push(Lane::new(topic.to_string(), partition));
                         lanes.len() - 1
                     });
                     lanes[lane].items.push(item);
@@ -1072,56 +1435,33 @@ impl Forwarder {
         lanes
     }
 
-    async fn partition_client(
-        &mut self,
-        client: &Client,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Arc<PartitionClient>, Failure> {
-        let key = (topic.to_string(), partition);
-        if let Some(pc) = self.partition_clients.get(&key) {
-            return Ok(pc.clone());
-        }
-        let lookup = client.partition_client(topic, partition, UnknownTopicHandling::Error);
-        let pc = bounded(
-            &format!("cannot reach the leader of {topic}/{partition}"),
-            lookup,
-        )
-        .await?;
-        let pc = Arc::new(pc);
-        self.partition_clients.insert(key, pc.clone());
-        // Finding the leader may have opened a connection to it.
-        self.sockets_tuned = None;
-        Ok(pc)
-    }
-
     /// Best effort, once per loop: loss markers to the loss topic and dead
-    /// letters to the DLQ topic. What fails stays queued for next time.
+    /// letters to the DLQ topic. What fails stays queued for next time; a
+    /// dead letter the DLQ topic refuses for good is marked so and left.
     async fn deliver_side_records(&mut self) {
-        if self.breaker.state(Instant::now()) != State::Closed || self.client.is_none() {
+        if self.breaker.state(Instant::now()) != State::Closed || self.cluster.is_none() {
             return;
         }
         if let Some(topic) = self.config.loss_topic.clone() {
             if self.stats.loss_markers_pending.load(Relaxed) > 0 {
                 if let Ok(markers) = self.outbox.loss_pending().await {
-                    let ids: Vec<i64> = markers.iter().map(|m| m.0).collect();
-                    let records = markers
-                        .into_iter()
-                        .map(|(_, body)| Record {
-                            key: Some(self.node_id.as_bytes().to_vec()),
-                            value: Some(body.into_bytes()),
-                            headers: BTreeMap::new(),
-                            timestamp: chrono::DateTime::from_timestamp_millis(now_ms())
-                                .unwrap_or_default(),
-                        })
-                        .collect::<Vec<_>>();
-                    if records.is_empty() {
+                    if markers.is_empty() {
                         self.stats.loss_markers_pending.store(0, Relaxed);
-                    } else if self
-                        .produce_side(&topic, self.node_id.to_string().as_bytes(), records)
-                        .await
-                    {
-                        self.outbox.loss_delivered(ids).await;
+                    } else {
+                        let ids: Vec<i64> = markers.iter().map(|m| m.0).collect();
+                        let mut w = RecordWriter::new(self.node_id.clone());
+                        for (_, body) in &markers {
+                            w.push_plain(
+                                now_ms(),
+                                Some(self.node_id.as_bytes()),
+                                body.as_bytes(),
+                                &[],
+                            );
+                        }
+                        let batch = w.finish(ProducerFields::NONE, self.codec);
+                        if self.produce_side(&topic, batch).await == Side::Delivered {
+                            self.outbox.loss_delivered(ids).await;
+                        }
                     }
                 }
             }
@@ -1135,97 +1475,170 @@ impl Forwarder {
                     self.stats.dead_letters_unsent.store(0, Relaxed);
                     return;
                 }
-                let ids: Vec<i64> = pending.iter().map(|p| p.0).collect();
-                let mut records = Vec::with_capacity(pending.len());
-                for (_, bytes, reason, destination, at_ms) in &pending {
-                    let Ok((event, _)) = crate::event::Event::decode_from(bytes) else {
-                        continue;
-                    };
-                    let mut r = to_record(&event, &self.node_id, 0, &self.clock.read());
-                    r.headers.remove(FERRY_ID_HEADER);
-                    r.headers
-                        .insert("dlq-reason".into(), reason.clone().into_bytes());
-                    r.headers
-                        .insert("dlq-timestamp".into(), at_ms.to_string().into_bytes());
-                    r.headers
-                        .insert("original-topic".into(), destination.clone().into_bytes());
-                    records.push(r);
-                }
-                if self
-                    .produce_side(&topic, self.node_id.to_string().as_bytes(), records)
-                    .await
-                {
-                    let n = ids.len() as u64;
-                    self.outbox.dlq_sent(ids).await;
-                    let _ = self
-                        .stats
-                        .dead_letters_unsent
-                        .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+                let max_bytes = self.config.max_batch_bytes as usize;
+                let clock = self.clock.read();
+                // Groups within the batch size; a group refused for good
+                // is sent again one by one, so one bad letter holds up none.
+                let mut start = 0;
+                while start < pending.len() {
+                    let mut end = start;
+                    let mut bytes = 0;
+                    while end < pending.len()
+                        && (end == start || bytes + pending[end].1.len() < max_bytes)
+                    {
+                        bytes += pending[end].1.len() + RECORD_OVERHEAD;
+                        end += 1;
+                    }
+                    match self
+                        .produce_dead_letters(&topic, &pending[start..end], &clock)
+                        .await
+                    {
+                        Side::Delivered => {}
+                        Side::Refused if end - start > 1 => {
+                            for one in start..end {
+                                if self
+                                    .produce_dead_letters(&topic, &pending[one..one + 1], &clock)
+                                    .await
+                                    == Side::Failed
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                        Side::Refused => {}
+                        Side::Failed => return,
+                    }
+                    start = end;
                 }
             }
         }
     }
 
-    async fn produce_side(&mut self, topic: &str, key: &[u8], records: Vec<Record>) -> bool {
-        let Some(client) = self.client.clone() else {
-            return false;
-        };
-        if !self.partitions.contains_key(topic) && self.refresh_metadata(&client).await.is_err() {
-            return false;
+    /// Produce these dead letters to the DLQ topic in one batch, and record
+    /// what became of them.
+    async fn produce_dead_letters(
+        &mut self,
+        topic: &str,
+        letters: &[crate::outbox::dead_letter::ForDlq],
+        clock: &crate::clock::Reading,
+    ) -> Side {
+        let mut w = RecordWriter::new(self.node_id.clone());
+        for (_, bytes, reason, destination, at_ms) in letters {
+            let Ok((event, _)) = crate::event::Event::decode_from(bytes) else {
+                continue;
+            };
+            let at = at_ms.to_string();
+            let extra: [(&[u8], &[u8]); 3] = [
+                (b"dlq-reason", reason.as_bytes()),
+                (b"dlq-timestamp", at.as_bytes()),
+                (b"original-topic", destination.as_bytes()),
+            ];
+            w.push_dead_letter(&event, clock, &extra);
         }
-        let Some(&n) = self.partitions.get(topic) else {
+        let batch = w.finish(ProducerFields::NONE, self.codec);
+        let ids: Vec<i64> = letters.iter().map(|l| l.0).collect();
+        let outcome = self.produce_side(topic, batch).await;
+        let n = ids.len() as u64;
+        match outcome {
+            Side::Delivered => self.outbox.dlq_sent(ids).await,
+            Side::Refused if n == 1 => {
+                self.loud(
+                    topic,
+                    &format!(
+                        "dead letter {} refused by the DLQ topic {topic} for good; it stays in `ferry dlq list` and is not sent there again",
+                        ids[0]
+                    ),
+                );
+                self.outbox.dlq_refused(ids).await;
+            }
+            Side::Refused | Side::Failed => return outcome,
+        }
+        let _ = self
+            .stats
+            .dead_letters_unsent
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+        outcome
+    }
+
+    /// One batch to a side topic (loss markers, dead letters), without
+    /// idempotence: these are at-least-once.
+    async fn produce_side(&mut self, topic: &str, batch: bytes::Bytes) -> Side {
+        let timeout_ms = self
+            .config
+            .request_timeout
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let node_id = self.node_id.clone();
+        let known = match self.cluster() {
+            Ok(cluster) => {
+                if cluster.partition_count(topic).is_none()
+                    && cluster.refresh(&[topic.to_string()]).await.is_err()
+                {
+                    return Side::Failed;
+                }
+                cluster.partition_count(topic)
+            }
+            Err(_) => return Side::Failed,
+        };
+        let Some(n) = known else {
             self.loud(
                 topic,
                 &format!("topic {topic} (side topic for loss markers/dead letters) does not exist; create it"),
             );
-            return false;
+            return Side::Failed;
         };
-        let partition = partition_for_key(key, n);
-        let Ok(pc) = self.partition_client(&client, topic, partition).await else {
-            return false;
+        let partition = partition_for_key(node_id.as_bytes(), n);
+        let Ok(cluster) = self.cluster() else {
+            return Side::Failed;
         };
-        match tokio::time::timeout(PRODUCE_TIMEOUT, pc.produce(records, self.compression)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                self.log
-                    .warn(&format!("produce to {topic} failed: {e}; will retry"));
-                false
+        let name = producer::topic_name(topic);
+        let result = async {
+            let conn = cluster.leader(topic, partition).await?;
+            let version = producer::produce_version(&conn)?;
+            let pending =
+                producer::send_batch(&conn, version, &name, partition, batch, timeout_ms).await?;
+            producer::answer(&conn, pending, &name, partition).await
+        }
+        .await;
+        match result {
+            Ok(a) if a.error_code == 0 => Side::Delivered,
+            Ok(a) => {
+                let f = Failure::from_code(
+                    a.error_code,
+                    &format!("produce to {topic}/{partition}"),
+                    a.error_message.as_deref(),
+                );
+                self.log.warn(&format!("{}; will retry", f.message));
+                if f.class == Class::PermanentRecord {
+                    Side::Refused
+                } else {
+                    Side::Failed
+                }
             }
-            Err(_) => false,
+            Err(f) => {
+                self.log.warn(&format!(
+                    "produce to {topic} failed: {}; will retry",
+                    f.message
+                ));
+                Side::Failed
+            }
         }
     }
 }
 
-/// A metadata or leader lookup, bounded by `LEADER_TIMEOUT` (rskafka nests
-/// its retries) and classified. An unknown topic here is a stale cache, not
-/// an operator's problem: transient.
-async fn bounded<T>(
-    what: &str,
-    lookup: impl std::future::Future<Output = Result<T, rskafka::client::error::Error>>,
-) -> Result<T, Failure> {
-    match tokio::time::timeout(LEADER_TIMEOUT, lookup).await {
-        Err(_) => Err(Failure::transient(format!(
-            "{what}: no answer within {LEADER_TIMEOUT:?}"
-        ))),
-        Ok(Err(e)) => {
-            let (class, name) = classify(&e);
-            Err(Failure {
-                class: if class == Class::ConfigTopic {
-                    Class::Transient
-                } else {
-                    class
-                },
-                name,
-                message: format!("{what}: {e}"),
-            })
-        }
-        Ok(Ok(v)) => Ok(v),
-    }
+/// What became of a batch to a side topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Delivered,
+    /// Refused for good (too large, invalid).
+    Refused,
+    /// Not now (network, leader, topic missing): try again later.
+    Failed,
 }
 
 /// `work`, unless shutdown comes first: then requests already on the wire
-/// may finish for a moment (what does not is sent again after a restart:
-/// duplicates, not loss) and the answer is `None`.
+/// may finish for a moment (what does not is sent again after a restart,
+/// with its stored plan) and the answer is `None`.
 async fn until_shutdown<T>(
     work: impl std::future::Future<Output = T>,
     shutdown: &mut Shutdown,
@@ -1237,212 +1650,5 @@ async fn until_shutdown<T>(
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
             None
         }
-    }
-}
-
-fn rskafka_backoff() -> BackoffConfig {
-    BackoffConfig {
-        init_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(1),
-        base: 2.0,
-        deadline: Some(CLIENT_RETRY_DEADLINE),
-    }
-}
-
-/// What a lane job achieved.
-struct LaneOutcome {
-    /// Items finished: acknowledged or dead-lettered, from the front.
-    done: usize,
-    dead: Vec<NewDeadLetter>,
-    failure: Option<Failure>,
-    /// The lane before it (same partition) did not finish: nothing tried.
-    gave_up: bool,
-}
-
-/// Produces one lane's remaining events, batch by batch, in order.
-struct LaneJob {
-    client: Arc<PartitionClient>,
-    blocks: Arc<Vec<Block>>,
-    items: Vec<Item>,
-    node_id: Arc<str>,
-    compression: rskafka::client::partition::Compression,
-    max_events: usize,
-    max_bytes: usize,
-    stats: Arc<Stats>,
-    first_attempt_ms: i64,
-    clock: crate::clock::SystemClock,
-    /// Start only once the previous lane of this partition has finished.
-    after: Option<oneshot::Receiver<bool>>,
-    /// Tell the next lane of this partition whether this one finished.
-    finished: Option<oneshot::Sender<bool>>,
-}
-
-impl LaneJob {
-    async fn run(mut self) -> LaneOutcome {
-        let finished = self.finished.take();
-        let ready = match self.after.take() {
-            Some(after) => after.await == Ok(true),
-            None => true,
-        };
-        let out = match ready {
-            false => LaneOutcome {
-                done: 0,
-                dead: Vec::new(),
-                failure: Some(Failure::transient(format!(
-                    "{}/{}: an earlier batch of this partition was not delivered",
-                    self.client.topic(),
-                    self.client.partition()
-                ))),
-                gave_up: true,
-            },
-            true => self.produce_all().await,
-        };
-        if let Some(finished) = finished {
-            let _ = finished.send(out.failure.is_none());
-        }
-        out
-    }
-
-    async fn produce_all(self) -> LaneOutcome {
-        let mut out = LaneOutcome {
-            done: 0,
-            dead: Vec::new(),
-            failure: None,
-            gave_up: false,
-        };
-        let topic = self.client.topic().to_string();
-        let partition = self.client.partition();
-        // Shrinks when Kafka refuses a batch for good, to find the record.
-        let mut limit = self.max_events;
-        // Produce calls that included the item at `out.done` and failed.
-        let mut tries_of_front = 0u32;
-        while out.done < self.items.len() {
-            let clock = self.clock.read();
-            let mut records = Vec::with_capacity(limit.min(self.items.len() - out.done));
-            let mut bytes = 0usize;
-            for item in &self.items[out.done..] {
-                let Some(event) = self.blocks[item.block as usize].event_at(item.offset as usize)
-                else {
-                    continue;
-                };
-                let size = event.payload_len() + RECORD_OVERHEAD;
-                if !records.is_empty() && (records.len() >= limit || bytes + size > self.max_bytes)
-                {
-                    break;
-                }
-                bytes += size;
-                records.push(to_record(&event, &self.node_id, item.seq, &clock));
-            }
-            let n = records.len();
-            let started = Instant::now();
-            let result = tokio::time::timeout(
-                PRODUCE_TIMEOUT,
-                self.client.produce(records, self.compression),
-            )
-            .await;
-            self.stats.produce_latency.observe(started.elapsed());
-            let (class, name, message) = match result {
-                Ok(Ok(_offsets)) => {
-                    out.done += n;
-                    self.stats.sent.fetch_add(n as u64, Relaxed);
-                    self.stats.beat_forward();
-                    limit = self.max_events;
-                    tries_of_front = 0;
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    let (class, name) = classify(&e);
-                    (
-                        class,
-                        name,
-                        format!("produce to {topic}/{partition} failed: {e}"),
-                    )
-                }
-                Err(_) => (
-                    Class::Transient,
-                    "TIMEOUT".to_string(),
-                    format!(
-                        "produce to {topic}/{partition} got no answer within {PRODUCE_TIMEOUT:?}"
-                    ),
-                ),
-            };
-            tries_of_front += 1;
-            if class != Class::PermanentRecord {
-                out.failure = Some(Failure {
-                    class,
-                    name,
-                    message,
-                });
-                return out;
-            }
-            if n > 1 {
-                // Which record is it? Halve until the batch holds one.
-                limit = (n / 2).max(1);
-                continue;
-            }
-            let item = self.items[out.done];
-            let block = &self.blocks[item.block as usize];
-            let event = block.event_bytes(item.offset as usize).unwrap_or_default();
-            error!(
-                "event {}:{} (topic {}) refused by Kafka for good: {name}; moved to dead letters (`ferry dlq list`)",
-                self.node_id, item.seq, topic
-            );
-            out.dead.push(NewDeadLetter {
-                seq: item.seq,
-                destination: topic.clone(),
-                event: event.to_vec(),
-                reason: message,
-                error_name: name,
-                attempts: tries_of_front,
-                first_attempt_ms: self.first_attempt_ms,
-                last_attempt_ms: now_ms(),
-            });
-            self.stats.dead_letters_unsent.fetch_add(1, Relaxed);
-            out.done += 1;
-            limit = self.max_events;
-            tries_of_front = 0;
-        }
-        out
-    }
-}
-
-/// Build the Kafka record: producer headers kept, `ferry-id` added. The
-/// owned copies are what rskafka's `Record` type requires.
-fn to_record(
-    event: &crate::event::Event<'_>,
-    node_id: &str,
-    seq: i64,
-    clock: &crate::clock::Reading,
-) -> Record {
-    let mut headers = BTreeMap::new();
-    for (name, value) in event.header_iter() {
-        headers.insert(name.to_string(), value.to_vec());
-    }
-    let timestamp_ms = match crate::clock::correct(event.timestamp_ms, event.clock, clock) {
-        crate::clock::Timestamp::AsRecorded(ts) => ts,
-        crate::clock::Timestamp::Corrected {
-            corrected,
-            original,
-        } => {
-            headers.insert(
-                TS_CORRECTED_HEADER.to_string(),
-                original.to_string().into_bytes(),
-            );
-            corrected
-        }
-        crate::clock::Timestamp::Unsynced(ts) => {
-            headers.insert(TS_UNSYNCED_HEADER.to_string(), b"1".to_vec());
-            ts
-        }
-    };
-    let mut id = Vec::with_capacity(node_id.len() + 21);
-    id.extend_from_slice(node_id.as_bytes());
-    let _ = write!(id, ":{seq}");
-    headers.insert(FERRY_ID_HEADER.to_string(), id);
-    Record {
-        key: event.key.map(<[u8]>::to_vec),
-        value: Some(event.value.to_vec()),
-        headers,
-        timestamp: chrono::DateTime::from_timestamp_millis(timestamp_ms).unwrap_or_default(),
     }
 }

@@ -4,6 +4,7 @@
 //! the file, not its contents.
 
 use crate::config::{SaslConfig, SaslMechanism, TlsConfig};
+use crate::kafka::sasl::{Mechanism, SaslCredentials};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -76,9 +77,8 @@ pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> 
     Ok(Arc::new(config))
 }
 
-/// Build rskafka's SASL configuration from `[kafka.sasl]`, reading the
-/// password file.
-pub fn sasl_config(sasl: &SaslConfig) -> Result<rskafka::client::SaslConfig, String> {
+/// The SASL credentials of `[kafka.sasl]`, reading the password file.
+pub fn sasl_credentials(sasl: &SaslConfig) -> Result<SaslCredentials, String> {
     let password = std::fs::read_to_string(&sasl.password_file).map_err(|e| {
         format!(
             "cannot read the SASL password file {} (kafka.sasl.password_file): {e}",
@@ -92,11 +92,14 @@ pub fn sasl_config(sasl: &SaslConfig) -> Result<rskafka::client::SaslConfig, Str
             sasl.password_file.display()
         ));
     }
-    let creds = rskafka::client::Credentials::new(sasl.username.clone(), password);
-    Ok(match sasl.mechanism {
-        SaslMechanism::Plain => rskafka::client::SaslConfig::Plain(creds),
-        SaslMechanism::ScramSha256 => rskafka::client::SaslConfig::ScramSha256(creds),
-        SaslMechanism::ScramSha512 => rskafka::client::SaslConfig::ScramSha512(creds),
+    Ok(SaslCredentials {
+        mechanism: match sasl.mechanism {
+            SaslMechanism::Plain => Mechanism::Plain,
+            SaslMechanism::ScramSha256 => Mechanism::ScramSha256,
+            SaslMechanism::ScramSha512 => Mechanism::ScramSha512,
+        },
+        username: sasl.username.clone(),
+        password,
     })
 }
 
@@ -129,12 +132,13 @@ mod tests {
             username: "gw".into(),
             password_file: file.clone(),
         };
-        match sasl_config(&cfg).unwrap() {
-            rskafka::client::SaslConfig::ScramSha512(c) => assert_eq!(c.password, "s3cret"),
-            other => panic!("{other:?}"),
-        }
+        let c = sasl_credentials(&cfg).unwrap();
+        assert_eq!(
+            (c.mechanism, c.password.as_str()),
+            (Mechanism::ScramSha512, "s3cret")
+        );
         std::fs::write(&file, "").unwrap();
-        let e = sasl_config(&cfg).unwrap_err();
+        let e = sasl_credentials(&cfg).unwrap_err();
         assert!(e.contains("is empty") && !e.contains("s3cret"), "{e}");
     }
 }

@@ -137,10 +137,12 @@ pub fn pending_for_dlq(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<
     .collect()
 }
 
-pub fn mark_sent_to_dlq(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached("UPDATE dead_letters SET dlq_sent = 1 WHERE id = ?1")?;
+/// `dlq_sent`: 1 once produced to the DLQ topic; 2 when the DLQ topic
+/// refused it for good (too large, say): it stays listed, never retried.
+pub fn mark_sent_to_dlq(conn: &Connection, ids: &[i64], state: i64) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE dead_letters SET dlq_sent = ?2 WHERE id = ?1")?;
     for id in ids {
-        stmt.execute([id])?;
+        stmt.execute([*id, state])?;
     }
     Ok(())
 }

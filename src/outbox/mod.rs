@@ -12,6 +12,7 @@
 pub mod dead_letter;
 mod hot;
 pub mod loss;
+pub mod plan;
 mod schema;
 
 use crate::config::{Durability, OutboxConfig, WhenFull};
@@ -146,7 +147,22 @@ enum Command {
     Finish {
         delivered: Vec<i64>,
         dead: Vec<NewDeadLetter>,
+        plans: Vec<i64>,
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    SavePlan {
+        save: Box<plan::PlanSave>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    LoadPlans {
+        reply: oneshot::Sender<Result<plan::Saved, String>>,
+    },
+    ForgetProducer {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    ReadBlocks {
+        seq_firsts: Vec<i64>,
+        reply: oneshot::Sender<Result<Vec<Block>, String>>,
     },
     LossPending {
         reply: oneshot::Sender<Result<Vec<(i64, String)>, String>>,
@@ -159,6 +175,8 @@ enum Command {
     },
     DlqSent {
         ids: Vec<i64>,
+        /// 1: produced to the DLQ topic; 2: refused there for good.
+        state: i64,
     },
     /// Liveness check: answered when the writer gets to it.
     Ping {
@@ -259,22 +277,64 @@ impl Outbox {
         rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
     }
 
-    /// In one transaction: store `dead` letters and delete the `delivered`
-    /// blocks (every event acknowledged by Kafka or dead-lettered).
+    /// In one transaction: store `dead` letters, delete the `delivered`
+    /// blocks (every event acknowledged by Kafka or dead-lettered) and the
+    /// delivered windows' `plans`.
     pub async fn finish(
         &self,
         delivered: Vec<i64>,
         dead: Vec<NewDeadLetter>,
+        plans: Vec<i64>,
     ) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
+        self.ask(Command::Finish {
+            delivered,
+            dead,
+            plans,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    async fn ask(&self, cmd: Command) -> Result<(), String> {
         self.tx
-            .send(Command::Finish {
-                delivered,
-                dead,
-                reply,
-            })
+            .send(cmd)
             .await
-            .map_err(|_| "outbox closed".to_string())?;
+            .map_err(|_| "outbox closed".to_string())
+    }
+
+    /// Store a window's plan and the producer state it advanced, durably
+    /// (as durable as `outbox.durability` makes commits) before it is sent.
+    pub async fn save_plan(&self, save: plan::PlanSave) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Command::SavePlan {
+            save: Box::new(save),
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// The producer state and the plans of windows not yet delivered.
+    pub async fn load_plans(&self) -> Result<plan::Saved, String> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Command::LoadPlans { reply }).await?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// Drop the stored producer id and streams (not the plans).
+    pub async fn forget_producer(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Command::ForgetProducer { reply }).await?;
+        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+    }
+
+    /// These blocks (by first sequence number) as far as they are still
+    /// stored, in order.
+    pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Command::ReadBlocks { seq_firsts, reply }).await?;
         rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
     }
 
@@ -311,7 +371,12 @@ impl Outbox {
     }
 
     pub async fn dlq_sent(&self, ids: Vec<i64>) {
-        let _ = self.tx.send(Command::DlqSent { ids }).await;
+        let _ = self.tx.send(Command::DlqSent { ids, state: 1 }).await;
+    }
+
+    /// The DLQ topic refused these dead letters for good: stop trying.
+    pub async fn dlq_refused(&self, ids: Vec<i64>) {
+        let _ = self.tx.send(Command::DlqSent { ids, state: 2 }).await;
     }
 
     /// Which of these blocks are still stored (the others were dropped by
@@ -563,10 +628,25 @@ impl Writer {
             Command::Finish {
                 delivered,
                 dead,
+                plans,
                 reply,
             } => {
-                let r = self.finish(&delivered, &dead).map_err(|e| e.to_string());
+                let r = self
+                    .finish(&delivered, &dead, &plans)
+                    .map_err(|e| e.to_string());
                 let _ = reply.send(r);
+            }
+            Command::SavePlan { save, reply } => {
+                let _ = reply.send(plan::save(&self.conn, &save).map_err(|e| e.to_string()));
+            }
+            Command::LoadPlans { reply } => {
+                let _ = reply.send(plan::load(&self.conn).map_err(|e| e.to_string()));
+            }
+            Command::ForgetProducer { reply } => {
+                let _ = reply.send(plan::forget_producer(&self.conn).map_err(|e| e.to_string()));
+            }
+            Command::ReadBlocks { seq_firsts, reply } => {
+                let _ = reply.send(self.read_blocks(&seq_firsts));
             }
             Command::LossPending { reply } => {
                 let _ = reply.send(loss::pending(&self.conn, 100).map_err(|e| e.to_string()));
@@ -585,8 +665,8 @@ impl Writer {
             Command::Ping { reply } => {
                 let _ = reply.send(());
             }
-            Command::DlqSent { ids } => {
-                if let Err(e) = dead_letter::mark_sent_to_dlq(&self.conn, &ids) {
+            Command::DlqSent { ids, state } => {
+                if let Err(e) = dead_letter::mark_sent_to_dlq(&self.conn, &ids, state) {
                     error!(
                         "outbox {}: cannot mark dead letters sent: {e}",
                         self.path.display()
@@ -895,6 +975,41 @@ impl Writer {
         Ok(out)
     }
 
+    /// Read the given blocks (those still stored), verified and decompressed.
+    fn read_blocks(&mut self, seq_firsts: &[i64]) -> Result<Vec<Block>, String> {
+        let mut out = Vec::with_capacity(seq_firsts.len());
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT count, raw_bytes, created_ms, crc, payload, topic FROM blocks WHERE seq_first = ?1",
+            )
+            .map_err(|e| e.to_string())?;
+        for &seq_first in seq_firsts {
+            let mut rows = stmt.query([seq_first]).map_err(|e| e.to_string())?;
+            let Some(row) = rows.next().map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let count: u32 = row.get(0).map_err(|e| e.to_string())?;
+            let raw_bytes = row.get::<_, i64>(1).map_err(|e| e.to_string())? as usize;
+            let created_ms: i64 = row.get(2).map_err(|e| e.to_string())?;
+            let crc: u32 = row.get(3).map_err(|e| e.to_string())?;
+            let payload = row.get_ref(4).and_then(|v| v.as_blob().map_err(Into::into));
+            let payload = payload.map_err(|e| e.to_string())?;
+            let topic: String = row.get(5).map_err(|e| e.to_string())?;
+            // A corrupt block is left for the ordinary read to quarantine.
+            if let Ok(data) = verify_block(payload, crc, count, raw_bytes) {
+                out.push(Block {
+                    seq_first,
+                    topic,
+                    count,
+                    created_ms,
+                    data,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn present(&mut self, seq_firsts: &[i64]) -> rusqlite::Result<Vec<i64>> {
         let mut stmt = self
             .conn
@@ -923,7 +1038,12 @@ impl Writer {
         Ok(())
     }
 
-    fn finish(&mut self, delivered: &[i64], dead: &[NewDeadLetter]) -> rusqlite::Result<()> {
+    fn finish(
+        &mut self,
+        delivered: &[i64],
+        dead: &[NewDeadLetter],
+        plans: &[i64],
+    ) -> rusqlite::Result<()> {
         // Removing delivered blocks need not reach the disk at once: if a
         // power cut undoes it, the events are sent again (duplicates that
         // `ferry-id` marks, never loss), and the next `fsync` commit of
@@ -934,7 +1054,7 @@ impl Writer {
         if fsync {
             self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         }
-        let result = self.finish_transaction(delivered, dead);
+        let result = self.finish_transaction(delivered, dead, plans);
         if fsync {
             self.conn.execute_batch("PRAGMA synchronous=FULL")?;
         }
@@ -945,8 +1065,10 @@ impl Writer {
         &mut self,
         delivered: &[i64],
         dead: &[NewDeadLetter],
+        plans: &[i64],
     ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
+        plan::delete(&tx, plans)?;
         for d in dead {
             dead_letter::insert(&tx, d)?;
         }

@@ -50,6 +50,22 @@ const MIGRATIONS: &[&str] = &[
          ('next_seq', 1), ('events', 0), ('stored_bytes', 0), ('raw_bytes', 0),
          ('dropped_events', 0), ('dropped_bytes', 0), ('quarantined_events', 0),
          ('dead_letters', 0);",
+    // 1 -> 2: the idempotent producer's state beside the outbox (see
+    // `outbox::plan`): each destination partition's producer id, epoch and
+    // next sequence, and the plan of each delivery window in flight.
+    "CREATE TABLE producer_streams (
+         topic         TEXT NOT NULL,
+         partition     INTEGER NOT NULL,
+         producer_id   INTEGER NOT NULL,
+         epoch         INTEGER NOT NULL,
+         next_sequence INTEGER NOT NULL,
+         PRIMARY KEY (topic, partition)
+     ) WITHOUT ROWID;
+     CREATE TABLE window_plans (
+         id     INTEGER PRIMARY KEY,
+         blocks BLOB NOT NULL,
+         plan   BLOB NOT NULL
+     );",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

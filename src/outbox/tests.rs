@@ -63,9 +63,13 @@ async fn append_read_delete_and_sequence_survives_restart() {
         vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
     );
     assert_eq!(stats.backlog_events.load(Relaxed), 3);
-    o.finish(blocks.iter().map(|b| b.seq_first).collect(), Vec::new())
-        .await
-        .unwrap();
+    o.finish(
+        blocks.iter().map(|b| b.seq_first).collect(),
+        Vec::new(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(stats.backlog_events.load(Relaxed), 0);
     close(o, h);
 

@@ -1,0 +1,344 @@
+//! One lane's delivery attempt: its remaining batches, built straight from
+//! the decompressed outbox blocks into record batches (no allocation per
+//! record) and produced to the partition leader with up to
+//! [`MAX_IN_FLIGHT`] requests pipelined, answers taken in order. The lane
+//! stops at the first batch that is not delivered; what it achieved goes
+//! back to the forwarder, which decides what happens next.
+
+use super::plan::{Batch, Item};
+use super::{FERRY_ID_HEADER, TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
+use crate::clock::{Reading, SystemClock, Timestamp};
+use crate::kafka::connection::{Connection, Pending};
+use crate::kafka::errors::{
+    Class, DUPLICATE_SEQUENCE_NUMBER, Failure, OUT_OF_ORDER_SEQUENCE_NUMBER,
+};
+use crate::kafka::producer::{self, ProducerIdentity};
+use crate::kafka::record_batch::{BatchEncoder, Codec, ProducerFields};
+use crate::outbox::Block;
+use crate::stats::Stats;
+use bytes::Bytes;
+use kafka_protocol::messages::ProduceRequest;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Requests in flight per partition: Kafka keeps order with idempotence
+/// for up to five.
+pub const MAX_IN_FLIGHT: usize = 5;
+
+/// What a lane attempt achieved.
+#[derive(Debug, Default)]
+pub struct LaneOutcome {
+    /// Batches delivered, from the front.
+    pub acked: usize,
+    /// Batches sent in this attempt (delivered or not), from the front.
+    pub sent: usize,
+    /// Items (indexes into the attempt's items) Kafka refused for good,
+    /// with the broker's reason.
+    pub refused: Vec<(usize, String)>,
+    /// The first undelivered batch was refused as a whole and names no
+    /// record: halve it to find the one.
+    pub halve: bool,
+    pub failure: Option<Failure>,
+    /// The lane before it (same partition) did not finish: nothing tried.
+    pub gave_up: bool,
+}
+
+/// The remaining batches of one lane, and what they need.
+pub struct LaneJob {
+    pub conn: Arc<Connection>,
+    pub version: i16,
+    pub topic: String,
+    pub partition: i32,
+    pub blocks: Arc<Vec<Block>>,
+    pub items: Vec<Item>,
+    /// Starts relative to `items`.
+    pub batches: Vec<Batch>,
+    /// Batches (from the front) that may have reached the broker before.
+    pub sent_before: usize,
+    pub producer: Option<ProducerIdentity>,
+    pub codec: Codec,
+    pub node_id: Arc<str>,
+    pub stats: Arc<Stats>,
+    pub clock: SystemClock,
+    pub timeout_ms: i32,
+    /// Start only once the previous lane of this partition has finished.
+    pub after: Option<oneshot::Receiver<bool>>,
+    /// Tell the next lane of this partition whether this one finished.
+    pub finished: Option<oneshot::Sender<bool>>,
+}
+
+impl LaneJob {
+    pub async fn run(mut self) -> LaneOutcome {
+        let finished = self.finished.take();
+        let ready = match self.after.take() {
+            Some(after) => after.await == Ok(true),
+            None => true,
+        };
+        let out = if ready {
+            self.produce_all().await
+        } else {
+            LaneOutcome {
+                failure: Some(Failure::transient(format!(
+                    "{}/{}: an earlier batch of this partition was not delivered",
+                    self.topic, self.partition
+                ))),
+                gave_up: true,
+                ..LaneOutcome::default()
+            }
+        };
+        if let Some(finished) = finished {
+            let _ = finished.send(out.failure.is_none() && out.acked == self.batches.len());
+        }
+        out
+    }
+
+    async fn produce_all(&self) -> LaneOutcome {
+        let mut out = LaneOutcome::default();
+        let name = producer::topic_name(&self.topic);
+        let mut encoder = RecordWriter::new(self.node_id.clone());
+        let mut inflight: VecDeque<(usize, Pending<ProduceRequest>, Instant)> = VecDeque::new();
+        let clock = self.clock.read();
+        loop {
+            while inflight.len() < MAX_IN_FLIGHT && out.sent < self.batches.len() {
+                let i = out.sent;
+                let batch = encoder.batch(
+                    &self.blocks,
+                    &self.items,
+                    &self.batches[i],
+                    &clock,
+                    self.fields(i),
+                    self.codec,
+                );
+                match producer::send_batch(
+                    &self.conn,
+                    self.version,
+                    &name,
+                    self.partition,
+                    batch,
+                    self.timeout_ms,
+                )
+                .await
+                {
+                    Ok(p) => inflight.push_back((i, p, Instant::now())),
+                    Err(f) => {
+                        out.failure = Some(self.context(f));
+                        return out;
+                    }
+                }
+                out.sent += 1;
+            }
+            let Some((i, pending, started)) = inflight.pop_front() else {
+                return out;
+            };
+            let answer = producer::answer(&self.conn, pending, &name, self.partition).await;
+            self.stats.produce_latency.observe(started.elapsed());
+            let answer = match answer {
+                Ok(a) => a,
+                Err(f) => {
+                    out.failure = Some(self.context(f));
+                    return out;
+                }
+            };
+            if answer.throttle_ms > 0 {
+                self.stats
+                    .throttle_ms
+                    .fetch_add(answer.throttle_ms as u64, Relaxed);
+            }
+            let batch = &self.batches[i];
+            let delivered = match answer.error_code {
+                0 | DUPLICATE_SEQUENCE_NUMBER => true,
+                // With every batch before it delivered, a sequence the
+                // broker calls out of order lies behind its last one: this
+                // batch (which alone ever had these numbers) was written
+                // before, and is older than the broker's memory of recent
+                // batches. Only for batches that may have been sent before.
+                OUT_OF_ORDER_SEQUENCE_NUMBER if i < self.sent_before => {
+                    log::debug!(
+                        "{}/{}: batch at sequence {} was delivered before (OUT_OF_ORDER_SEQUENCE_NUMBER on a resend)",
+                        self.topic,
+                        self.partition,
+                        batch.base_sequence
+                    );
+                    true
+                }
+                _ => false,
+            };
+            if delivered {
+                out.acked += 1;
+                self.stats.sent.fetch_add(batch.len as u64, Relaxed);
+                self.stats.beat_forward();
+                continue;
+            }
+            let context = format!("produce to {}/{}", self.topic, self.partition);
+            let f =
+                Failure::from_code(answer.error_code, &context, answer.error_message.as_deref());
+            if f.class == Class::PermanentRecord {
+                let start = batch.start as usize;
+                for (index, message) in &answer.record_errors {
+                    if let Some(idx) = usize::try_from(*index)
+                        .ok()
+                        .filter(|x| *x < batch.len as usize)
+                    {
+                        let why = message.clone().unwrap_or_else(|| f.message.clone());
+                        out.refused
+                            .push((start + idx, format!("{}: {why}", f.message)));
+                    }
+                }
+                if out.refused.is_empty() {
+                    if batch.len == 1 {
+                        out.refused.push((start, f.message.clone()));
+                    } else {
+                        out.halve = true;
+                    }
+                }
+            }
+            out.failure = Some(f);
+            return out;
+        }
+    }
+
+    fn fields(&self, i: usize) -> ProducerFields {
+        match self.producer {
+            Some(p) => ProducerFields {
+                producer_id: p.producer_id,
+                producer_epoch: p.epoch,
+                base_sequence: self.batches[i].base_sequence,
+            },
+            None => ProducerFields::NONE,
+        }
+    }
+
+    fn context(&self, mut f: Failure) -> Failure {
+        f.message = format!(
+            "produce to {}/{}: {}",
+            self.topic, self.partition, f.message
+        );
+        f
+    }
+}
+
+/// A record header: name and value.
+type Header<'a> = (&'a [u8], &'a [u8]);
+
+/// Builds Kafka records from stored events into one reused encoder.
+pub struct RecordWriter {
+    encoder: BatchEncoder,
+    out: Vec<u8>,
+    node_id: Arc<str>,
+    id: Vec<u8>,
+    original_ts: Vec<u8>,
+}
+
+impl RecordWriter {
+    pub fn new(node_id: Arc<str>) -> Self {
+        Self {
+            encoder: BatchEncoder::default(),
+            out: Vec::new(),
+            node_id,
+            id: Vec::new(),
+            original_ts: Vec::new(),
+        }
+    }
+
+    /// The record batch of `batch`'s items.
+    pub fn batch(
+        &mut self,
+        blocks: &[Block],
+        items: &[Item],
+        batch: &Batch,
+        clock: &Reading,
+        fields: ProducerFields,
+        codec: Codec,
+    ) -> Bytes {
+        let from = batch.start as usize;
+        for item in &items[from..from + batch.len as usize] {
+            let Some(event) = blocks[item.block as usize].event_at(item.offset as usize) else {
+                continue;
+            };
+            self.push(&event, item.seq, clock);
+        }
+        self.encoder.finish_into(codec, fields, &mut self.out);
+        let bytes = Bytes::copy_from_slice(&self.out);
+        if self.out.capacity() > 4 * 1024 * 1024 {
+            self.out = Vec::new();
+        }
+        bytes
+    }
+
+    /// Add one event: the producer's headers exactly as sent (order and
+    /// duplicates kept), then the clock header if any, then `ferry-id`.
+    pub fn push(&mut self, event: &crate::event::Event<'_>, seq: i64, clock: &Reading) {
+        self.push_with(event, Some(seq), clock, &[]);
+    }
+
+    /// A dead letter for the DLQ topic: as [`RecordWriter::push`], without
+    /// `ferry-id`, with the `extra` headers (reason, time, original topic).
+    pub fn push_dead_letter(
+        &mut self,
+        event: &crate::event::Event<'_>,
+        clock: &Reading,
+        extra: &[(&[u8], &[u8])],
+    ) {
+        self.push_with(event, None, clock, extra);
+    }
+
+    /// A record of ferry's own (a loss marker).
+    pub fn push_plain(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) {
+        self.encoder
+            .push(timestamp_ms, key, value, headers.iter().copied());
+    }
+
+    fn push_with(
+        &mut self,
+        event: &crate::event::Event<'_>,
+        seq: Option<i64>,
+        clock: &Reading,
+        extra: &[(&[u8], &[u8])],
+    ) {
+        self.id.clear();
+        if let Some(seq) = seq {
+            self.id.extend_from_slice(self.node_id.as_bytes());
+            let _ = write!(self.id, ":{seq}");
+        }
+        let (timestamp_ms, clock_header): (i64, Option<Header<'_>>) =
+            match crate::clock::correct(event.timestamp_ms, event.clock, clock) {
+                Timestamp::AsRecorded(ts) => (ts, None),
+                Timestamp::Corrected {
+                    corrected,
+                    original,
+                } => {
+                    self.original_ts.clear();
+                    let _ = write!(self.original_ts, "{original}");
+                    (
+                        corrected,
+                        Some((TS_CORRECTED_HEADER.as_bytes(), &self.original_ts[..])),
+                    )
+                }
+                Timestamp::Unsynced(ts) => (ts, Some((TS_UNSYNCED_HEADER.as_bytes(), &b"1"[..]))),
+            };
+        let headers = event
+            .header_iter()
+            .map(|(n, v)| (n.as_bytes(), v))
+            .chain(clock_header)
+            .chain(extra.iter().copied())
+            .chain(seq.map(|_| (FERRY_ID_HEADER.as_bytes(), &self.id[..])));
+        self.encoder
+            .push(timestamp_ms, event.key, event.value, headers);
+    }
+
+    /// Finish the records pushed so far into one batch.
+    pub fn finish(&mut self, fields: ProducerFields, codec: Codec) -> Bytes {
+        self.encoder.finish_into(codec, fields, &mut self.out);
+        Bytes::copy_from_slice(&self.out)
+    }
+}

@@ -1,0 +1,542 @@
+//! One TCP (or TLS) connection to one broker: connect with a deadline,
+//! learn the broker's API versions, authenticate (SASL), then carry
+//! requests pipelined by correlation id. A reader task hands each answer
+//! to whoever waits for it; when the connection breaks, everyone waiting is
+//! told at once and the connection is dead for good (the cluster opens a
+//! new one). No retries in here: whether and when to try again is the
+//! forwarder's call (its backoff and breaker).
+
+use super::errors::{Class, Failure, UNSUPPORTED_VERSION};
+use super::sasl::{self, SaslCredentials};
+use super::wire::{self, Request};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiVersionsRequest;
+use kafka_protocol::protocol::{StrBytes, VersionRange};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// What every connection needs to know (the `[kafka]` section's part).
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    pub client_id: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub sasl: Option<SaslCredentials>,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+
+type Answer = Result<Bytes, Failure>;
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<i32, oneshot::Sender<Answer>>,
+    /// Why the connection is dead, once it is.
+    closed: Option<Failure>,
+    /// The broker throttled us: send nothing more before this.
+    throttled_until: Option<Instant>,
+}
+
+struct Writer {
+    half: WriteHalf<BoxStream>,
+    buf: BytesMut,
+    next_id: i32,
+}
+
+/// A live connection to one broker. Cheap to share (`Arc`); requests from
+/// many tasks are pipelined on it in the order they are sent.
+pub struct Connection {
+    addr: String,
+    client_id: StrBytes,
+    request_timeout: Duration,
+    writer: tokio::sync::Mutex<Writer>,
+    state: Arc<Mutex<State>>,
+    /// API key → the version range the broker speaks.
+    versions: HashMap<i16, VersionRange>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// An answer on its way.
+pub struct Pending<R: Request> {
+    rx: oneshot::Receiver<Answer>,
+    version: i16,
+    state: Arc<Mutex<State>>,
+    addr: String,
+    timeout: Duration,
+    _request: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Request> Pending<R> {
+    /// Wait for the answer (at most the request timeout; a timeout kills
+    /// the connection, so no late answer can be mistaken for another).
+    pub async fn wait(self) -> Result<R::Response, Failure> {
+        match tokio::time::timeout(self.timeout, self.rx).await {
+            Ok(Ok(Ok(frame))) => wire::decode_response::<R>(frame, self.version).map_err(|e| {
+                Failure::new(
+                    Class::Transient,
+                    "INVALID_RESPONSE",
+                    format!("{}: {e}", self.addr),
+                )
+            }),
+            Ok(Ok(Err(f))) => Err(f),
+            Ok(Err(_)) => Err(closed_failure(&self.state, &self.addr)),
+            Err(_) => {
+                let f = Failure::new(
+                    Class::Transient,
+                    "REQUEST_TIMEOUT",
+                    format!(
+                        "no answer from broker {} within {:?} (kafka.request_timeout); the connection is closed and the request will be sent again",
+                        self.addr, self.timeout
+                    ),
+                );
+                fail_all(&self.state, f.clone());
+                Err(f)
+            }
+        }
+    }
+}
+
+fn closed_failure(state: &Mutex<State>, addr: &str) -> Failure {
+    state
+        .lock()
+        .ok()
+        .and_then(|s| s.closed.clone())
+        .unwrap_or_else(|| Failure::transient(format!("connection to broker {addr} closed")))
+}
+
+/// Mark the connection dead and tell everyone waiting.
+fn fail_all(state: &Mutex<State>, why: Failure) {
+    let Ok(mut s) = state.lock() else { return };
+    if s.closed.is_none() {
+        s.closed = Some(why.clone());
+    }
+    for (_, tx) in s.pending.drain() {
+        let _ = tx.send(Err(why.clone()));
+    }
+}
+
+impl Connection {
+    /// Connect to `addr` (`host:port`), learn its API versions and
+    /// authenticate. One attempt, bounded by the connect timeout (and the
+    /// request timeout for each request of the set-up).
+    pub async fn connect(addr: &str, config: &ConnectionConfig) -> Result<Connection, Failure> {
+        let stream = open(addr, config).await?;
+        let (read, write) = tokio::io::split(stream);
+        let state = Arc::new(Mutex::new(State::default()));
+        let reader = tokio::spawn(read_answers(read, state.clone(), addr.to_string()));
+        let mut conn = Connection {
+            addr: addr.to_string(),
+            client_id: StrBytes::from_string(config.client_id.clone()),
+            request_timeout: config.request_timeout,
+            writer: tokio::sync::Mutex::new(Writer {
+                half: write,
+                buf: BytesMut::with_capacity(256),
+                next_id: 1,
+            }),
+            state,
+            versions: HashMap::new(),
+            reader,
+        };
+        conn.versions = conn.api_versions().await?;
+        if let Some(creds) = &config.sasl {
+            sasl::authenticate(&conn, creds).await?;
+        }
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The highest version of `R` both sides speak, if any.
+    pub fn version<R: Request>(&self) -> Option<i16> {
+        let ours = R::VERSIONS;
+        let theirs = self.versions.get(&R::KEY)?;
+        let both = ours.intersect(theirs);
+        (!both.is_empty()).then_some(both.max)
+    }
+
+    /// True once the connection broke (a new one is needed).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().map_or(true, |s| s.closed.is_some())
+    }
+
+    /// The broker asked us to hold off (`throttle_time_ms`): the next
+    /// request on this connection waits until then. Requests already on the
+    /// wire are not sent again.
+    pub fn throttle(&self, ms: i32) {
+        if ms <= 0 {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(ms as u64);
+        if let Ok(mut s) = self.state.lock() {
+            s.throttled_until = Some(s.throttled_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
+    /// Send `body` as version `version`; the answer comes by [`Pending::wait`].
+    /// Waits first if the broker throttled this connection.
+    pub async fn send<R: Request>(&self, body: &R, version: i16) -> Result<Pending<R>, Failure> {
+        loop {
+            let until = self.state.lock().ok().and_then(|s| s.throttled_until);
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => break,
+            }
+        }
+        let mut w = self.writer.lock().await;
+        let id = w.next_id;
+        w.next_id = w.next_id.wrapping_add(1).max(1);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self
+                .state
+                .lock()
+                .map_err(|_| Failure::transient("connection state poisoned".into()))?;
+            if let Some(f) = &s.closed {
+                return Err(f.clone());
+            }
+            s.pending.insert(id, tx);
+        }
+        let Writer { half, buf, .. } = &mut *w;
+        buf.clear();
+        if let Err(e) = wire::encode_request(buf, version, id, &self.client_id, body) {
+            if let Ok(mut s) = self.state.lock() {
+                s.pending.remove(&id);
+            }
+            return Err(Failure::new(Class::ConfigCluster, "ENCODE", e.0));
+        }
+        let written = tokio::time::timeout(self.request_timeout, half.write_all(buf)).await;
+        let failure = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("cannot send to broker {}: {e}", self.addr)),
+            Err(_) => Some(format!(
+                "cannot send to broker {} within {:?} (kafka.request_timeout)",
+                self.addr, self.request_timeout
+            )),
+        };
+        if buf.capacity() > 1024 * 1024 {
+            *buf = BytesMut::with_capacity(256);
+        }
+        if let Some(message) = failure {
+            let f = Failure::transient(message);
+            fail_all(&self.state, f.clone());
+            return Err(f);
+        }
+        Ok(Pending {
+            rx,
+            version,
+            state: self.state.clone(),
+            addr: self.addr.clone(),
+            timeout: self.request_timeout,
+            _request: std::marker::PhantomData,
+        })
+    }
+
+    /// Send and wait.
+    pub async fn request<R: Request>(
+        &self,
+        body: &R,
+        version: i16,
+    ) -> Result<R::Response, Failure> {
+        self.send(body, version).await?.wait().await
+    }
+
+    async fn api_versions(&self) -> Result<HashMap<i16, VersionRange>, Failure> {
+        // v2 is the newest non-flexible version: every broker since 2.0
+        // answers it, and an older one says UNSUPPORTED_VERSION, then v0.
+        let mut answer = self.request(&ApiVersionsRequest::default(), 2).await?;
+        if answer.error_code == UNSUPPORTED_VERSION {
+            answer = self.request(&ApiVersionsRequest::default(), 0).await?;
+        }
+        if answer.error_code != 0 {
+            return Err(Failure::from_code(
+                answer.error_code,
+                &format!("API versions of broker {}", self.addr),
+                None,
+            ));
+        }
+        Ok(answer
+            .api_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.api_key,
+                    VersionRange {
+                        min: k.min_version,
+                        max: k.max_version,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// Resolve, connect and (if configured) do the TLS handshake.
+async fn open(addr: &str, config: &ConnectionConfig) -> Result<BoxStream, Failure> {
+    let deadline = config.connect_timeout;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let resolved = match tokio::time::timeout(deadline, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(a)) => a.collect::<Vec<_>>(),
+        Ok(Err(e)) => {
+            return Err(Failure::new(
+                Class::Transient,
+                "DNS",
+                format!(
+                    "cannot resolve broker address {addr}: {e}; check kafka.brokers (FERRY_BROKERS) and the gateway's DNS"
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(Failure::new(
+                Class::Transient,
+                "DNS",
+                format!(
+                    "resolving broker address {addr} took over {deadline:?}; check the gateway's DNS"
+                ),
+            ));
+        }
+    };
+    let started = Instant::now();
+    let mut last = None;
+    let mut tcp = None;
+    for sa in resolved {
+        let left = deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, TcpStream::connect(sa)).await {
+            Ok(Ok(s)) => {
+                tcp = Some(s);
+                break;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = Some(Failure::new(
+                    Class::Transient,
+                    "CONNECTION_REFUSED",
+                    format!(
+                        "broker {addr} refused the connection: is Kafka running there, and is this its listener port? (kafka.brokers)"
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                last = Some(Failure::new(
+                    Class::Transient,
+                    "CONNECT",
+                    format!("cannot connect to broker {addr}: {e}; check the uplink and routes"),
+                ));
+            }
+            Err(_) => {
+                last = Some(Failure::new(
+                    Class::Transient,
+                    "CONNECT_TIMEOUT",
+                    format!(
+                        "no answer from broker {addr} within {deadline:?} (kafka.connect_timeout): check the uplink, routes and firewalls"
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    let Some(tcp) = tcp else {
+        return Err(last.unwrap_or_else(|| {
+            Failure::new(
+                Class::Transient,
+                "DNS",
+                format!("broker address {addr} resolves to nothing; check kafka.brokers"),
+            )
+        }));
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &config.tls else {
+        return Ok(Box::new(tcp));
+    };
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+        Failure::new(
+            Class::ConfigCluster,
+            "TLS_CONFIG",
+            format!("broker host {host} is not a valid TLS server name: {e}"),
+        )
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let left = deadline.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(tls_failure(addr, &e)),
+        Err(_) => Err(Failure::new(
+            Class::Transient,
+            "TLS_HANDSHAKE",
+            format!(
+                "TLS handshake with broker {addr} did not finish within {deadline:?} (kafka.connect_timeout); is this a TLS listener?"
+            ),
+        )),
+    }
+}
+
+/// Name what went wrong in a TLS handshake and what to check.
+fn tls_failure(addr: &str, e: &std::io::Error) -> Failure {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(c)) => Failure::new(
+            Class::ConfigCluster,
+            "TLS_CERTIFICATE",
+            format!(
+                "the TLS certificate of broker {addr} is not trusted ({c:?}): check kafka.tls.ca_file and that the broker's certificate names this host"
+            ),
+        ),
+        Some(rustls::Error::InvalidMessage(_))
+        | Some(rustls::Error::InappropriateMessage { .. }) => Failure::new(
+            Class::ConfigCluster,
+            "TLS_MISMATCH",
+            format!(
+                "broker {addr} does not speak TLS ({e}): it looks like a plaintext listener; remove [kafka.tls] or use the broker's TLS port"
+            ),
+        ),
+        Some(other) => Failure::new(
+            Class::ConfigCluster,
+            "TLS_HANDSHAKE",
+            format!("TLS handshake with broker {addr} failed: {other}; check [kafka.tls]"),
+        ),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => Failure::new(
+            Class::Transient,
+            "TLS_HANDSHAKE",
+            format!(
+                "broker {addr} closed the connection during the TLS handshake: is this its TLS listener? (kafka.brokers, [kafka.tls])"
+            ),
+        ),
+        None => Failure::new(
+            Class::Transient,
+            "TLS_HANDSHAKE",
+            format!("TLS handshake with broker {addr} failed: {e}"),
+        ),
+    }
+}
+
+/// The reader task: frames in, each to the request waiting for it.
+async fn read_answers(mut read: ReadHalf<BoxStream>, state: Arc<Mutex<State>>, addr: String) {
+    let why = loop {
+        let mut prefix = [0u8; 4];
+        if let Err(e) = read.read_exact(&mut prefix).await {
+            break Failure::transient(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!("broker {addr} closed the connection")
+            } else {
+                format!("connection to broker {addr} broke: {e}")
+            });
+        }
+        let size = match wire::frame_size(prefix) {
+            Ok(s) => s,
+            Err(e) => {
+                break Failure::new(
+                    Class::ConfigCluster,
+                    "NOT_KAFKA",
+                    format!("broker {addr}: {e}"),
+                );
+            }
+        };
+        let mut frame = BytesMut::zeroed(size);
+        if let Err(e) = read.read_exact(&mut frame).await {
+            break Failure::transient(format!("connection to broker {addr} broke mid-answer: {e}"));
+        }
+        let frame = frame.freeze();
+        let Some(id) = wire::correlation_id(&frame) else {
+            break Failure::transient(format!(
+                "broker {addr} sent an answer without a correlation id"
+            ));
+        };
+        let waiting = state.lock().ok().and_then(|mut s| s.pending.remove(&id));
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(Ok(frame));
+            }
+            None => {
+                log::debug!("broker {addr}: answer to correlation id {id}, which nobody awaits")
+            }
+        }
+    };
+    fail_all(&state, why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ConnectionConfig {
+        ConnectionConfig {
+            client_id: "ferry-test".into(),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(500),
+            tls: None,
+            sasl: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connection_says_what_to_check() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let f = Connection::connect(&format!("127.0.0.1:{port}"), &config())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(f.name, "CONNECTION_REFUSED");
+        assert!(f.message.contains("kafka.brokers"), "{}", f.message);
+    }
+
+    #[tokio::test]
+    async fn unresolvable_host_is_a_dns_failure() {
+        let f = Connection::connect("no-such-host.invalid:9092", &config())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(f.name, "DNS");
+        assert!(f.message.contains("DNS"), "{}", f.message);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_times_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let f = Connection::connect(&addr, &config()).await.err().unwrap();
+        assert_eq!(f.name, "REQUEST_TIMEOUT");
+        assert!(f.message.contains("kafka.request_timeout"), "{}", f.message);
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn a_tls_listener_read_as_plaintext_is_named() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            // A TLS alert record, as a TLS listener answers plaintext.
+            let _ = s
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50])
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let f = Connection::connect(&addr, &config()).await.err().unwrap();
+        assert_eq!(f.name, "NOT_KAFKA");
+        assert!(f.message.contains("TLS"), "{}", f.message);
+    }
+}

@@ -1,0 +1,22 @@
+//! ferry's own Kafka producer, layered as rskafka lays itself out; each
+//! layer imports only the ones below it:
+//!
+//! ```text
+//! producer     idempotent producer id, Produce requests, throttling
+//!   cluster      bootstrap, metadata (naming topics), leaders, connections
+//!     connection   one TCP/TLS connection per broker, SASL, pipelining, timeouts
+//!       wire         framing around the `kafka-protocol` message codecs
+//!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
+//!       errors       error classes: what ferry does about each Kafka error
+//! ```
+//!
+//! The forwarder (`forward`) decides what to send; nothing here retries on
+//! its own.
+
+pub mod cluster;
+pub mod connection;
+pub mod errors;
+pub mod producer;
+pub mod record_batch;
+pub mod sasl;
+pub mod wire;

@@ -1,0 +1,385 @@
+//! Kafka's record batch (message format v2), encoded straight from borrowed
+//! event parts into buffers the encoder keeps: no heap allocation per
+//! record. Compression is `none` or LZ4 in the frame format Kafka reads
+//! (64 KiB independent blocks, no checksums but the header's), written by
+//! hand so that lz4_flex's reusable hash table serves every block.
+//!
+//! Layout (all big-endian; see the Kafka protocol guide, "Record Batch"):
+//! ```text
+//! baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 = 2
+//! crc u32 (CRC-32C of attributes..end) | attributes i16 | lastOffsetDelta i32
+//! baseTimestamp i64 | maxTimestamp i64 | producerId i64 | producerEpoch i16
+//! baseSequence i32 | recordCount i32 | records (compressed as a whole)
+//! ```
+
+/// Bytes before the records.
+pub const HEADER_LEN: usize = 61;
+/// Offset of the attributes field: the CRC covers everything from here.
+const ATTRIBUTES_AT: usize = 21;
+/// Records are compressed in independent LZ4 blocks of at most this size.
+const LZ4_BLOCK: usize = 64 * 1024;
+/// LZ4 frame: magic, FLG (version 1, independent blocks), BD (64 KiB
+/// blocks) and the header checksum, `(xxh32(FLG, BD) >> 8) & 0xff`, which
+/// is a constant for these flags (checked by a test against lz4_flex).
+const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
+
+/// Record batch compression (Kafka's codec numbers in the attributes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Lz4,
+}
+
+impl Codec {
+    fn attribute(self) -> i16 {
+        match self {
+            Codec::None => 0,
+            Codec::Lz4 => 3,
+        }
+    }
+}
+
+/// The idempotent producer's fields of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerFields {
+    /// A producer without idempotence.
+    pub const NONE: ProducerFields = ProducerFields {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// Builds one record batch at a time; its buffers and LZ4 table are kept
+/// for the next batch.
+pub struct BatchEncoder {
+    /// The records, uncompressed.
+    records: Vec<u8>,
+    table: lz4_flex::block::CompressTable,
+    count: i32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl Default for BatchEncoder {
+    fn default() -> Self {
+        Self {
+            records: Vec::new(),
+            table: lz4_flex::block::CompressTable::small(),
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: 0,
+        }
+    }
+}
+
+impl BatchEncoder {
+    /// Start a new batch (forgetting any unfinished one).
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.count = 0;
+    }
+
+    pub fn count(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Uncompressed size of the records so far.
+    pub fn records_len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Append one record. `headers` is walked twice (size, then bytes), so
+    /// it must yield the same headers each time it is cloned.
+    pub fn push<'h, H>(&mut self, timestamp_ms: i64, key: Option<&[u8]>, value: &[u8], headers: H)
+    where
+        H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    {
+        if self.count == 0 {
+            self.base_timestamp = timestamp_ms;
+            self.max_timestamp = timestamp_ms;
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp_ms);
+        let ts_delta = timestamp_ms - self.base_timestamp;
+        let offset_delta = i64::from(self.count);
+        let mut header_count = 0i64;
+        let mut headers_len = 0usize;
+        for (name, value) in headers.clone() {
+            header_count += 1;
+            headers_len += bytes_len(name.len()) + bytes_len(value.len());
+        }
+        let body_len = 1
+            + varint_len(ts_delta)
+            + varint_len(offset_delta)
+            + key.map_or(varint_len(-1), |k| bytes_len(k.len()))
+            + bytes_len(value.len())
+            + varint_len(header_count)
+            + headers_len;
+        let out = &mut self.records;
+        out.reserve(body_len + 5);
+        put_varint(out, body_len as i64);
+        out.push(0); // record attributes
+        put_varint(out, ts_delta);
+        put_varint(out, offset_delta);
+        match key {
+            Some(k) => put_bytes(out, k),
+            None => put_varint(out, -1),
+        }
+        put_bytes(out, value);
+        put_varint(out, header_count);
+        for (name, value) in headers {
+            put_bytes(out, name);
+            put_bytes(out, value);
+        }
+        self.count += 1;
+    }
+
+    /// Write the finished batch to `out` (cleared first) and start a new
+    /// one. The batch is complete and checksummed.
+    pub fn finish_into(&mut self, codec: Codec, producer: ProducerFields, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(HEADER_LEN, 0);
+        match codec {
+            Codec::None => out.extend_from_slice(&self.records),
+            Codec::Lz4 => self.lz4_frame_into(out),
+        }
+        let batch_length = (out.len() - 12) as i32;
+        let mut h = &mut out[..HEADER_LEN];
+        put_i64(&mut h, 0); // base offset: the broker assigns offsets
+        put_i32(&mut h, batch_length);
+        put_i32(&mut h, -1); // partition leader epoch
+        h[0] = 2; // magic
+        h = &mut h[5..]; // magic, then the CRC, written last
+        put_i16(&mut h, codec.attribute());
+        put_i32(&mut h, self.count - 1);
+        put_i64(&mut h, self.base_timestamp);
+        put_i64(&mut h, self.max_timestamp);
+        put_i64(&mut h, producer.producer_id);
+        put_i16(&mut h, producer.producer_epoch);
+        put_i32(&mut h, producer.base_sequence);
+        put_i32(&mut h, self.count);
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        self.clear();
+    }
+
+    /// The records as an LZ4 frame of independent blocks.
+    fn lz4_frame_into(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&LZ4_FRAME_HEADER);
+        for chunk in self.records.chunks(LZ4_BLOCK) {
+            let at = out.len();
+            let max = lz4_flex::block::get_maximum_output_size(chunk.len());
+            out.resize(at + 4 + max, 0);
+            let n = lz4_flex::block::compress_into_with_table(
+                chunk,
+                &mut out[at + 4..],
+                &mut self.table,
+            );
+            match n {
+                // Stored compressed only when that is smaller.
+                Ok(n) if n < chunk.len() => {
+                    out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+                    out.truncate(at + 4 + n);
+                }
+                _ => {
+                    let stored = chunk.len() as u32 | 0x8000_0000;
+                    out[at..at + 4].copy_from_slice(&stored.to_le_bytes());
+                    out.truncate(at + 4);
+                    out.extend_from_slice(chunk);
+                }
+            }
+        }
+        out.extend_from_slice(&0u32.to_le_bytes()); // end mark
+    }
+
+    /// Hand back the records buffer's memory (after a burst).
+    pub fn release(&mut self) {
+        self.records = Vec::new();
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// Bytes of a zigzag varint.
+fn varint_len(v: i64) -> usize {
+    let bits = 64 - (zigzag(v) | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Bytes of a length-prefixed field.
+fn bytes_len(len: usize) -> usize {
+    varint_len(len as i64) + len
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut u = zigzag(v);
+    while u >= 0x80 {
+        out.push(u as u8 | 0x80);
+        u >>= 7;
+    }
+    out.push(u as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+fn put_i16(h: &mut &mut [u8], v: i16) {
+    put_raw(h, &v.to_be_bytes());
+}
+fn put_i32(h: &mut &mut [u8], v: i32) {
+    put_raw(h, &v.to_be_bytes());
+}
+fn put_i64(h: &mut &mut [u8], v: i64) {
+    put_raw(h, &v.to_be_bytes());
+}
+fn put_raw(h: &mut &mut [u8], bytes: &[u8]) {
+    let (head, rest) = std::mem::take(h).split_at_mut(bytes.len());
+    head.copy_from_slice(bytes);
+    *h = rest;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    const NO_HEADERS: std::iter::Empty<(&[u8], &[u8])> = std::iter::empty();
+
+    fn one_record_batch(codec: Codec) -> Vec<u8> {
+        let mut enc = BatchEncoder::default();
+        let headers: [(&[u8], &[u8]); 2] = [(b"h", b"1"), (b"h", b"2")];
+        enc.push(1_700_000_000_000, Some(b"k"), b"v", headers.iter().copied());
+        let mut out = Vec::new();
+        let producer = ProducerFields {
+            producer_id: 7,
+            producer_epoch: 1,
+            base_sequence: 42,
+        };
+        enc.finish_into(codec, producer, &mut out);
+        out
+    }
+
+    /// The spec's layout, byte for byte, for one record with a key, a value
+    /// and two headers of the same name.
+    #[test]
+    fn uncompressed_batch_matches_the_spec_layout() {
+        let out = one_record_batch(Codec::None);
+        let record: &[u8] = &[
+            0x20, // length 16 (zigzag)
+            0,    // attributes
+            0,    // timestamp delta
+            0,    // offset delta
+            2, b'k', // key
+            2, b'v', // value
+            4,    // 2 headers
+            2, b'h', 2, b'1', 2, b'h', 2, b'2',
+        ];
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&0i64.to_be_bytes());
+        expected.extend_from_slice(&((HEADER_LEN - 12 + record.len()) as i32).to_be_bytes());
+        expected.extend_from_slice(&(-1i32).to_be_bytes());
+        expected.push(2);
+        expected.extend_from_slice(&[0; 4]); // crc, checked below
+        expected.extend_from_slice(&0i16.to_be_bytes());
+        expected.extend_from_slice(&0i32.to_be_bytes());
+        expected.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+        expected.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+        expected.extend_from_slice(&7i64.to_be_bytes());
+        expected.extend_from_slice(&1i16.to_be_bytes());
+        expected.extend_from_slice(&42i32.to_be_bytes());
+        expected.extend_from_slice(&1i32.to_be_bytes());
+        expected.extend_from_slice(record);
+        let crc = u32::from_be_bytes(out[17..21].try_into().unwrap());
+        expected[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(out, expected);
+        // CRC-32C of "123456789" is the standard check value.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc, crc32c::crc32c(&out[ATTRIBUTES_AT..]));
+    }
+
+    #[test]
+    fn lz4_frame_header_checksum_is_what_lz4_computes() {
+        let mut info = lz4_flex::frame::FrameInfo::new();
+        info.block_size = lz4_flex::frame::BlockSize::Max64KB;
+        info.block_mode = lz4_flex::frame::BlockMode::Independent;
+        let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+        std::io::Write::write_all(&mut enc, b"x").unwrap();
+        let frame = enc.finish().unwrap();
+        assert_eq!(&frame[..7], &LZ4_FRAME_HEADER);
+    }
+
+    #[test]
+    fn lz4_batch_decompresses_to_the_uncompressed_records() {
+        let plain = one_record_batch(Codec::None);
+        let packed = one_record_batch(Codec::Lz4);
+        assert_eq!(i16::from_be_bytes([packed[21], packed[22]]), 3);
+        let mut records = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&packed[HEADER_LEN..])
+            .read_to_end(&mut records)
+            .unwrap();
+        assert_eq!(records, plain[HEADER_LEN..]);
+        assert_eq!(
+            u32::from_be_bytes(packed[17..21].try_into().unwrap()),
+            crc32c::crc32c(&packed[ATTRIBUTES_AT..])
+        );
+    }
+
+    #[test]
+    fn large_batches_span_several_lz4_blocks_and_round_trip() {
+        let mut enc = BatchEncoder::default();
+        let value: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for i in 0..300 {
+            enc.push(i, None, &value, NO_HEADERS);
+        }
+        let raw_len = enc.records_len();
+        assert!(raw_len > 2 * LZ4_BLOCK);
+        let mut plain = Vec::new();
+        let mut enc2 = BatchEncoder::default();
+        for i in 0..300 {
+            enc2.push(i, None, &value, NO_HEADERS);
+        }
+        enc2.finish_into(Codec::None, ProducerFields::NONE, &mut plain);
+        let mut packed = Vec::new();
+        enc.finish_into(Codec::Lz4, ProducerFields::NONE, &mut packed);
+        let mut records = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&packed[HEADER_LEN..])
+            .read_to_end(&mut records)
+            .unwrap();
+        assert_eq!(records, plain[HEADER_LEN..]);
+        // Last offset delta and the max timestamp.
+        assert_eq!(i32::from_be_bytes(packed[23..27].try_into().unwrap()), 299);
+        assert_eq!(i64::from_be_bytes(packed[35..43].try_into().unwrap()), 299);
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoding() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            8191,
+            8192,
+            i32::MAX as i64,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
+    }
+}
