@@ -329,7 +329,12 @@ fn missing_topic_is_parked_while_other_topics_flow() {
     let topics = [("present", 2)];
     let c = cluster(1, &topics);
     let dir = tempfile::tempdir().unwrap();
-    let mut f = Ferry::new(dir.path(), &c.bootstrap_servers(), "");
+    // The mock creates topics a Metadata request names when allowed to.
+    let mut f = Ferry::new(
+        dir.path(),
+        &c.bootstrap_servers(),
+        "[kafka]\nlinger_ms = 2\nallow_auto_create_topics = false",
+    );
     f.start();
     let reader = Reader::start(&c.bootstrap_servers(), &[("present", 2), ("absent", 1)]);
     let lines: String = (0..100).map(|i| format!("k|{i}\n")).collect();

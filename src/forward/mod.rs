@@ -884,10 +884,17 @@ impl Forwarder {
         p.sources.extend(sources);
         p.reason = f.message.clone();
         if short {
-            debug!(
-                "topic {topic}: {} [{}]; retrying in {delay:?}",
-                f.message, f.name
+            let msg = format!(
+                "topic {topic}: {} [{}]; its events are kept and retried shortly (in {} ms), other topics go on",
+                f.message,
+                f.name,
+                delay.as_millis()
             );
+            self.loud
+                .entry(topic.to_string())
+                .or_insert_with(|| LogLimiter::new(LOUD_LOG_INTERVAL))
+                .warn(&msg);
+            self.publish_state(Some(f));
             return;
         }
         let msg = format!(

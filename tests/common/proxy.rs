@@ -2,18 +2,38 @@
 //! (kernel netem is not available here). It rewrites the broker ports in
 //! Metadata responses so that all of ferry's traffic, not just bootstrap,
 //! goes through it; and it can refuse connections ("uplink down"), add
-//! latency, and cut connections after a number of bytes.
+//! latency, cut connections after a number of bytes, stamp a
+//! `throttle_time_ms` on every Produce response (a broker enforcing a
+//! quota: the records are appended, the client is asked to wait), and
+//! refuse a batch holding a given value as Kafka refuses an invalid record
+//! (INVALID_RECORD naming it in `record_errors`; the batch is not written).
 #![allow(dead_code)]
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Default)]
 struct State {
+    /// Stamped on every Produce response (0 = leave as is).
+    throttle_ms: AtomicI32,
+    /// Produce requests seen, and the records in them.
+    produce_requests: AtomicU64,
+    produce_records: AtomicU64,
+    /// A batch holding a record with this value is refused (not forwarded).
+    refuse_value: Mutex<Option<Vec<u8>>>,
+    refused: AtomicU64,
     down: AtomicBool,
     delay_ms: AtomicU64,
     /// Cut a connection once this many bytes crossed it (0 = never).
@@ -101,6 +121,30 @@ impl Proxy {
     pub fn cuts(&self) -> u64 {
         self.state.cuts.load(Relaxed)
     }
+
+    /// Stamp `throttle_time_ms = ms` on every Produce response.
+    pub fn set_throttle_ms(&self, ms: i32) {
+        self.state.throttle_ms.store(ms, Relaxed);
+    }
+
+    /// Produce requests that crossed the proxy, and the records in them.
+    pub fn produce_requests(&self) -> (u64, u64) {
+        (
+            self.state.produce_requests.load(Relaxed),
+            self.state.produce_records.load(Relaxed),
+        )
+    }
+
+    /// Refuse (INVALID_RECORD, naming the record) every batch with a record
+    /// whose value is `value`; needs uncompressed batches to look inside.
+    pub fn refuse_value(&self, value: &[u8]) {
+        *self.state.refuse_value.lock().unwrap() = Some(value.to_vec());
+    }
+
+    /// Batches refused so far.
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(Relaxed)
+    }
 }
 
 fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
@@ -124,10 +168,16 @@ fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
         let pending: Arc<Mutex<HashMap<i32, (i16, i16)>>> = Arc::default();
         let crossed = Arc::new(AtomicU64::new(0));
         let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-        let (s1, p1, x1) = (state.clone(), pending.clone(), crossed.clone());
-        std::thread::spawn(move || requests(client, upstream, p1, s1, x1));
+        let to_client = Arc::new(Mutex::new(client.try_clone().unwrap()));
+        let (s1, p1, x1, w1) = (
+            state.clone(),
+            pending.clone(),
+            crossed.clone(),
+            to_client.clone(),
+        );
+        std::thread::spawn(move || requests(client, upstream, p1, s1, x1, w1));
         let s2 = state.clone();
-        std::thread::spawn(move || responses(u2, c2, pending, s2, crossed));
+        std::thread::spawn(move || responses(u2, c2, pending, s2, crossed, to_client));
     }
 }
 
@@ -166,12 +216,22 @@ fn requests(
     pending: Arc<Mutex<HashMap<i32, (i16, i16)>>>,
     state: Arc<State>,
     crossed: Arc<AtomicU64>,
+    to_client: Arc<Mutex<TcpStream>>,
 ) {
     while let Some(body) = read_frame(&mut client) {
         if body.len() >= 8 {
             let key = i16::from_be_bytes([body[0], body[1]]);
             let version = i16::from_be_bytes([body[2], body[3]]);
             let corr = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            if key == 0 {
+                if let Some(answer) = inspect_produce(&body, version, corr, &state) {
+                    // Refused here: the broker never sees the batch.
+                    if !write_frame(&mut to_client.lock().unwrap(), &answer) {
+                        break;
+                    }
+                    continue;
+                }
+            }
             pending.lock().unwrap().insert(corr, (key, version));
         }
         if over_budget(&state, &crossed, body.len()) {
@@ -187,17 +247,22 @@ fn requests(
 
 fn responses(
     mut upstream: TcpStream,
-    mut client: TcpStream,
+    client: TcpStream,
     pending: Arc<Mutex<HashMap<i32, (i16, i16)>>>,
     state: Arc<State>,
     crossed: Arc<AtomicU64>,
+    to_client: Arc<Mutex<TcpStream>>,
 ) {
     while let Some(mut body) = read_frame(&mut upstream) {
         if body.len() >= 4 {
             let corr = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let req = pending.lock().unwrap().remove(&corr);
-            if let Some((3, version)) = req {
-                rewrite_metadata(&mut body, version, &state);
+            match req {
+                Some((3, version)) => body = rewrite_metadata(body, version, &state),
+                Some((0, version)) if state.throttle_ms.load(Relaxed) > 0 => {
+                    body = stamp_throttle(body, version, state.throttle_ms.load(Relaxed));
+                }
+                _ => {}
             }
         }
         let delay = state.delay_ms.load(Relaxed);
@@ -208,40 +273,104 @@ fn responses(
             state.cuts.fetch_add(1, Relaxed);
             break;
         }
-        if !write_frame(&mut client, &body) {
+        if !write_frame(&mut to_client.lock().unwrap(), &body) {
             break;
         }
     }
     close(&client, &upstream);
 }
 
-/// Metadata v0–v4 (what rskafka speaks): replace each broker's port with
-/// the proxy's. Host strings keep their length, so the frame size holds.
-fn rewrite_metadata(body: &mut [u8], version: i16, state: &State) {
-    assert!(
-        version <= 8,
-        "proxy only rewrites non-flexible Metadata, got v{version}"
-    );
-    let mut at = 4; // correlation id
-    if version >= 3 {
-        at += 4; // throttle time
-    }
-    let brokers = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
-    at += 4;
+/// Decode a response frame (correlation id first) as `R`.
+fn decode<R: Decodable + HeaderVersion>(body: Vec<u8>, version: i16) -> (ResponseHeader, R) {
+    let mut buf = Bytes::from(body);
+    let hv = R::header_version(version);
+    let header = ResponseHeader::decode(&mut buf, hv).unwrap();
+    let resp = R::decode(&mut buf, version).unwrap();
+    (header, resp)
+}
+
+fn encode<R: Encodable + HeaderVersion>(
+    header: &ResponseHeader,
+    resp: &R,
+    version: i16,
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    header.encode(&mut out, R::header_version(version)).unwrap();
+    resp.encode(&mut out, version).unwrap();
+    out.to_vec()
+}
+
+/// Metadata (any version): replace each broker's port with the proxy's.
+fn rewrite_metadata(body: Vec<u8>, version: i16, state: &State) -> Vec<u8> {
+    let (header, mut resp) = decode::<MetadataResponse>(body, version);
     let ports = state.ports.lock().unwrap();
-    for _ in 0..brokers {
-        at += 4; // node id
-        let host_len = i16::from_be_bytes(body[at..at + 2].try_into().unwrap()) as usize;
-        at += 2 + host_len;
-        let port = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
-        let mapped = *ports.get(&port).unwrap_or_else(|| {
-            panic!("metadata names broker port {port} the proxy does not front")
+    for b in &mut resp.brokers {
+        b.port = *ports.get(&b.port).unwrap_or_else(|| {
+            panic!(
+                "metadata names broker port {} the proxy does not front",
+                b.port
+            )
         });
-        body[at..at + 4].copy_from_slice(&mapped.to_be_bytes());
-        at += 4;
-        if version >= 1 {
-            let rack = i16::from_be_bytes(body[at..at + 2].try_into().unwrap());
-            at += 2 + rack.max(0) as usize;
+    }
+    encode(&header, &resp, version)
+}
+
+/// A quota-enforcing broker's answer: appended, but "wait this long".
+fn stamp_throttle(body: Vec<u8>, version: i16, ms: i32) -> Vec<u8> {
+    let (header, mut resp) = decode::<ProduceResponse>(body, version);
+    resp.throttle_time_ms = ms;
+    encode(&header, &resp, version)
+}
+
+/// Count a Produce request's records; if one holds the refused value,
+/// the answer that refuses its batch (INVALID_RECORD with record_errors).
+fn inspect_produce(body: &[u8], version: i16, corr: i32, state: &State) -> Option<Vec<u8>> {
+    let mut buf = Bytes::copy_from_slice(body);
+    let hv = ProduceRequest::header_version(version);
+    RequestHeader::decode(&mut buf, hv).ok()?;
+    let req = ProduceRequest::decode(&mut buf, version).ok()?;
+    state.produce_requests.fetch_add(1, Relaxed);
+    let refuse = state.refuse_value.lock().unwrap().clone();
+    let mut answer: Option<ProduceResponse> = None;
+    for topic in &req.topic_data {
+        for part in &topic.partition_data {
+            let Some(records) = &part.records else {
+                continue;
+            };
+            let mut records = records.clone();
+            let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records);
+            let Ok(sets) = sets else { continue };
+            let mut index = 0i32;
+            for set in sets {
+                for r in set.records {
+                    state.produce_records.fetch_add(1, Relaxed);
+                    if refuse.is_some() && r.value.as_deref() == refuse.as_deref() {
+                        let p = PartitionProduceResponse::default()
+                            .with_index(part.index)
+                            .with_error_code(87)
+                            .with_base_offset(-1)
+                            .with_error_message(Some(StrBytes::from_static_str(
+                                "one or more records have been rejected",
+                            )))
+                            .with_record_errors(vec![
+                                BatchIndexAndErrorMessage::default()
+                                    .with_batch_index(index)
+                                    .with_batch_index_error_message(Some(
+                                        StrBytes::from_static_str("refused by the test proxy"),
+                                    )),
+                            ]);
+                        let t = TopicProduceResponse::default()
+                            .with_name(topic.name.clone())
+                            .with_partition_responses(vec![p]);
+                        answer = Some(ProduceResponse::default().with_responses(vec![t]));
+                    }
+                    index += 1;
+                }
+            }
         }
     }
+    let answer = answer?;
+    state.refused.fetch_add(1, Relaxed);
+    let header = ResponseHeader::default().with_correlation_id(corr);
+    Some(encode(&header, &answer, version))
 }
