@@ -533,6 +533,7 @@ impl Cursor<'_> {
 }
 
 pub mod proxy;
+pub mod tansu;
 
 /// Steady load from a frames client: batches of `batch` keyed events,
 /// `pause` between batches; reconnects when ferry goes away. Records which
