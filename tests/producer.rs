@@ -35,3 +35,203 @@ async fn metadata_creates_a_named_topic_only_when_allowed() {
     let leader = creating.leader("fresh", 0).await.unwrap();
     assert!(!leader.is_closed());
 }
+
+use common::proxy::Proxy;
+use common::{Ferry, Reader, by_value, check_delivery};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::time::Instant;
+
+/// A broker enforcing a quota: every Produce answer carries
+/// `throttle_time_ms = 300` (the records ARE appended, as Kafka does since
+/// KIP-219). ferry waits instead of sending again: every event arrives
+/// once, in order, and no record crosses the wire twice.
+#[test]
+fn throttled_broker_gets_every_event_exactly_once_in_order() {
+    let topics = [("quota", 1)];
+    let c = cluster(1, &topics);
+    let proxy = Proxy::start(&c.bootstrap_servers());
+    proxy.set_throttle_ms(300);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &proxy.bootstrap,
+        "[kafka]\nlinger_ms = 2\ncompression = \"none\"\nmax_batch_events = 500",
+    );
+    f.start();
+    let reader = Reader::start(&c.bootstrap_servers(), &topics);
+    let values: Vec<String> = (0..3000).map(|i| format!("k|{i}")).collect();
+    let lines = values.join("\n") + "\n";
+    assert_eq!(
+        f.cli(&["send", "-t", "quota", "-k", "k"], Some(lines.as_bytes()))
+            .0,
+        0
+    );
+    f.wait_status(Duration::from_secs(60), "all delivered", |s| {
+        s.backlog_events == 0
+    });
+    let got = reader.collect_values(&values, Duration::from_secs(30));
+    assert_eq!(check_delivery(&values, &got), 0);
+    assert_eq!(got.len(), 3000, "records in Kafka");
+    let (requests, records) = proxy.produce_requests();
+    assert_eq!(
+        records, 3000,
+        "records that crossed the wire ({requests} requests)"
+    );
+    let s = f.status();
+    assert!(
+        s.throttled_s >= 0.3,
+        "throttled time not counted: {}",
+        s.throttled_s
+    );
+    let (_, out, _) = f.cli(&["status"], None);
+    assert!(out.contains("throttled"), "{out}");
+}
+
+/// On a broker that creates topics (Kafka's default; the mock too), the
+/// first event to a topic nobody created arrives at once.
+#[test]
+fn first_event_to_a_new_topic_arrives_within_a_second_and_a_half() {
+    let c = cluster(1, &[("warm", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &c.bootstrap_servers(), "");
+    f.start();
+    // Connected and idle first.
+    assert_eq!(f.cli(&["send", "-t", "warm", "x"], None).0, 0);
+    f.wait_status(Duration::from_secs(20), "warm delivered", |s| s.sent == 1);
+    let started = Instant::now();
+    assert_eq!(
+        f.cli(&["send", "-t", "brand-new", "-k", "k", "hello"], None)
+            .0,
+        0
+    );
+    f.wait_status(Duration::from_secs(20), "new topic delivered", |s| {
+        s.sent == 2
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let got = Reader::start(&c.bootstrap_servers(), &[("brand-new", 4)])
+        .collect(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value_str(), "hello");
+}
+
+/// The broker refuses one record of a batch, naming it in `record_errors`
+/// (v8+): only that record is dead-lettered, found without halving; the
+/// rest arrive once.
+#[test]
+fn a_record_named_in_record_errors_is_dead_lettered_alone() {
+    let topics = [("mixed", 1)];
+    let c = cluster(1, &topics);
+    let proxy = Proxy::start(&c.bootstrap_servers());
+    proxy.refuse_value(b"k|BAD");
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &proxy.bootstrap,
+        "[kafka]\nlinger_ms = 50\ncompression = \"none\"",
+    );
+    f.start();
+    let reader = Reader::start(&c.bootstrap_servers(), &topics);
+    let mut values: Vec<String> = (0..20).map(|i| format!("k|{i}")).collect();
+    values.insert(7, "k|BAD".into());
+    let lines = values.join("\n") + "\n";
+    assert_eq!(
+        f.cli(&["send", "-t", "mixed", "-k", "k"], Some(lines.as_bytes()))
+            .0,
+        0
+    );
+    f.wait_status(Duration::from_secs(30), "settled", |s| {
+        s.backlog_events == 0 && s.dead_letters == 1
+    });
+    let good: Vec<String> = values.iter().filter(|v| *v != "k|BAD").cloned().collect();
+    let got = reader.collect_values(&good, Duration::from_secs(20));
+    assert_eq!(check_delivery(&good, &got), 0);
+    let counts = by_value(&got);
+    assert_eq!(counts.get("k|BAD"), None);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert_eq!(
+        proxy.refused(),
+        1,
+        "one refusal: the broker named the record"
+    );
+    let (_, out, _) = f.cli(&["dlq", "list"], None);
+    assert!(
+        out.contains("refused by the test proxy") && out.contains("INVALID_RECORD"),
+        "{out}"
+    );
+}
+
+/// Producer headers arrive exactly as sent: duplicate names and order
+/// kept, then ferry's own.
+#[test]
+fn duplicate_header_names_arrive_as_sent() {
+    let topics = [("hdr", 1)];
+    let c = cluster(1, &topics);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &c.bootstrap_servers(), "");
+    f.start();
+    let args = [
+        "send", "-t", "hdr", "-H", "a=1", "-H", "b=2", "-H", "a=3", "v",
+    ];
+    assert_eq!(f.cli(&args, None).0, 0);
+    let got = Reader::start(&c.bootstrap_servers(), &topics).collect(1, Duration::from_secs(20));
+    let h: Vec<(String, String)> = got[0]
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let sent: Vec<(String, String)> = [("a", "1"), ("b", "2"), ("a", "3")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(&h[..3], &sent[..], "{h:?}");
+    assert_eq!(h.last().unwrap().0, "ferry-id");
+}
+
+/// The broker forgets ferry's producer, or says its sequences or epoch are
+/// wrong: ferry takes a new producer id and loses nothing.
+#[test]
+fn producer_state_errors_take_a_new_producer_id_and_lose_nothing() {
+    use RDKafkaRespErr::*;
+    let topics = [("ps", 2)];
+    let c = cluster(1, &topics);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &c.bootstrap_servers(), "");
+    f.start();
+    let reader = Reader::start(&c.bootstrap_servers(), &topics);
+    let mut acked = Vec::new();
+    for (round, e) in [
+        RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
+        RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+        RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.request_errors(RDKafkaApiKey::Produce, &[e]);
+        let values: Vec<String> = (0..200).map(|i| format!("r{round}|{i}")).collect();
+        let lines = values.join("\n") + "\n";
+        let key = format!("r{round}");
+        assert_eq!(
+            f.cli(&["send", "-t", "ps", "-k", &key], Some(lines.as_bytes()))
+                .0,
+            0
+        );
+        acked.extend(values);
+        f.wait_status(Duration::from_secs(30), "delivered", |s| {
+            s.backlog_events == 0
+        });
+    }
+    let got = reader.collect_values(&acked, Duration::from_secs(30));
+    check_delivery(&acked, &got);
+    let log = f.log_text();
+    assert_eq!(
+        log.matches("for streams that start afresh").count(),
+        3,
+        "one new producer id per error:\n{log}"
+    );
+    assert!(
+        log.contains("UNKNOWN_PRODUCER_ID") && log.contains("INVALID_PRODUCER_EPOCH"),
+        "{log}"
+    );
+}

@@ -1339,10 +1339,11 @@ impl Forwarder {
                 }
                 Some(f) => {
                     if f.class == Class::ProducerState {
-                        self.log.warn(&format!(
-                            "{}: the broker no longer knows ferry's producer for this partition ({}); it starts afresh with a new producer id, and batches in flight may arrive twice",
+                        // Rare (each needs a broker error) and worth a line each.
+                        warn!(
+                            "{} [{}]: the broker no longer accepts ferry's producer for this partition; it starts afresh with a new producer id, and batches in flight then may arrive twice",
                             f.message, f.name
-                        ));
+                        );
                         lane.replan = true;
                         self.streams.start_afresh(&lane.topic, lane.partition);
                     }
