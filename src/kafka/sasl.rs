@@ -60,7 +60,20 @@ pub async fn authenticate(conn: &Connection, creds: &SaslCredentials) -> Result<
         )
     })?;
     let handshake = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mech));
-    let answer = conn.request(&handshake, hs_version).await?;
+    let closed = |f: Failure| {
+        if f.class != Class::Transient || f.name == "REQUEST_TIMEOUT" {
+            return f;
+        }
+        // Some brokers close the connection instead of answering.
+        config_failure(
+            "SASL_AUTHENTICATION_FAILED",
+            format!(
+                "broker {addr} ended SASL {mech} authentication as {} ({}): it may not offer {mech}, or refused the credentials; check kafka.sasl.mechanism, kafka.sasl.username and the password file",
+                creds.username, f.message
+            ),
+        )
+    };
+    let answer = conn.request(&handshake, hs_version).await.map_err(closed)?;
     if answer.error_code != 0 {
         let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
         return Err(config_failure(
@@ -98,7 +111,7 @@ pub async fn authenticate(conn: &Connection, creds: &SaslCredentials) -> Result<
         if state.has_sent_message() {
             let request =
                 SaslAuthenticateRequest::default().with_auth_bytes(out.into_inner().into());
-            let answer = conn.request(&request, auth_version).await?;
+            let answer = conn.request(&request, auth_version).await.map_err(closed)?;
             if answer.error_code != 0 {
                 let why = answer
                     .error_message
