@@ -1,12 +1,13 @@
 //! Heap allocation counting for the benchmark build (`--features
-//! count-allocs`): ferry's allocator (`arena`) counts each allocation
-//! here. Not in normal builds.
+//! count-allocs`): the system allocator, counting each allocation and
+//! reallocation. Not in normal builds.
 //!
 //! The count is spread over padded counters, one per thread (threads share
 //! one only when there are more than 16): with a single shared counter,
 //! threads that allocate at once fought over its cache line and the
 //! counting build forwarded a third slower than the real one.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -30,7 +31,40 @@ pub fn allocations() -> u64 {
     COUNTERS.iter().map(|c| c.0.load(Relaxed)).sum()
 }
 
-pub(crate) fn count() {
+/// The system allocator, counting.
+pub struct Counting;
+
+// Not inlined: with LTO every allocation site would get its own copy.
+unsafe impl GlobalAlloc for Counting {
+    #[inline(never)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    #[inline(never)]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    #[inline(never)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    #[inline(never)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn count() {
     let shard = SHARD
         .try_with(|s| {
             if s.get() == usize::MAX {

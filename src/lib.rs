@@ -4,7 +4,6 @@
 
 #[cfg(feature = "count-allocs")]
 pub mod alloc_count;
-pub mod arena;
 pub mod backoff;
 pub mod breaker;
 pub mod cli;

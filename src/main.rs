@@ -1,8 +1,10 @@
 //! The `ferry` binary: everything lives in the library; see `cli`.
 
-/// The system allocator, with bump allocation for the produce lanes.
+/// The benchmark build counts heap allocations; the others use the
+/// system allocator as it is.
+#[cfg(feature = "count-allocs")]
 #[global_allocator]
-static ALLOCATOR: ferry::arena::Allocator = ferry::arena::Allocator;
+static ALLOCATOR: ferry::alloc_count::Counting = ferry::alloc_count::Counting;
 
 fn main() {
     std::process::exit(ferry::cli::main());

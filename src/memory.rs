@@ -13,9 +13,6 @@
 //!   touch: these chunks lie scattered over the pages the burst used and
 //!   keep every one of them resident ([`release_thread_cache`]).
 //!
-//! The produce lanes' own bump allocator (`arena`) keeps its free chunks
-//! for the next window; they are handed back here too.
-//!
 //! The tokio threads (forwarding workers and the ingest thread) empty
 //! their caches as they next park after the forwarder asks for it
 //! ([`request_release`], [`on_worker_park`]); the outbox writer does it in
@@ -69,8 +66,6 @@ pub fn on_worker_park() {
     let round = RELEASE_ROUND.load(Relaxed);
     if DONE_ROUND.get() != round {
         DONE_ROUND.set(round);
-        crate::arena::retire_local();
-        crate::arena::release();
         release_thread_cache();
         trim();
     }

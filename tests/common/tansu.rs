@@ -23,6 +23,11 @@ pub fn binary() -> PathBuf {
     p
 }
 
+/// A record's headers, in order.
+type Headers = Vec<(String, Vec<u8>)>;
+/// topition id, partition, offset, key, value.
+type Row = (i64, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 pub struct Tansu {
     dir: PathBuf,
     pub port: u16,
@@ -124,7 +129,7 @@ impl Tansu {
             )
             .unwrap();
         // One pass over the headers (the table has no index to look up by).
-        let mut by_record: std::collections::HashMap<(i64, i64), Vec<(String, Vec<u8>)>> =
+        let mut by_record: std::collections::HashMap<(i64, i64), Headers> =
             std::collections::HashMap::new();
         let mut hs = db
             .prepare("SELECT topition, offset_id, k, v FROM header ORDER BY rowid")
@@ -141,7 +146,7 @@ impl Tansu {
                     v.unwrap_or_default(),
                 ));
         }
-        let rows: Vec<(i64, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>)> = stmt
+        let rows: Vec<Row> = stmt
             .query_map([topic], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
