@@ -450,7 +450,7 @@ impl Forwarder {
             }
             let mut window = Window::new(blocks[0].seq_first - 1, blocks);
             window.saved = true;
-            window.lanes = Some(self.restore_lanes(&window.blocks, &stored, trusted.is_some()));
+            window.lanes = self.restore_lanes(&window.blocks, &stored, trusted.is_some());
             windows.push(window);
         }
         windows
@@ -463,7 +463,7 @@ impl Forwarder {
         blocks: &[Block],
         stored: &SavedWindow,
         trusted: bool,
-    ) -> Vec<Lane> {
+    ) -> Option<Vec<Lane>> {
         let mut place: HashMap<i64, (u32, u32)> = HashMap::new();
         for (b, block) in blocks.iter().enumerate() {
             for (seq, offset, _) in block.events() {
@@ -472,10 +472,10 @@ impl Forwarder {
         }
         let Some(lanes) = plan::decode(&stored.plan) else {
             error!(
-                "stored delivery plan of window {} is unreadable; it is planned afresh",
+                "stored delivery plan of window {} is unreadable; it is planned afresh (duplicates possible)",
                 stored.id
             );
-            return Vec::new();
+            return None;
         };
         let mut out = Vec::new();
         for s in lanes {
@@ -492,7 +492,8 @@ impl Forwarder {
                 })
                 .collect();
             let complete = lane.items.len() == s.seqs.len();
-            let current = self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer);
+            let current = s.producer.producer_id >= 0
+                && self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer);
             if trusted && complete && current {
                 let mut start = 0u32;
                 for (len, base_sequence) in s.batches {
@@ -510,7 +511,7 @@ impl Forwarder {
                     .unwrap_or(0);
                 lane.sent_before = lane.batches.len();
                 lane.replan = false;
-            } else {
+            } else if !s.batches.is_empty() {
                 // Sent again under a stream that starts afresh: at least once.
                 warn!(
                     "{}/{}: {} events planned before ferry stopped go again under a new producer id (duplicates possible)",
@@ -524,7 +525,7 @@ impl Forwarder {
                 out.push(lane);
             }
         }
-        out
+        Some(out)
     }
 
     /// `collect`, unless shutdown comes first (see [`until_shutdown`]).
@@ -1116,6 +1117,30 @@ impl Forwarder {
         let result = self.cut_and_save(window, &mut lanes).await;
         window.lanes = Some(lanes);
         result?;
+        // Every leader first: once a job is started, its outcome is needed.
+        let mut leaders = Vec::new();
+        let unsettled: Vec<(usize, String, i32)> = window
+            .lanes
+            .as_ref()
+            .expect("set above")
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.settled())
+            .map(|(i, l)| (i, l.topic.clone(), l.partition))
+            .collect();
+        for (i, topic, partition) in unsettled {
+            self.stats.beat_forward();
+            let cluster = self.cluster()?;
+            let conn = match cluster.leader(&topic, partition).await {
+                Ok(c) => c,
+                Err(f) => {
+                    cluster.forget_topic(&topic);
+                    return Err(f);
+                }
+            };
+            let version = producer::produce_version(&conn)?;
+            leaders.push((i, conn, version));
+        }
         let lanes = window.lanes.as_ref().expect("set above");
         let mut set = JoinSet::new();
         let timeout_ms = self
@@ -1123,20 +1148,8 @@ impl Forwarder {
             .request_timeout
             .as_millis()
             .min(i32::MAX as u128) as i32;
-        for (i, lane) in lanes.iter().enumerate() {
-            if lane.settled() {
-                continue;
-            }
-            self.stats.beat_forward();
-            let cluster = self.cluster()?;
-            let conn = match cluster.leader(&lane.topic, lane.partition).await {
-                Ok(c) => c,
-                Err(f) => {
-                    cluster.forget_topic(&lane.topic);
-                    return Err(f);
-                }
-            };
-            let version = producer::produce_version(&conn)?;
+        for (i, conn, version) in leaders {
+            let lane = &lanes[i];
             let (after, finished) = match chain.as_deref_mut() {
                 Some(chain) => {
                     let (tx, rx) = oneshot::channel();

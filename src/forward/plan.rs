@@ -153,10 +153,10 @@ pub fn advance(sequence: i32, by: usize) -> i32 {
 /// window's blocks.
 pub fn encode(lanes: &[Lane]) -> Vec<u8> {
     let mut out = Vec::new();
-    let live: Vec<&Lane> = lanes
-        .iter()
-        .filter(|l| !l.abandoned && !l.settled() && l.producer.is_some())
-        .collect();
+    // Every lane with events left, abandoned ones too (after a restart
+    // they are tried again): a window's blocks are deleted once its stored
+    // lanes are delivered, so a lane left out would be lost.
+    let live: Vec<&Lane> = lanes.iter().filter(|l| l.done() < l.items.len()).collect();
     put(&mut out, live.len() as i64);
     for lane in live {
         put(&mut out, lane.topic.len() as i64);
@@ -241,7 +241,9 @@ pub fn decode(mut bytes: &[u8]) -> Option<Vec<StoredLane>> {
             seqs.extend(first..first + len);
             last = first + len;
         }
-        if batches.iter().map(|b| b.0 as usize).sum::<usize>() != seqs.len() {
+        // A lane never numbered (its topic was unknown) has no batches.
+        if !batches.is_empty() && batches.iter().map(|b| b.0 as usize).sum::<usize>() != seqs.len()
+        {
             return None;
         }
         lanes.push(StoredLane {
@@ -383,5 +385,25 @@ mod tests {
             ]
         );
         assert_eq!(decode(&[1, 2]), None);
+    }
+
+    /// A window's blocks go once its stored lanes are delivered: a lane
+    /// that was abandoned (its topic parked) or never numbered must be
+    /// stored too, or its events would be lost after a restart.
+    #[test]
+    fn abandoned_and_unnumbered_lanes_are_stored_too() {
+        let mut parked = lane(&[1, 2]);
+        let mut next = 0;
+        parked.cut(10, 1000, |_| 1, Some(PID), 1, &mut next);
+        parked.abandoned = true;
+        let unnumbered = lane(&[3]);
+        let mut finished = lane(&[4]);
+        finished.cut(10, 1000, |_| 1, Some(PID), 1, &mut next);
+        finished.acked = 1;
+        let stored = decode(&encode(&[parked, unnumbered, finished])).unwrap();
+        let seqs: Vec<Vec<i64>> = stored.iter().map(|l| l.seqs.clone()).collect();
+        assert_eq!(seqs, vec![vec![1, 2], vec![3]]);
+        assert_eq!(stored[1].producer.producer_id, -1);
+        assert!(stored[1].batches.is_empty());
     }
 }
