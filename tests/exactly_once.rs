@@ -9,7 +9,7 @@ use common::tansu::Tansu;
 use common::*;
 use std::time::Duration;
 
-/// 20 `kill -9` cycles while a producer streams as fast as ferry
+/// 20 `kill -9` cycles (and 4 SIGTERMs) while a producer streams as fast as ferry
 /// acknowledges, so delivery windows are always in flight at the kill;
 /// `fsync` durability. Every acknowledged event arrives, none twice
 /// (compared by value), per-key order kept.
@@ -28,14 +28,20 @@ fn twenty_kill_9_cycles_under_full_load_deliver_exactly_once() {
     // A fixed schedule of kill times (ms after the last start).
     let mut seed = 0x5eed_u64;
     let mut sent_at_kill = Vec::new();
-    for _ in 0..20 {
+    for cycle in 0..24 {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let wait = 250 + (seed >> 33) % 500;
         std::thread::sleep(Duration::from_millis(wait));
         sent_at_kill.push(f.status().sent);
-        f.kill9();
+        // Every sixth stop is a SIGTERM: what Kafka acknowledges in the
+        // shutdown grace period must be recorded as delivered.
+        if cycle % 6 == 5 {
+            assert_eq!(f.terminate().0, Some(0));
+        } else {
+            f.kill9();
+        }
         f.start();
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -48,7 +54,7 @@ fn twenty_kill_9_cycles_under_full_load_deliver_exactly_once() {
     // Windows were in flight at the kills: ferry had sent something in
     // most of the cycles before it was killed.
     let busy = sent_at_kill.iter().filter(|&&s| s > 0).count();
-    assert!(busy >= 15, "ferry was idle at most kills: {sent_at_kill:?}");
+    assert!(busy >= 18, "ferry was idle at most kills: {sent_at_kill:?}");
     f.wait_status(Duration::from_secs(60), "backlog delivered", |s| {
         s.backlog_events == 0
     });
@@ -62,9 +68,12 @@ fn twenty_kill_9_cycles_under_full_load_deliver_exactly_once() {
         "{dups} records delivered twice, e.g. {:?}",
         &twice[..twice.len().min(5)]
     );
+    // Windows were in flight (planned, maybe sent) at most of the kills:
+    // each restart that found one says so.
+    let replays = f.log_text().matches("sent again first").count();
     assert!(
-        f.log_text().contains("sent again first"),
-        "no kill landed with a window in flight:\n{}",
+        replays >= 10,
+        "only {replays} restarts found windows in flight:\n{}",
         f.log_text()
     );
 }

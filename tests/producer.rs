@@ -120,7 +120,7 @@ fn first_event_to_a_new_topic_arrives_within_a_second_and_a_half() {
 /// rest arrive once.
 #[test]
 fn a_record_named_in_record_errors_is_dead_lettered_alone() {
-    let topics = [("mixed", 1)];
+    let topics = [("mixed", 1), ("dlq", 1)];
     let c = cluster(1, &topics);
     let proxy = Proxy::start(&c.bootstrap_servers());
     proxy.refuse_value(b"k|BAD");
@@ -128,7 +128,7 @@ fn a_record_named_in_record_errors_is_dead_lettered_alone() {
     let mut f = Ferry::new(
         dir.path(),
         &proxy.bootstrap,
-        "[kafka]\nlinger_ms = 50\ncompression = \"none\"",
+        "[kafka]\nlinger_ms = 50\ncompression = \"none\"\ndead_letter_topic = \"dlq\"",
     );
     f.start();
     let reader = Reader::start(&c.bootstrap_servers(), &topics);
@@ -149,10 +149,17 @@ fn a_record_named_in_record_errors_is_dead_lettered_alone() {
     let counts = by_value(&got);
     assert_eq!(counts.get("k|BAD"), None);
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    // The DLQ topic refuses the dead letter too (same value): it is
+    // marked so and not sent there again, however long ferry runs.
+    f.wait_status(Duration::from_secs(20), "dead letter settled", |_| {
+        f.log_text()
+            .contains("refused by the DLQ topic dlq for good")
+    });
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         proxy.refused(),
-        1,
-        "one refusal: the broker named the record"
+        2,
+        "one refusal of the batch (the broker named the record, no halving), one of the dead letter"
     );
     let (_, out, _) = f.cli(&["dlq", "list"], None);
     assert!(

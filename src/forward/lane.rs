@@ -65,6 +65,8 @@ pub struct LaneJob {
     pub stats: Arc<Stats>,
     pub clock: SystemClock,
     pub timeout_ms: i32,
+    /// Record writers shared by all lanes (see [`WriterPool`]).
+    pub writers: WriterPool,
     /// Start only once the previous lane of this partition has finished.
     pub after: Option<oneshot::Receiver<bool>>,
     /// Tell the next lane of this partition whether this one finished.
@@ -99,20 +101,21 @@ impl LaneJob {
     async fn produce_all(&self) -> LaneOutcome {
         let mut out = LaneOutcome::default();
         let name = producer::topic_name(&self.topic);
-        let mut encoder = RecordWriter::new(self.node_id.clone());
         let mut inflight: VecDeque<(usize, Pending<ProduceRequest>, Instant)> = VecDeque::new();
         let clock = self.clock.read();
         loop {
             while inflight.len() < MAX_IN_FLIGHT && out.sent < self.batches.len() {
                 let i = out.sent;
-                let batch = encoder.batch(
-                    &self.blocks,
-                    &self.items,
-                    &self.batches[i],
-                    &clock,
-                    self.fields(i),
-                    self.codec,
-                );
+                let batch = self.writers.with(&self.node_id, |w| {
+                    w.batch(
+                        &self.blocks,
+                        &self.items,
+                        &self.batches[i],
+                        &clock,
+                        self.fields(i),
+                        self.codec,
+                    )
+                });
                 match producer::send_batch(
                     &self.conn,
                     self.version,
@@ -218,6 +221,33 @@ impl LaneJob {
             self.topic, self.partition, f.message
         );
         f
+    }
+}
+
+/// Record writers kept between batches, so that their buffers (grown to a
+/// batch's size) and LZ4 tables are not allocated again for every lane.
+/// Encoding a batch takes one for that moment only (it never waits on the
+/// network), so there are at most as many as there are worker threads.
+#[derive(Clone, Default)]
+pub struct WriterPool(Arc<std::sync::Mutex<Vec<RecordWriter>>>);
+
+impl WriterPool {
+    /// Run `f` with a writer from the pool (a new one if none is free).
+    pub fn with<T>(&self, node_id: &Arc<str>, f: impl FnOnce(&mut RecordWriter) -> T) -> T {
+        let taken = self.0.lock().ok().and_then(|mut p| p.pop());
+        let mut w = taken.unwrap_or_else(|| RecordWriter::new(node_id.clone()));
+        let out = f(&mut w);
+        if let Ok(mut p) = self.0.lock() {
+            p.push(w);
+        }
+        out
+    }
+
+    /// Hand the writers' memory back (ferry is idle).
+    pub fn release(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            p.clear();
+        }
     }
 }
 

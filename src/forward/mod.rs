@@ -42,7 +42,7 @@ use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
 use crate::outbox::{Block, Outbox};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
-use lane::{LaneJob, LaneOutcome, RecordWriter};
+use lane::{LaneJob, LaneOutcome, RecordWriter, WriterPool};
 use log::{debug, error, info, warn};
 use partitioner::{Sticky, partition_for_key};
 use plan::{Item, Lane};
@@ -204,6 +204,7 @@ pub struct Forwarder {
     log: LogLimiter,
     loud: HashMap<String, LogLimiter>,
     clock: crate::clock::SystemClock,
+    writers: WriterPool,
 }
 
 /// What one window's delivery came to.
@@ -241,6 +242,7 @@ impl Forwarder {
             log: LogLimiter::new(Duration::from_secs(10)),
             loud: HashMap::new(),
             clock: crate::clock::SystemClock::default(),
+            writers: WriterPool::default(),
         }
     }
 
@@ -345,11 +347,7 @@ impl Forwarder {
             else {
                 // What was acknowledged during the grace period counts.
                 self.complete_if_settled(window).await;
-                for r in running {
-                    self.settle_at_shutdown(r).await;
-                }
-                info!("forwarder stopped");
-                return;
+                break;
             };
             match result {
                 Ok(()) => self.complete(window).await,
@@ -621,6 +619,7 @@ impl Forwarder {
             // Not at every catch-up with a busy producer, where the buffers
             // would be needed again at once.
             if !*released {
+                self.writers.release();
                 crate::memory::request_release();
                 self.outbox.release_memory().await;
                 *released = true;
@@ -1180,6 +1179,7 @@ impl Forwarder {
                 stats: self.stats.clone(),
                 clock: self.clock.clone(),
                 timeout_ms,
+                writers: self.writers.clone(),
                 after,
                 finished,
             };
