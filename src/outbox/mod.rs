@@ -931,27 +931,13 @@ impl Writer {
                 if skip_topics.iter().any(|t| t == topic) {
                     continue;
                 }
-                let topic = topic.to_string();
-                let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
-                let count: u32 = row.get(1).map_err(|e| e.to_string())?;
-                let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
-                let created_ms: i64 = row.get(3).map_err(|e| e.to_string())?;
-                let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
-                let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
-                let payload = payload.map_err(|e| e.to_string())?;
-                match verify_block(payload, crc, count, raw_bytes) {
-                    Ok(data) => {
-                        events += count as usize;
-                        raw += data.len();
-                        out.push(Block {
-                            seq_first,
-                            topic,
-                            count,
-                            created_ms,
-                            data,
-                        });
+                match stored_block(row, topic.to_string())? {
+                    Ok(block) => {
+                        events += block.count as usize;
+                        raw += block.data.len();
+                        out.push(block);
                     }
-                    Err(why) => corrupt.push((seq_first, count, why)),
+                    Err((seq_first, count, why)) => corrupt.push((seq_first, count, why)),
                 }
                 if events >= max_events || raw >= max_raw_bytes {
                     break;
@@ -981,7 +967,8 @@ impl Writer {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT count, raw_bytes, created_ms, crc, payload, topic FROM blocks WHERE seq_first = ?1",
+                "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
+                 WHERE seq_first = ?1",
             )
             .map_err(|e| e.to_string())?;
         for &seq_first in seq_firsts {
@@ -989,22 +976,10 @@ impl Writer {
             let Some(row) = rows.next().map_err(|e| e.to_string())? else {
                 continue;
             };
-            let count: u32 = row.get(0).map_err(|e| e.to_string())?;
-            let raw_bytes = row.get::<_, i64>(1).map_err(|e| e.to_string())? as usize;
-            let created_ms: i64 = row.get(2).map_err(|e| e.to_string())?;
-            let crc: u32 = row.get(3).map_err(|e| e.to_string())?;
-            let payload = row.get_ref(4).and_then(|v| v.as_blob().map_err(Into::into));
-            let payload = payload.map_err(|e| e.to_string())?;
-            let topic: String = row.get(5).map_err(|e| e.to_string())?;
+            let topic: String = row.get(6).map_err(|e| e.to_string())?;
             // A corrupt block is left for the ordinary read to quarantine.
-            if let Ok(data) = verify_block(payload, crc, count, raw_bytes) {
-                out.push(Block {
-                    seq_first,
-                    topic,
-                    count,
-                    created_ms,
-                    data,
-                });
+            if let Ok(block) = stored_block(row, topic)? {
+                out.push(block);
             }
         }
         Ok(out)
@@ -1209,6 +1184,32 @@ fn insert_block(
         raw: raw.len() as u64,
         seq_min: seq_first,
         seq_max: seq_first + block.count as i64 - 1,
+    })
+}
+
+/// A corrupt block: first sequence number, events, why.
+type Corrupt = (i64, u32, String);
+
+/// A `blocks` row (`seq_first, count, raw_bytes, created_ms, crc, payload`
+/// first), verified and decompressed; a corrupt one as `(seq_first, count,
+/// why)`.
+fn stored_block(row: &rusqlite::Row<'_>, topic: String) -> Result<Result<Block, Corrupt>, String> {
+    let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
+    let count: u32 = row.get(1).map_err(|e| e.to_string())?;
+    let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
+    let created_ms: i64 = row.get(3).map_err(|e| e.to_string())?;
+    let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
+    let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
+    let payload = payload.map_err(|e| e.to_string())?;
+    Ok(match verify_block(payload, crc, count, raw_bytes) {
+        Ok(data) => Ok(Block {
+            seq_first,
+            topic,
+            count,
+            created_ms,
+            data,
+        }),
+        Err(why) => Err((seq_first, count, why)),
     })
 }
 
