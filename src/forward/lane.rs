@@ -6,7 +6,6 @@
 //! back to the forwarder, which decides what happens next.
 
 use super::plan::{Batch, Item};
-use super::{FERRY_ID_HEADER, TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
 use crate::clock::{Reading, SystemClock, Timestamp};
 use crate::kafka::connection::{Connection, Pending};
 use crate::kafka::errors::{
@@ -24,6 +23,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// The header every record carries: `<node-id>:<outbox-seq>`.
+pub const FERRY_ID_HEADER: &str = "ferry-id";
+/// On events recorded before the clock was synchronised, whose timestamp
+/// ferry recomputed: the original timestamp (ms).
+pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
+/// On events recorded with an unsynchronised clock that could not be
+/// corrected (clock still unsynchronised, or recorded in an earlier boot).
+pub const TS_UNSYNCED_HEADER: &str = "ferry-ts-unsynced";
 
 /// Requests in flight per partition: Kafka keeps order with idempotence
 /// for up to five.

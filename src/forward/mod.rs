@@ -21,7 +21,7 @@
 //! topic that is missing or not authorised is parked (its blocks skipped)
 //! so other topics go on.
 
-mod lane;
+pub mod lane;
 pub mod partitioner;
 pub mod plan;
 pub mod route;
@@ -85,13 +85,7 @@ const PARK_MAX: Duration = Duration::from_secs(600);
 /// The loop shows it is alive at least this often while it waits.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-pub const FERRY_ID_HEADER: &str = "ferry-id";
-/// On events recorded before the clock was synchronised, whose timestamp
-/// ferry recomputed: the original timestamp (ms).
-pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
-/// On events recorded with an unsynchronised clock that could not be
-/// corrected (clock still unsynchronised, or recorded in an earlier boot).
-pub const TS_UNSYNCED_HEADER: &str = "ferry-ts-unsynced";
+pub use lane::{FERRY_ID_HEADER, TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
 
 fn abandon(lane: &mut Lane, blocks: &[Block], sources: &mut HashSet<String>) {
     lane.abandoned = true;

@@ -7,10 +7,10 @@
 //! forwarder's call (its backoff and breaker).
 
 use super::errors::{Class, Failure, UNSUPPORTED_VERSION};
-use super::sasl::{self, SaslCredentials};
+use super::sasl::{Exchange, SaslCredentials};
 use super::wire::{self, Request};
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::ApiVersionsRequest;
+use kafka_protocol::messages::{ApiVersionsRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -153,7 +153,7 @@ impl Connection {
         };
         conn.versions = conn.api_versions().await?;
         if let Some(creds) = &config.sasl {
-            sasl::authenticate(&conn, creds).await?;
+            conn.authenticate(creds).await?;
         }
         Ok(conn)
     }
@@ -254,6 +254,77 @@ impl Connection {
         version: i16,
     ) -> Result<R::Response, Failure> {
         self.send(body, version).await?.wait().await
+    }
+
+    /// SASL on this fresh connection (KIP-152: SaslHandshake v1, then
+    /// SaslAuthenticate requests carrying the exchange).
+    async fn authenticate(&self, creds: &SaslCredentials) -> Result<(), Failure> {
+        let mech = creds.mechanism.name();
+        let addr = self.addr();
+        let refused = |why: String| {
+            Failure::new(
+                Class::ConfigCluster,
+                "SASL_AUTHENTICATION_FAILED",
+                format!(
+                    "SASL {mech} authentication as {} at broker {addr} failed ({why}): check kafka.sasl.mechanism, kafka.sasl.username and the password file",
+                    creds.username
+                ),
+            )
+        };
+        // Some brokers close the connection instead of answering.
+        let closed = |f: Failure| {
+            if f.class != Class::Transient || f.name == "REQUEST_TIMEOUT" {
+                f
+            } else {
+                refused(format!("{}; it may not offer {mech}", f.message))
+            }
+        };
+        let hs_version = self.version::<SaslHandshakeRequest>().unwrap_or(0).min(1);
+        let Some(auth_version) = self.version::<SaslAuthenticateRequest>() else {
+            return Err(refused(
+                "the broker takes no SASL authentication requests; is [kafka.sasl] needed here?"
+                    .into(),
+            ));
+        };
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mech));
+        let answer = self.request(&handshake, hs_version).await.map_err(closed)?;
+        if answer.error_code != 0 {
+            let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(Failure::new(
+                Class::ConfigCluster,
+                "UNSUPPORTED_SASL_MECHANISM",
+                format!(
+                    "broker {addr} does not offer SASL {mech} (it offers {}): check kafka.sasl.mechanism",
+                    if offered.is_empty() {
+                        "none".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            ));
+        }
+        let mut exchange = Exchange::start(creds)
+            .map_err(|e| Failure::new(Class::ConfigCluster, "SASL_CONFIG", e))?;
+        let mut received: Option<bytes::Bytes> = None;
+        loop {
+            let (send, finished) = exchange.step(received.as_deref()).map_err(refused)?;
+            if let Some(message) = send {
+                let request = SaslAuthenticateRequest::default().with_auth_bytes(message.into());
+                let answer = self.request(&request, auth_version).await.map_err(closed)?;
+                if answer.error_code != 0 {
+                    let why = answer
+                        .error_message
+                        .as_ref()
+                        .map_or_else(|| "refused".to_string(), |m| m.as_str().to_string());
+                    return Err(refused(why));
+                }
+                received = Some(answer.auth_bytes);
+            }
+            if finished {
+                return Ok(());
+            }
+        }
     }
 
     async fn api_versions(&self) -> Result<HashMap<i16, VersionRange>, Failure> {

@@ -1,12 +1,7 @@
-//! SASL authentication on a fresh connection (KIP-152: SaslHandshake v1,
-//! then SaslAuthenticate requests): PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512,
-//! the exchanges themselves done by `rsasl`. The password never appears in
-//! an error or a log line.
+//! SASL mechanisms and credentials (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512),
+//! and one exchange's steps, done by `rsasl`; the connection carries them
+//! to the broker. The password never appears in an error or a log line.
 
-use super::connection::Connection;
-use super::errors::{Class, Failure};
-use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
-use kafka_protocol::protocol::StrBytes;
 use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
 use std::io::Cursor;
 
@@ -45,98 +40,55 @@ impl std::fmt::Debug for SaslCredentials {
     }
 }
 
-fn config_failure(name: &str, message: String) -> Failure {
-    Failure::new(Class::ConfigCluster, name, message)
+/// One SASL exchange on ferry's side, done by `rsasl`: the messages to
+/// send, given what the broker answered. The connection carries them
+/// (SaslAuthenticate requests).
+pub struct Exchange {
+    session: rsasl::prelude::Session,
 }
 
-pub async fn authenticate(conn: &Connection, creds: &SaslCredentials) -> Result<(), Failure> {
-    let mech = creds.mechanism.name();
-    let addr = conn.addr();
-    let hs_version = conn.version::<SaslHandshakeRequest>().unwrap_or(0).min(1);
-    let auth_version = conn.version::<SaslAuthenticateRequest>().ok_or_else(|| {
-        config_failure(
-            "UNSUPPORTED_SASL_MECHANISM",
-            format!("broker {addr} does not take SASL authentication requests; is [kafka.sasl] needed here?"),
-        )
-    })?;
-    let handshake = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mech));
-    let closed = |f: Failure| {
-        if f.class != Class::Transient || f.name == "REQUEST_TIMEOUT" {
-            return f;
-        }
-        // Some brokers close the connection instead of answering.
-        config_failure(
-            "SASL_AUTHENTICATION_FAILED",
-            format!(
-                "broker {addr} ended SASL {mech} authentication as {} ({}): it may not offer {mech}, or refused the credentials; check kafka.sasl.mechanism, kafka.sasl.username and the password file",
-                creds.username, f.message
-            ),
-        )
-    };
-    let answer = conn.request(&handshake, hs_version).await.map_err(closed)?;
-    if answer.error_code != 0 {
-        let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
-        return Err(config_failure(
-            "UNSUPPORTED_SASL_MECHANISM",
-            format!(
-                "broker {addr} does not offer SASL {mech} (it offers {}): check kafka.sasl.mechanism",
-                if offered.is_empty() {
-                    "none".to_string()
-                } else {
-                    offered.join(", ")
-                }
-            ),
-        ));
+impl Exchange {
+    pub fn start(creds: &SaslCredentials) -> Result<Exchange, String> {
+        let mech = creds.mechanism.name();
+        let setup = |e: &dyn std::fmt::Display| format!("SASL {mech} set-up failed: {e}");
+        let config =
+            SASLConfig::with_credentials(None, creds.username.clone(), creds.password.clone())
+                .map_err(|e| setup(&e))?;
+        let name = Mechname::parse(mech.as_bytes()).map_err(|e| setup(&e))?;
+        let session = SASLClient::new(config)
+            .start_suggested(&[name])
+            .map_err(|e| setup(&e))?;
+        Ok(Exchange { session })
     }
-    let setup = |e: &dyn std::fmt::Display| {
-        config_failure("SASL_CONFIG", format!("SASL {mech} set-up failed: {e}"))
-    };
-    let config = SASLConfig::with_credentials(None, creds.username.clone(), creds.password.clone())
-        .map_err(|e| setup(&e))?;
-    let client = SASLClient::new(config);
-    let name = Mechname::parse(mech.as_bytes()).map_err(|e| setup(&e))?;
-    let mut session = client.start_suggested(&[name]).map_err(|e| setup(&e))?;
-    let mut received: Option<Vec<u8>> = None;
-    loop {
+
+    /// The next message to send (if any) given the broker's last answer
+    /// (`None` at the start), and whether the exchange is finished.
+    pub fn step(&mut self, received: Option<&[u8]>) -> Result<(Option<Vec<u8>>, bool), String> {
         let mut out = Cursor::new(Vec::new());
-        let state = session.step(received.as_deref(), &mut out).map_err(|e| {
-            config_failure(
-                "SASL_AUTHENTICATION_FAILED",
-                format!(
-                    "SASL {mech} authentication as {} at broker {addr} failed: {e}; check kafka.sasl.username and the password file",
-                    creds.username
-                ),
-            )
-        })?;
-        if state.has_sent_message() {
-            let request =
-                SaslAuthenticateRequest::default().with_auth_bytes(out.into_inner().into());
-            let answer = conn.request(&request, auth_version).await.map_err(closed)?;
-            if answer.error_code != 0 {
-                let why = answer
-                    .error_message
-                    .as_ref()
-                    .map(|m| m.as_str().to_string())
-                    .unwrap_or_default();
-                return Err(config_failure(
-                    "SASL_AUTHENTICATION_FAILED",
-                    format!(
-                        "SASL {mech} authentication as {} at broker {addr} failed ({why}): check kafka.sasl.username and the password file",
-                        creds.username
-                    ),
-                ));
-            }
-            received = Some(answer.auth_bytes.to_vec());
-        }
-        if state.is_finished() {
-            return Ok(());
-        }
+        let state = self
+            .session
+            .step(received, &mut out)
+            .map_err(|e| e.to_string())?;
+        let send = state.has_sent_message().then(|| out.into_inner());
+        Ok((send, state.is_finished()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_sends_its_one_message_and_is_done() {
+        let c = SaslCredentials {
+            mechanism: Mechanism::Plain,
+            username: "gw".into(),
+            password: "pw".into(),
+        };
+        let mut x = Exchange::start(&c).unwrap();
+        let (send, _) = x.step(None).unwrap();
+        assert_eq!(send.as_deref(), Some(&b"\0gw\0pw"[..]));
+    }
 
     #[test]
     fn debug_never_shows_the_password() {
