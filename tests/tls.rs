@@ -1,7 +1,8 @@
 //! TLS to Kafka against a real TLS endpoint: stunnel in front of the mock
 //! broker (through the proxy, which advertises stunnel's port so every
 //! connection ferry makes is TLS). A trusted CA gets through; another CA's
-//! certificate is refused.
+//! certificate is refused. And SASL SCRAM over TLS: stunnel in front of
+//! tansu, which requires authentication and advertises stunnel's port.
 #![cfg(target_arch = "x86_64")]
 
 mod common;
@@ -200,4 +201,36 @@ fn tls_with_the_right_ca_delivers_and_an_untrusted_certificate_is_refused() {
         "{:?}",
         s.forward
     );
+}
+
+#[test]
+fn scram_over_tls_authenticates_and_delivers() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), "good");
+    let tls_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker =
+        common::tansu::Tansu::start_advertising(&dir.path().join("tansu"), Some(tls_port));
+    broker.create_topic("secure", 1);
+    broker.add_user_and_require_auth(&[("gw", "gw-secret", "scram512")]);
+    let _stunnel = stunnel(pki.path(), tls_port, broker.port);
+    std::fs::write(dir.path().join("password"), "gw-secret\n").unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &format!("127.0.0.1:{tls_port}"),
+        &format!(
+            "[kafka]\nlinger_ms = 2\n\n[kafka.tls]\nca_file = \"{}\"\n\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"gw\"\npassword_file = \"{}\"\n",
+            pki.path().join("good-ca.pem").display(),
+            dir.path().join("password").display()
+        ),
+    );
+    f.start();
+    assert_eq!(f.cli(&["send", "-t", "secure", "over TLS"], None).0, 0);
+    f.wait_status(Duration::from_secs(30), "delivered", |s| {
+        s.backlog_events == 0
+    });
+    let got = broker.records("secure");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value_str(), "over TLS");
+    assert!(!f.log_text().contains("gw-secret"));
 }

@@ -31,6 +31,8 @@ type Row = (i64, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
 pub struct Tansu {
     dir: PathBuf,
     pub port: u16,
+    /// The port Metadata names (a TLS terminator in front of the broker).
+    advertised: u16,
     child: Option<Child>,
     authentication: bool,
 }
@@ -38,10 +40,18 @@ pub struct Tansu {
 impl Tansu {
     /// A broker on a free loopback port, its state (sqlite) under `dir`.
     pub fn start(dir: &Path) -> Self {
+        Self::start_advertising(dir, None)
+    }
+
+    /// Like `start`, but Metadata names `advertise` as the broker's port,
+    /// so every connection goes through what listens there.
+    pub fn start_advertising(dir: &Path, advertise: Option<u16>) -> Self {
         std::fs::create_dir_all(dir).unwrap();
+        let port = super::free_port();
         let mut t = Self {
             dir: dir.to_path_buf(),
-            port: super::free_port(),
+            port,
+            advertised: advertise.unwrap_or(port),
             child: None,
             authentication: false,
         };
@@ -61,7 +71,10 @@ impl Tansu {
         let mut cmd = Command::new(binary());
         cmd.current_dir(&self.dir)
             .args(["broker", "--listener-url", &self.url()])
-            .args(["--advertised-listener-url", &self.url()])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", self.advertised),
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("tansu.log")).unwrap());
