@@ -242,3 +242,89 @@ fn producer_state_errors_take_a_new_producer_id_and_lose_nothing() {
         "{log}"
     );
 }
+
+/// Not a test: captures real answers from the mock broker and from tansu
+/// as seeds for the `kafka_responses` fuzz target
+/// (`cargo test --test producer -- --ignored capture_fuzz_seeds`).
+#[test]
+#[ignore]
+fn capture_fuzz_seeds() {
+    use ferry::kafka::record_batch::{BatchEncoder, Codec, ProducerFields};
+    use ferry::kafka::wire;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use std::io::{Read, Write};
+
+    fn ask<R: wire::Request>(s: &mut std::net::TcpStream, r: &R, v: i16, kind: u8, name: &str) {
+        let mut out = bytes::BytesMut::new();
+        wire::encode_request(&mut out, v, 1, &StrBytes::from_static_str("seed"), r).unwrap();
+        s.write_all(&out).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        // The target's input: size prefix, the selector, then the frame.
+        let mut seed = len.to_vec();
+        seed.push(kind);
+        seed.extend_from_slice(&body);
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/kafka_responses");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), seed).unwrap();
+    }
+    let topic = || TopicName(StrBytes::from_static_str("seeds"));
+    let mut enc = BatchEncoder::default();
+    enc.push(1, Some(b"k"), b"v", std::iter::empty());
+    let mut batch = Vec::new();
+    enc.finish_into(Codec::None, ProducerFields::NONE, &mut batch);
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(topic())
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from(batch))),
+                ]),
+        ]);
+    let metadata = MetadataRequest::default().with_topics(Some(vec![
+        metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
+    ]));
+    let c = cluster(1, &[("seeds", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let t = common::tansu::Tansu::start(dir.path());
+    t.create_topic("seeds", 1);
+    for (peer, addr) in [("mock", c.bootstrap_servers()), ("tansu", t.bootstrap())] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        ask(
+            &mut s,
+            &ApiVersionsRequest::default(),
+            2,
+            2,
+            &format!("{peer}-api-versions"),
+        );
+        ask(&mut s, &metadata, 12, 1, &format!("{peer}-metadata-v12"));
+        ask(&mut s, &metadata, 4, 1, &format!("{peer}-metadata-v4"));
+        ask(
+            &mut s,
+            &InitProducerIdRequest::default().with_transactional_id(None),
+            4,
+            3,
+            &format!("{peer}-init-producer-id"),
+        );
+        ask(&mut s, &produce, 9, 0, &format!("{peer}-produce-v9"));
+        ask(&mut s, &produce, 7, 0, &format!("{peer}-produce-v7"));
+        // The mock does not speak SASL (it closes the connection).
+        if peer == "tansu" {
+            ask(
+                &mut s,
+                &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+                1,
+                4,
+                &format!("{peer}-sasl-handshake"),
+            );
+        }
+    }
+}

@@ -30,6 +30,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Cut a new block once this many raw bytes are in it.
 const BLOCK_TARGET_RAW: usize = 256 * 1024;
+/// No stored block is larger: the block target plus one event of the
+/// largest size Kafka takes, with room to spare.
+const MAX_BLOCK_RAW: usize =
+    4 * BLOCK_TARGET_RAW + 4 * crate::config::KAFKA_MAX_EVENT_BYTES as usize;
 /// Stop gathering a group commit at this many raw bytes.
 const GROUP_COMMIT_MAX_RAW: usize = 8 * 1024 * 1024;
 /// Commands waiting for the writer; senders wait when it is full (backpressure).
@@ -1214,9 +1218,23 @@ fn stored_block(row: &rusqlite::Row<'_>, topic: String) -> Result<Result<Block, 
 }
 
 /// Check the CRC, decompress and check every event decodes.
-fn verify_block(payload: &[u8], crc: u32, count: u32, raw_bytes: usize) -> Result<Vec<u8>, String> {
+pub fn verify_block(
+    payload: &[u8],
+    crc: u32,
+    count: u32,
+    raw_bytes: usize,
+) -> Result<Vec<u8>, String> {
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
+    }
+    // The size comes from the same row: a damaged one must not make ferry
+    // allocate gigabytes. No block is larger than a block's target plus
+    // one event, and LZ4 expands at most ~255 times.
+    if raw_bytes > MAX_BLOCK_RAW || raw_bytes > payload.len().saturating_mul(255) + 16 {
+        return Err(format!(
+            "declared size {raw_bytes} bytes is impossible for a {}-byte payload",
+            payload.len()
+        ));
     }
     let data = lz4_flex::block::decompress(payload, raw_bytes)
         .map_err(|e| format!("decompression failed: {e}"))?;

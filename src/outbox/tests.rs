@@ -240,3 +240,14 @@ async fn releasing_memory_when_idle_keeps_the_outbox_working() {
     assert_eq!(got, vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]);
     close(o, h);
 }
+
+/// A damaged row's declared size must not make ferry allocate it.
+#[test]
+fn an_impossible_declared_size_is_corruption_not_an_allocation() {
+    let payload = lz4_flex::block::compress(b"0123456789");
+    let crc = crc32fast::hash(&payload);
+    let e = super::verify_block(&payload, crc, 1, usize::MAX / 2).unwrap_err();
+    assert!(e.contains("impossible"), "{e}");
+    let e = super::verify_block(&payload, crc, 1, 1 << 30).unwrap_err();
+    assert!(e.contains("impossible"), "{e}");
+}

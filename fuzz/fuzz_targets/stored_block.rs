@@ -1,0 +1,31 @@
+//! What a corrupt SD card hands back: a stored block's payload, checksum,
+//! event count and size, verified, decompressed and decoded. Never a panic;
+//! a block that passes yields exactly `count` decodable events.
+#![no_main]
+
+use ferry::event::Event;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 8 {
+        return;
+    }
+    let count = u16::from_le_bytes([data[0], data[1]]) as u32;
+    // Sizes up to 4 MiB: a block is at most a few hundred KiB.
+    let raw = u32::from_le_bytes([data[2], data[3], data[4], 0]) as usize;
+    let honest_crc = data[5] & 1 == 1;
+    let payload = &data[6..];
+    let crc = if honest_crc {
+        crc32fast::hash(payload)
+    } else {
+        u32::from_le_bytes([data[6 % data.len()], data[7 % data.len()], 0, 0])
+    };
+    if let Ok(events) = ferry::outbox::verify_block(payload, crc, count, raw) {
+        let mut rest = &events[..];
+        for _ in 0..count {
+            let (_, r) = Event::decode_from(rest).expect("verified events decode");
+            rest = r;
+        }
+        assert!(rest.is_empty());
+    }
+});
