@@ -11,9 +11,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let count = u16::from_le_bytes([data[0], data[1]]) as u32;
-    // Sizes up to 4 MiB: a block is at most a few hundred KiB.
-    let raw = u32::from_le_bytes([data[2], data[3], data[4], 0]) as usize;
-    let honest_crc = data[5] & 1 == 1;
+    // Any declared size (a damaged row may say anything): ferry must not
+    // allocate what the payload cannot hold.
+    let raw = u32::from_le_bytes([data[2], data[3], data[4], data[5] & 0x7f]) as usize;
+    let honest_crc = data[5] & 0x80 == 0;
     let payload = &data[6..];
     let crc = if honest_crc {
         crc32fast::hash(payload)
