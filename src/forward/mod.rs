@@ -484,8 +484,13 @@ impl Forwarder {
                 })
                 .collect();
             let complete = lane.items.len() == s.seqs.len();
+            // A stream started afresh by an earlier stored window (its
+            // planned batches could not go as planned) restarts every later
+            // window's lane of that partition too: their sequences followed
+            // batches that may never have been written.
             let current = s.producer.producer_id >= 0
-                && self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer);
+                && self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer)
+                && !self.streams.needs_producer_id(&lane.topic, lane.partition);
             if trusted && complete && current {
                 let mut start = 0u32;
                 for (len, base_sequence) in s.batches {
