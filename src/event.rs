@@ -3,6 +3,7 @@
 //! encoding (postcard's format, written by hand into a reused buffer) and
 //! the checks every event passes at the door.
 
+use crate::varint::{put_unsigned as put_varint, unzigzag, zigzag};
 use std::fmt;
 
 /// One event. `headers` stays in its wire encoding (see [`HeaderIter`]) so
@@ -116,22 +117,6 @@ impl<'a> Event<'a> {
     pub fn header_iter(&self) -> HeaderIter<'a> {
         HeaderIter::new(self.headers)
     }
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

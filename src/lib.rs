@@ -22,3 +22,4 @@ pub mod notify;
 pub mod outbox;
 pub mod shutdown;
 pub mod stats;
+pub mod varint;

@@ -299,12 +299,7 @@ impl RecordWriter {
             };
             self.push(&event, item.seq, clock);
         }
-        self.encoder.finish_into(codec, fields, &mut self.out);
-        let bytes = Bytes::copy_from_slice(&self.out);
-        if self.out.capacity() > 4 * 1024 * 1024 {
-            self.out = Vec::new();
-        }
-        bytes
+        self.finish(fields, codec)
     }
 
     /// Add one event: the producer's headers exactly as sent (order and
@@ -377,6 +372,11 @@ impl RecordWriter {
     /// Finish the records pushed so far into one batch.
     pub fn finish(&mut self, fields: ProducerFields, codec: Codec) -> Bytes {
         self.encoder.finish_into(codec, fields, &mut self.out);
-        Bytes::copy_from_slice(&self.out)
+        let bytes = Bytes::copy_from_slice(&self.out);
+        // A burst's one huge batch need not stay with the writer.
+        if self.out.capacity() > 4 * 1024 * 1024 {
+            self.out = Vec::new();
+        }
+        bytes
     }
 }

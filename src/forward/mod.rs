@@ -532,15 +532,7 @@ impl Forwarder {
         tasks: JoinSet<(usize, LaneOutcome)>,
         shutdown: &mut Shutdown,
     ) -> Option<Result<(), Failure>> {
-        let collect = self.collect(window, tasks);
-        tokio::pin!(collect);
-        tokio::select! {
-            r = &mut collect => Some(r),
-            _ = shutdown.recv() => {
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, collect).await;
-                None
-            }
-        }
+        until_shutdown(self.collect(window, tasks), shutdown).await
     }
 
     /// Something failed with windows in flight: count the failure once
@@ -976,6 +968,15 @@ impl Forwarder {
         self.collect(window, tasks).await
     }
 
+    /// How long the broker may take to replicate a produce (`timeout_ms`):
+    /// the request timeout.
+    fn produce_timeout_ms(&self) -> i32 {
+        self.config
+            .request_timeout
+            .as_millis()
+            .min(i32::MAX as u128) as i32
+    }
+
     /// The cluster, set up on first use (TLS and SASL files are read then:
     /// a file changed since start-up is a configuration error now).
     fn cluster(&mut self) -> Result<&mut Cluster, Failure> {
@@ -1141,11 +1142,7 @@ impl Forwarder {
         }
         let lanes = window.lanes.as_ref().expect("set above");
         let mut set = JoinSet::new();
-        let timeout_ms = self
-            .config
-            .request_timeout
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
+        let timeout_ms = self.produce_timeout_ms();
         for (i, conn, version) in leaders {
             let lane = &lanes[i];
             let (after, finished) = match chain.as_deref_mut() {
@@ -1583,11 +1580,7 @@ impl Forwarder {
     /// One batch to a side topic (loss markers, dead letters), without
     /// idempotence: these are at-least-once.
     async fn produce_side(&mut self, topic: &str, batch: bytes::Bytes) -> Side {
-        let timeout_ms = self
-            .config
-            .request_timeout
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
+        let timeout_ms = self.produce_timeout_ms();
         let node_id = self.node_id.clone();
         let known = match self.cluster() {
             Ok(cluster) => {

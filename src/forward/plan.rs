@@ -5,6 +5,7 @@
 //! same sequences. Pure: no I/O, no clock.
 
 use crate::kafka::producer::ProducerIdentity;
+use crate::varint::{put_signed as put, unzigzag};
 
 /// One event's place in the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,15 +258,6 @@ pub fn decode(mut bytes: &[u8]) -> Option<Vec<StoredLane>> {
     r.is_empty().then_some(lanes)
 }
 
-fn put(out: &mut Vec<u8>, v: i64) {
-    let mut u = ((v << 1) ^ (v >> 63)) as u64;
-    while u >= 0x80 {
-        out.push(u as u8 | 0x80);
-        u >>= 7;
-    }
-    out.push(u as u8);
-}
-
 fn take(r: &mut &[u8]) -> Option<i64> {
     let mut u = 0u64;
     for i in 0..10 {
@@ -273,7 +265,7 @@ fn take(r: &mut &[u8]) -> Option<i64> {
         *r = rest;
         u |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            return Some(((u >> 1) as i64) ^ -((u & 1) as i64));
+            return Some(unzigzag(u));
         }
     }
     None
