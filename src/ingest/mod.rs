@@ -8,6 +8,7 @@
 //! log line where there is nobody to answer) and touches nothing else.
 
 pub mod frame;
+pub mod lines;
 
 use crate::clock::{Reading, SystemClock};
 use crate::config::{Config, Format, ListenerConfig, ListenerKind};
@@ -17,6 +18,7 @@ use crate::outbox::{AppendBatch, Appender, Outbox, StoreError};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use frame::{Check, ErrorCode, Frame, Reply};
+use lines::{LineSplitter, Piece};
 use log::{error, info, warn};
 use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt;
@@ -528,7 +530,8 @@ async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
     mut shutdown: Shutdown,
     limiter: &LogLimiter,
 ) {
-    let mut lines = LineSplitter::new(cfg, ctx.max_event_bytes);
+    let mut lines = LineSplitter::new(ctx.max_event_bytes);
+    let events = LineEvents::new(cfg, ctx);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut appender = Appender::new(&ctx.outbox);
     loop {
@@ -539,7 +542,8 @@ async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let at_eof = n == 0;
         let mut batch = appender.batch(buf.len() + buf.len() / 4);
-        lines.feed(&buf, at_eof, &ctx.clock.read(), &mut batch, ctx, limiter);
+        let now = ctx.clock.read();
+        lines.feed(&buf, at_eof, |p| events.take(p, &now, &mut batch, limiter));
         if let Err(e) = appender.store(batch).await {
             limiter.warn(&format!("lines listener: events not stored: {e}"));
         }
@@ -549,109 +553,47 @@ async fn serve_lines<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Splits a byte stream into lines, carrying a partial line between reads
-/// and discarding (with a count) lines over the size limit.
-struct LineSplitter {
+/// Turns the lines of one read into events in `batch`; an over-long line
+/// is counted and logged.
+struct LineEvents<'c> {
     topic: String,
     key: Option<Vec<u8>>,
-    max: usize,
-    partial: Vec<u8>,
-    discarding: bool,
+    ctx: &'c Context,
 }
 
-impl LineSplitter {
-    fn new(cfg: &ListenerConfig, max: usize) -> Self {
+impl<'c> LineEvents<'c> {
+    fn new(cfg: &ListenerConfig, ctx: &'c Context) -> Self {
         Self {
             topic: cfg.topic.clone().unwrap_or_default(),
             key: cfg.key.as_ref().map(|k| k.as_bytes().to_vec()),
-            max,
-            partial: Vec::new(),
-            discarding: false,
+            ctx,
         }
     }
 
-    fn feed(
-        &mut self,
-        mut data: &[u8],
-        at_eof: bool,
-        now: &Reading,
-        batch: &mut AppendBatch,
-        ctx: &Context,
-        limiter: &LogLimiter,
-    ) {
-        while let Some(nl) = memchr(b'\n', data) {
-            let (line, rest) = (&data[..nl], &data[nl + 1..]);
-            data = rest;
-            if self.discarding {
-                self.discarding = false;
-                continue;
+    fn take(&self, piece: Piece<'_>, now: &Reading, batch: &mut AppendBatch, limiter: &LogLimiter) {
+        self.ctx.stats.received.fetch_add(1, Relaxed);
+        match piece {
+            Piece::TooLong => {
+                self.ctx.stats.rejected.fetch_add(1, Relaxed);
+                limiter.warn(&format!(
+                    "lines listener for topic {}: a line longer than {} bytes (ingest.max_event_bytes) was discarded",
+                    self.topic, self.ctx.max_event_bytes
+                ));
             }
-            if self.partial.is_empty() {
-                self.emit(line, now, batch, ctx, limiter);
-            } else {
-                let mut joined = std::mem::take(&mut self.partial);
-                joined.extend_from_slice(line);
-                self.emit(&joined, now, batch, ctx, limiter);
-                joined.clear();
-                self.partial = joined;
+            Piece::Line(value) => {
+                let event = Event {
+                    topic: &self.topic,
+                    key: self.key.as_deref(),
+                    headers: &[],
+                    value,
+                    timestamp_ms: now.wall_ms,
+                    clock: now.stamp(),
+                };
+                event.encode_into(&mut batch.data);
+                batch.count += 1;
             }
         }
-        if !self.discarding {
-            if self.partial.len() + data.len() > self.max {
-                self.partial.clear();
-                self.discarding = true;
-                self.refuse_oversized(ctx, limiter);
-            } else {
-                self.partial.extend_from_slice(data);
-            }
-        }
-        if at_eof && !self.partial.is_empty() {
-            let last = std::mem::take(&mut self.partial);
-            self.emit(&last, now, batch, ctx, limiter);
-        }
     }
-
-    fn refuse_oversized(&self, ctx: &Context, limiter: &LogLimiter) {
-        ctx.stats.received.fetch_add(1, Relaxed);
-        ctx.stats.rejected.fetch_add(1, Relaxed);
-        limiter.warn(&format!(
-            "lines listener for topic {}: a line longer than {} bytes (ingest.max_event_bytes) was discarded",
-            self.topic, self.max
-        ));
-    }
-
-    fn emit(
-        &self,
-        line: &[u8],
-        now: &Reading,
-        batch: &mut AppendBatch,
-        ctx: &Context,
-        limiter: &LogLimiter,
-    ) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return;
-        }
-        if line.len() > self.max {
-            self.refuse_oversized(ctx, limiter);
-            return;
-        }
-        ctx.stats.received.fetch_add(1, Relaxed);
-        let event = Event {
-            topic: &self.topic,
-            key: self.key.as_deref(),
-            headers: &[],
-            value: line,
-            timestamp_ms: now.wall_ms,
-            clock: now.stamp(),
-        };
-        event.encode_into(&mut batch.data);
-        batch.count += 1;
-    }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 /// One UDP socket: each datagram holds lines, or frames (never answered).
@@ -682,8 +624,10 @@ async fn serve_udp(
         let mut batch = appender.batch(n + n / 4);
         match cfg.format {
             Format::Lines => {
-                let mut lines = LineSplitter::new(&cfg, ctx.max_event_bytes);
-                lines.feed(datagram, true, &now, &mut batch, &ctx, &limiter);
+                let events = LineEvents::new(&cfg, &ctx);
+                LineSplitter::new(ctx.max_event_bytes).feed(datagram, true, |p| {
+                    events.take(p, &now, &mut batch, &limiter)
+                });
             }
             Format::Frames => {
                 let mut rest = datagram;

@@ -6,6 +6,7 @@
 //!   cluster      bootstrap, metadata (naming topics), leaders, connections
 //!     connection   one TCP/TLS connection per broker, SASL, pipelining, timeouts
 //!       wire         framing around the `kafka-protocol` message codecs
+//!         answers      ferry's own decoders for the answers it reads
 //!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
 //!       errors       error classes: what ferry does about each Kafka error
 //! ```
@@ -13,6 +14,7 @@
 //! The forwarder (`forward`) decides what to send; nothing here retries on
 //! its own.
 
+pub mod answers;
 pub mod cluster;
 pub mod connection;
 pub mod errors;

@@ -4,14 +4,14 @@
 //! module only puts them in frames and takes them out again, checking that
 //! a frame is complete and sane before anything parses it.
 
-use bytes::{Buf, Bytes, BytesMut};
+use super::answers::{Answer, Reader};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
     MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
-    SaslHandshakeResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes};
 use std::fmt;
 
 /// The largest response ferry accepts. Produce and Metadata answers are
@@ -32,7 +32,7 @@ pub mod api {
 /// A request ferry sends, with its API key and the answer it gets.
 pub trait Request: Encodable + HeaderVersion + Message {
     const KEY: i16;
-    type Response: Decodable + HeaderVersion;
+    type Response: Answer + HeaderVersion;
 }
 
 macro_rules! request {
@@ -124,12 +124,10 @@ pub fn correlation_id(frame: &[u8]) -> Option<i32> {
 }
 
 /// Decode a response frame (without its size) to `R`'s answer.
-pub fn decode_response<R: Request>(
-    mut frame: Bytes,
-    version: i16,
-) -> Result<R::Response, WireError> {
-    ResponseHeader::decode(&mut frame, R::Response::header_version(version))
-        .and_then(|_| R::Response::decode(&mut frame, version))
+pub fn decode_response<R: Request>(frame: Bytes, version: i16) -> Result<R::Response, WireError> {
+    let mut r = Reader::new(frame);
+    r.header(R::Response::header_version(version))
+        .and_then(|_| R::Response::read(&mut r, version))
         .map_err(|e| {
             WireError(format!(
                 "cannot decode the broker's answer (api {} v{version}): {e}",
@@ -137,10 +135,10 @@ pub fn decode_response<R: Request>(
             ))
         })
         .inspect(|_| {
-            if frame.has_remaining() {
+            if r.remaining() > 0 {
                 log::debug!(
                     "{} bytes left after the answer to api {} v{version}",
-                    frame.remaining(),
+                    r.remaining(),
                     R::KEY
                 );
             }
