@@ -306,6 +306,17 @@ pub fn status(config: &Config, json: bool) -> i32 {
             snap.produce_errors,
             snap.throttled_s
         );
+        let cap = match snap.max_bytes_per_second {
+            0 => "no cap".to_string(),
+            b => format!(
+                "capped at {} B/s, held back {:.1} s since start",
+                b, snap.uplink_held_s
+            ),
+        };
+        println!(
+            "uplink data: {} bytes today (UTC), {} in total; {cap}",
+            snap.uplink_bytes_today, snap.uplink_bytes_total
+        );
         if !snap.forward.delivery.is_empty() {
             println!("delivery:    {}", snap.forward.delivery);
         }

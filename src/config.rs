@@ -59,10 +59,16 @@ pub struct KafkaConfig {
     pub brokers: Vec<String>,
     pub client_id: String,
     pub compression: Compression,
+    /// zstd's level when `compression = "zstd"` (1 fastest … 19 smallest).
+    pub zstd_level: i32,
     pub linger_ms: u64,
     #[serde(with = "size")]
     pub max_batch_bytes: u64,
     pub max_batch_events: u64,
+    /// Cap on bytes written to the brokers per second (after compression);
+    /// 0 = no cap.
+    #[serde(with = "size")]
+    pub max_bytes_per_second: u64,
     /// Metadata requests let the broker create a topic ferry produces to
     /// (as the Java producer's do); the broker's own setting decides.
     pub allow_auto_create_topics: bool,
@@ -122,6 +128,7 @@ pub enum SaslMechanism {
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Lz4,
+    Zstd,
     None,
 }
 
@@ -250,9 +257,11 @@ impl Default for KafkaConfig {
             brokers: vec!["127.0.0.1:9092".to_string()],
             client_id: "ferry".to_string(),
             compression: Compression::Lz4,
+            zstd_level: 3,
             linger_ms: 5,
             max_batch_bytes: 1_000_000,
             max_batch_events: 10_000,
+            max_bytes_per_second: 0,
             allow_auto_create_topics: true,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -471,6 +480,15 @@ impl Config {
             if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
                 return Err((key.into(), "must be between 100ms and 10m".into()));
             }
+        }
+        if !(1..=19).contains(&self.kafka.zstd_level) {
+            return Err((
+                "kafka.zstd_level".into(),
+                format!(
+                    "{} is not a zstd level ferry uses: 1 (fastest) to 19 (smallest)",
+                    self.kafka.zstd_level
+                ),
+            ));
         }
         if self.kafka.max_batch_events == 0 {
             return Err(("kafka.max_batch_events".into(), "must be at least 1".into()));

@@ -117,6 +117,24 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
         s.throttled_s,
     );
     metric(
+        "ferry_uplink_bytes_total",
+        "counter",
+        "Bytes written to the brokers (Kafka frames, after compression, before TLS), all time.",
+        s.uplink_bytes_total as f64,
+    );
+    metric(
+        "ferry_uplink_bytes_today",
+        "gauge",
+        "Bytes written to the brokers on the current UTC day.",
+        s.uplink_bytes_today as f64,
+    );
+    metric(
+        "ferry_uplink_held_seconds_total",
+        "counter",
+        "Time requests waited for the bandwidth cap (kafka.max_bytes_per_second).",
+        s.uplink_held_s,
+    );
+    metric(
         "ferry_retries_total",
         "counter",
         "Delivery attempts retried after a failure.",

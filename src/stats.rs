@@ -41,6 +41,13 @@ pub struct Stats {
     pub backlog_raw_bytes: AtomicU64,
     pub oldest_ms: AtomicI64,
     pub uplink_up: AtomicBool,
+    /// Bytes written to the brokers, today and in total (kept in the
+    /// outbox database across restarts).
+    pub uplink: Mutex<UplinkUsage>,
+    /// Milliseconds requests waited for the bandwidth cap.
+    pub uplink_held_ms: AtomicU64,
+    /// The bandwidth cap (bytes per second), 0 for none.
+    pub uplink_cap: AtomicU64,
     /// Produce request latency.
     pub produce_latency: crate::metrics::Histogram,
     /// When the forwarder loop last showed it was alive (ms on `monotonic_ms`).
@@ -64,6 +71,18 @@ pub struct Snapshot {
     /// Seconds the brokers throttled ferry (quotas), in total.
     #[serde(default)]
     pub throttled_s: f64,
+    /// Bytes written to the brokers today (UTC) and since the outbox was
+    /// made (Kafka frames, before TLS).
+    #[serde(default)]
+    pub uplink_bytes_today: u64,
+    #[serde(default)]
+    pub uplink_bytes_total: u64,
+    /// Seconds requests waited for `kafka.max_bytes_per_second`.
+    #[serde(default)]
+    pub uplink_held_s: f64,
+    /// `kafka.max_bytes_per_second`, 0 for no cap.
+    #[serde(default)]
+    pub max_bytes_per_second: u64,
     pub retries: u64,
     pub dead_letters: u64,
     pub backlog_events: u64,
@@ -83,6 +102,7 @@ impl Stats {
     pub fn snapshot(&self, node_id: &str, now_ms: i64) -> Snapshot {
         let oldest = self.oldest_ms.load(Relaxed);
         let backlog_events = self.backlog_events.load(Relaxed);
+        let uplink = self.uplink.lock().map(|u| *u).unwrap_or_default();
         Snapshot {
             node_id: node_id.to_string(),
             uplink_up: self.uplink_up.load(Relaxed),
@@ -95,6 +115,10 @@ impl Stats {
             sent: self.sent.load(Relaxed),
             produce_errors: self.produce_errors.load(Relaxed),
             throttled_s: self.throttle_ms.load(Relaxed) as f64 / 1000.0,
+            uplink_bytes_today: uplink.today_at(now_ms),
+            uplink_bytes_total: uplink.total,
+            uplink_held_s: self.uplink_held_ms.load(Relaxed) as f64 / 1000.0,
+            max_bytes_per_second: self.uplink_cap.load(Relaxed),
             retries: self.retries.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             backlog_events,
@@ -115,6 +139,39 @@ impl Stats {
     pub fn set_last_error(&self, e: Option<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = e;
+        }
+    }
+}
+
+/// Bytes sent on the uplink: on the current UTC day and in total.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkUsage {
+    /// Days since the Unix epoch (UTC) that `today` counts.
+    pub day: i64,
+    pub today: u64,
+    pub total: u64,
+}
+
+impl UplinkUsage {
+    const DAY_MS: i64 = 86_400_000;
+
+    /// Count `bytes` sent at `now_ms` (wall clock); a new day starts at 0.
+    pub fn add(&mut self, bytes: u64, now_ms: i64) {
+        let day = now_ms.div_euclid(Self::DAY_MS);
+        if day != self.day {
+            self.day = day;
+            self.today = 0;
+        }
+        self.today += bytes;
+        self.total += bytes;
+    }
+
+    /// Bytes sent on the day of `now_ms`.
+    pub fn today_at(&self, now_ms: i64) -> u64 {
+        if now_ms.div_euclid(Self::DAY_MS) == self.day {
+            self.today
+        } else {
+            0
         }
     }
 }
@@ -144,4 +201,22 @@ fn allocations() -> Option<u64> {
 #[cfg(not(feature = "count-allocs"))]
 fn allocations() -> Option<u64> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_usage_starts_each_utc_day_at_zero_and_keeps_the_total() {
+        let day = 86_400_000i64;
+        let mut u = UplinkUsage::default();
+        u.add(100, 20_000 * day + 5);
+        u.add(50, 20_000 * day + day - 1);
+        assert_eq!((u.today_at(20_000 * day), u.total), (150, 150));
+        // Nothing sent yet on the next day: it shows 0 before anything is.
+        assert_eq!(u.today_at(20_001 * day), 0);
+        u.add(7, 20_001 * day);
+        assert_eq!((u.day, u.today, u.total), (20_001, 7, 157));
+    }
 }

@@ -36,6 +36,7 @@ use crate::kafka::connection::ConnectionConfig;
 use crate::kafka::errors::{Class, Failure};
 use crate::kafka::producer::{self, ProducerIdentity};
 use crate::kafka::record_batch::{Codec, ProducerFields};
+use crate::kafka::uplink::Uplink;
 use crate::log_limit::LogLimiter;
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
@@ -199,6 +200,12 @@ pub struct Forwarder {
     loud: HashMap<String, LogLimiter>,
     clock: crate::clock::SystemClock,
     writers: WriterPool,
+    /// Bytes on the wire, and the bandwidth cap, shared by all connections.
+    uplink: Arc<Uplink>,
+    /// Raw bytes per delivery window: smaller under a bandwidth cap, so a
+    /// window takes about half a second of the cap and a higher-priority
+    /// window never waits long for a slot.
+    window_raw_bytes: usize,
 }
 
 /// What one window's delivery came to.
@@ -213,12 +220,21 @@ enum Delivery {
 impl Forwarder {
     pub fn new(config: &Config, outbox: Outbox, stats: Arc<Stats>) -> Self {
         let seed = seed_from_environment(&config.node_id);
+        let cap = config.kafka.max_bytes_per_second;
+        stats
+            .uplink_cap
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
+        let window_raw_bytes = match cap {
+            0 => WINDOW_RAW_BYTES,
+            cap => ((cap / 2) as usize).clamp(16 * 1024, WINDOW_RAW_BYTES),
+        };
         Self {
             config: config.kafka.clone(),
             retry: config.retry.clone(),
             durability: config.outbox.durability,
             codec: match config.kafka.compression {
                 Compression::Lz4 => Codec::Lz4,
+                Compression::Zstd => Codec::Zstd(config.kafka.zstd_level),
                 Compression::None => Codec::None,
             },
             node_id: Arc::from(config.node_id.as_str()),
@@ -237,7 +253,24 @@ impl Forwarder {
             loud: HashMap::new(),
             clock: crate::clock::SystemClock::default(),
             writers: WriterPool::default(),
+            uplink: Arc::new(Uplink::new(cap)),
+            window_raw_bytes,
         }
+    }
+
+    /// Move the uplink's byte counts and cap waits into the stats (and so
+    /// into the outbox with the next finished window).
+    fn account_uplink(&self) {
+        let sent = self.uplink.take_sent();
+        if sent > 0
+            && let Ok(mut u) = self.stats.uplink.lock()
+        {
+            u.add(sent, now_ms());
+        }
+        self.stats.uplink_held_ms.fetch_add(
+            self.uplink.take_held_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub async fn run(mut self, mut shutdown: Shutdown) {
@@ -266,6 +299,7 @@ impl Forwarder {
         }
         loop {
             self.stats.beat_forward();
+            self.account_uplink();
             if running.is_empty() {
                 chain.clear();
                 if !self.wait_for_breaker(&mut shutdown).await {
@@ -287,7 +321,7 @@ impl Forwarder {
             if room && !self.unpark_due() {
                 let skip = self.parked_sources();
                 let blocks = tokio::select! {
-                    r = self.outbox.read(cursor, WINDOW_EVENTS, WINDOW_RAW_BYTES, skip) => r,
+                    r = self.outbox.read(cursor, WINDOW_EVENTS, self.window_raw_bytes, skip) => r,
                     _ = shutdown.recv() => break,
                 };
                 match blocks {
@@ -715,6 +749,7 @@ impl Forwarder {
             now_ms() - window.first_attempt_ms
         );
         self.on_success();
+        self.account_uplink();
         let held = self.held_blocks(&window.blocks, window.lanes.as_deref().unwrap_or(&[]));
         let finished: Vec<i64> = window
             .blocks
@@ -1001,6 +1036,7 @@ impl Forwarder {
                 request_timeout: self.config.request_timeout,
                 tls,
                 sasl,
+                uplink: self.uplink.clone(),
             };
             self.cluster = Some(Cluster::new(
                 self.config.brokers.clone(),
@@ -1137,7 +1173,7 @@ impl Forwarder {
                     return Err(f);
                 }
             };
-            let version = producer::produce_version(&conn)?;
+            let version = producer::produce_version(&conn, self.codec)?;
             leaders.push((i, conn, version));
         }
         let lanes = window.lanes.as_ref().expect("set above");
@@ -1601,13 +1637,14 @@ impl Forwarder {
             return Side::Failed;
         };
         let partition = partition_for_key(node_id.as_bytes(), n);
+        let codec = self.codec;
         let Ok(cluster) = self.cluster() else {
             return Side::Failed;
         };
         let name = producer::topic_name(topic);
         let result = async {
             let conn = cluster.leader(topic, partition).await?;
-            let version = producer::produce_version(&conn)?;
+            let version = producer::produce_version(&conn, codec)?;
             let pending =
                 producer::send_batch(&conn, version, &name, partition, batch, timeout_ms).await?;
             producer::answer(&conn, pending, &name, partition).await

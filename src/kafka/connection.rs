@@ -8,6 +8,7 @@
 
 use super::errors::{Class, Failure, UNSUPPORTED_VERSION};
 use super::sasl::{Exchange, SaslCredentials};
+use super::uplink::Uplink;
 use super::wire::{self, Request};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiVersionsRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
@@ -28,6 +29,8 @@ pub struct ConnectionConfig {
     pub request_timeout: Duration,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub sasl: Option<SaslCredentials>,
+    /// The pipe all connections share: byte counts and the optional cap.
+    pub uplink: Arc<Uplink>,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -57,6 +60,7 @@ pub struct Connection {
     addr: String,
     client_id: StrBytes,
     request_timeout: Duration,
+    uplink: Arc<Uplink>,
     writer: tokio::sync::Mutex<Writer>,
     state: Arc<Mutex<State>>,
     /// API key → the version range the broker speaks.
@@ -142,6 +146,7 @@ impl Connection {
             addr: addr.to_string(),
             client_id: StrBytes::from_string(config.client_id.clone()),
             request_timeout: config.request_timeout,
+            uplink: config.uplink.clone(),
             writer: tokio::sync::Mutex::new(Writer {
                 half: write,
                 buf: BytesMut::with_capacity(256),
@@ -220,9 +225,15 @@ impl Connection {
             }
             return Err(Failure::new(Class::ConfigCluster, "ENCODE", e.0));
         }
+        // Under a bandwidth cap the request waits its turn here, holding
+        // this connection's later requests behind it (they keep order).
+        self.uplink.admit(buf.len()).await;
         let written = tokio::time::timeout(self.request_timeout, half.write_all(buf)).await;
         let failure = match written {
-            Ok(Ok(())) => None,
+            Ok(Ok(())) => {
+                self.uplink.sent(buf.len());
+                None
+            }
             Ok(Err(e)) => Some(format!("cannot send to broker {}: {e}", self.addr)),
             Err(_) => Some(format!(
                 "cannot send to broker {} within {:?} (kafka.request_timeout)",
@@ -550,6 +561,7 @@ mod tests {
             request_timeout: Duration::from_millis(500),
             tls: None,
             sasl: None,
+            uplink: Arc::new(Uplink::new(0)),
         }
     }
 

@@ -5,6 +5,7 @@
 //! producer     idempotent producer id, Produce requests, throttling
 //!   cluster      bootstrap, metadata (naming topics), leaders, connections
 //!     connection   one TCP/TLS connection per broker, SASL, pipelining, timeouts
+//!       uplink       bytes on the wire, counted, and the bandwidth cap
 //!       wire         framing around the `kafka-protocol` message codecs
 //!         answers      ferry's own decoders for the answers it reads
 //!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
@@ -21,4 +22,5 @@ pub mod errors;
 pub mod producer;
 pub mod record_batch;
 pub mod sasl;
+pub mod uplink;
 pub mod wire;

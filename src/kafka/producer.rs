@@ -6,6 +6,7 @@
 
 use super::connection::{Connection, Pending};
 use super::errors::{Class, Failure};
+use super::record_batch::{Codec, ZSTD_MIN_PRODUCE_VERSION};
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TopicName};
@@ -60,9 +61,10 @@ pub struct PartitionAnswer {
     pub throttle_ms: i32,
 }
 
-/// The Produce version to use on `conn`.
-pub fn produce_version(conn: &Connection) -> Result<i16, Failure> {
-    conn.version::<ProduceRequest>()
+/// The Produce version to use on `conn` for batches compressed by `codec`.
+pub fn produce_version(conn: &Connection, codec: Codec) -> Result<i16, Failure> {
+    let version = conn
+        .version::<ProduceRequest>()
         .map(|v| v.min(PRODUCE_MAX))
         .ok_or_else(|| {
             Failure::new(
@@ -73,7 +75,18 @@ pub fn produce_version(conn: &Connection) -> Result<i16, Failure> {
                     conn.addr()
                 ),
             )
-        })
+        })?;
+    if matches!(codec, Codec::Zstd(_)) && version < ZSTD_MIN_PRODUCE_VERSION {
+        return Err(Failure::new(
+            Class::ConfigCluster,
+            "UNSUPPORTED_COMPRESSION_TYPE",
+            format!(
+                "broker {} speaks Produce up to v{version}, and zstd batches need v{ZSTD_MIN_PRODUCE_VERSION} (Kafka 2.1 or newer): set kafka.compression = \"lz4\"",
+                conn.addr()
+            ),
+        ));
+    }
+    Ok(version)
 }
 
 /// Send one record batch for `topic`/`partition` (acks = all, as

@@ -1,8 +1,9 @@
 //! Kafka's record batch (message format v2), encoded straight from borrowed
 //! event parts into buffers the encoder keeps: no heap allocation per
-//! record. Compression is `none` or LZ4 in the frame format Kafka reads
+//! record. Compression is `none`, LZ4 in the frame format Kafka reads
 //! (64 KiB independent blocks, no checksums but the header's), written by
-//! hand so that lz4_flex's reusable hash table serves every block.
+//! hand so that lz4_flex's reusable hash table serves every block, or zstd
+//! (one frame, through a compression context kept for the next batch).
 //!
 //! Layout (all big-endian; see the Kafka protocol guide, "Record Batch"):
 //! ```text
@@ -30,6 +31,8 @@ const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
 pub enum Codec {
     None,
     Lz4,
+    /// zstd at this level; brokers read it from Produce v7 (Kafka 2.1).
+    Zstd(i32),
 }
 
 impl Codec {
@@ -37,9 +40,13 @@ impl Codec {
         match self {
             Codec::None => 0,
             Codec::Lz4 => 3,
+            Codec::Zstd(_) => 4,
         }
     }
 }
+
+/// The oldest Produce version a broker reads zstd batches in.
+pub const ZSTD_MIN_PRODUCE_VERSION: i16 = 7;
 
 /// The idempotent producer's fields of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +71,8 @@ pub struct BatchEncoder {
     /// The records, uncompressed.
     records: Vec<u8>,
     table: lz4_flex::block::CompressTable,
+    /// zstd's context, made on the first zstd batch and kept.
+    zstd: Option<(i32, zstd::bulk::Compressor<'static>)>,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
@@ -74,6 +83,7 @@ impl Default for BatchEncoder {
         Self {
             records: Vec::new(),
             table: lz4_flex::block::CompressTable::small(),
+            zstd: None,
             count: 0,
             base_timestamp: 0,
             max_timestamp: 0,
@@ -150,6 +160,7 @@ impl BatchEncoder {
         match codec {
             Codec::None => out.extend_from_slice(&self.records),
             Codec::Lz4 => self.lz4_frame_into(out),
+            Codec::Zstd(level) => self.zstd_frame_into(level, out),
         }
         let batch_length = (out.len() - 12) as i32;
         let mut h = &mut out[..HEADER_LEN];
@@ -200,9 +211,51 @@ impl BatchEncoder {
         out.extend_from_slice(&0u32.to_le_bytes()); // end mark
     }
 
+    /// The records as one zstd frame (zstd's bound leaves room for
+    /// incompressible data, so compression cannot run out of space).
+    fn zstd_frame_into(&mut self, level: i32, out: &mut Vec<u8>) {
+        let at = out.len();
+        let bound = zstd::zstd_safe::compress_bound(self.records.len());
+        out.resize(at + bound, 0);
+        let compressor = match &mut self.zstd {
+            Some((l, c)) if *l == level => Ok(c),
+            slot => zstd::bulk::Compressor::new(level).map(|c| &mut slot.insert((level, c)).1),
+        };
+        let written = compressor.and_then(|c| c.compress_to_buffer(&self.records, &mut out[at..]));
+        match written {
+            Ok(n) => out.truncate(at + n),
+            // Only a context that cannot be made (out of memory) gets
+            // here: a frame of raw blocks is still valid zstd.
+            Err(_) => {
+                out.truncate(at);
+                zstd_raw_frame_into(&self.records, out);
+            }
+        }
+    }
+
     /// Hand back the records buffer's memory (after a burst).
     pub fn release(&mut self) {
         self.records = Vec::new();
+    }
+}
+
+/// `data` as a zstd frame of raw (stored) blocks: what any zstd reader
+/// takes, made without a compression context.
+fn zstd_raw_frame_into(data: &[u8], out: &mut Vec<u8>) {
+    // Magic, then a frame header descriptor with no content size, no
+    // checksum, single segment off, and a window of 128 KiB (exponent 7).
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    out.push(0x00);
+    out.push(7 << 3);
+    let mut chunks = data.chunks(128 * 1024).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[0x01, 0, 0]); // one empty last raw block
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none() as u32;
+        let header = last | ((chunk.len() as u32) << 3); // type 0: raw
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(chunk);
     }
 }
 
@@ -315,6 +368,31 @@ mod tests {
             u32::from_be_bytes(packed[17..21].try_into().unwrap()),
             crc32c::crc32c(&packed[ATTRIBUTES_AT..])
         );
+    }
+
+    #[test]
+    fn zstd_batch_decompresses_to_the_uncompressed_records_at_each_level() {
+        let plain = one_record_batch(Codec::None);
+        for level in [1, 3, 19] {
+            let packed = one_record_batch(Codec::Zstd(level));
+            assert_eq!(i16::from_be_bytes([packed[21], packed[22]]), 4);
+            let records = zstd::decode_all(&packed[HEADER_LEN..]).unwrap();
+            assert_eq!(records, plain[HEADER_LEN..], "level {level}");
+            assert_eq!(
+                u32::from_be_bytes(packed[17..21].try_into().unwrap()),
+                crc32c::crc32c(&packed[ATTRIBUTES_AT..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_raw_zstd_frame_is_read_by_zstd() {
+        for len in [0, 1, 128 * 1024, 300_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let mut frame = Vec::new();
+            zstd_raw_frame_into(&data, &mut frame);
+            assert_eq!(zstd::decode_all(&frame[..]).unwrap(), data, "{len} bytes");
+        }
     }
 
     #[test]

@@ -547,6 +547,9 @@ impl Writer {
         stats.dropped_bytes.store(m.dropped_bytes, Relaxed);
         stats.quarantined.store(m.quarantined_events, Relaxed);
         stats.dead_letters.store(m.dead_letters, Relaxed);
+        if let Ok(mut u) = stats.uplink.lock() {
+            *u = m.uplink;
+        }
         let unsent: i64 = conn
             .query_row(
                 "SELECT count(*) FROM dead_letters WHERE dlq_sent = 0",
@@ -1053,6 +1056,8 @@ impl Writer {
         }
         schema::add_meta(&tx, "dead_letters", dead.len() as i64)?;
         let removed = delete_blocks(&tx, delivered)?;
+        let uplink = self.stats.uplink.lock().map(|u| *u).unwrap_or_default();
+        schema::set_uplink(&tx, &uplink)?;
         tx.commit()?;
         self.stats
             .dead_letters

@@ -66,6 +66,13 @@ const MIGRATIONS: &[&str] = &[
          blocks BLOB NOT NULL,
          plan   BLOB NOT NULL
      );",
+    // 2 -> 3: each block's priority (from its topic's route), read in
+    // order of (priority, sequence) by the index without a scan; and the
+    // bytes sent on the uplink, today (UTC day number) and in total.
+    "ALTER TABLE blocks ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+     CREATE INDEX blocks_by_priority ON blocks (priority, seq_first);
+     INSERT INTO meta (key, value) VALUES
+         ('uplink_day', 0), ('uplink_today', 0), ('uplink_total', 0);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -103,6 +110,7 @@ pub struct Meta {
     pub dropped_bytes: u64,
     pub quarantined_events: u64,
     pub dead_letters: u64,
+    pub uplink: crate::stats::UplinkUsage,
 }
 
 pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
@@ -119,7 +127,21 @@ pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
         dropped_bytes: get("dropped_bytes")?.max(0) as u64,
         quarantined_events: get("quarantined_events")?.max(0) as u64,
         dead_letters: get("dead_letters")?.max(0) as u64,
+        uplink: crate::stats::UplinkUsage {
+            day: get("uplink_day")?,
+            today: get("uplink_today")?.max(0) as u64,
+            total: get("uplink_total")?.max(0) as u64,
+        },
     })
+}
+
+/// Store the uplink's byte counts (absolute values).
+pub fn set_uplink(conn: &Connection, u: &crate::stats::UplinkUsage) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
+    stmt.execute(params!["uplink_day", u.day])?;
+    stmt.execute(params!["uplink_today", u.today as i64])?;
+    stmt.execute(params!["uplink_total", u.total as i64])?;
+    Ok(())
 }
 
 pub fn add_meta(conn: &Connection, key: &str, delta: i64) -> rusqlite::Result<()> {
