@@ -15,6 +15,7 @@ fn config() -> ConnectionConfig {
         request_timeout: Duration::from_secs(5),
         tls: None,
         sasl: None,
+        uplink: std::sync::Arc::new(ferry::kafka::uplink::Uplink::new(0)),
     }
 }
 
