@@ -220,8 +220,18 @@ fn default_format() -> Format {
 pub struct RouteConfig {
     /// Topic pattern; `*` matches any run of characters.
     pub pattern: String,
-    /// Destination topics for events whose topic matches.
+    /// Destination topics for events whose topic matches; none: the topic
+    /// itself (a route that only sets a priority).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
+    /// 0 (lowest) … 9 (highest): with more to send than the uplink takes,
+    /// higher priorities go first (each level doubles the share).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+fn default_priority() -> u8 {
+    crate::pattern::DEFAULT_PRIORITY
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -568,10 +578,13 @@ impl Config {
             if r.pattern.is_empty() {
                 return Err(("route.pattern".into(), "must not be empty".into()));
             }
-            if r.to.is_empty() {
+            if r.priority > crate::pattern::MAX_PRIORITY {
                 return Err((
-                    "route.to".into(),
-                    format!("route `{}` has no destination topics", r.pattern),
+                    "route.priority".into(),
+                    format!(
+                        "route `{}`: priority {} is out of range: 0 (lowest) to 9 (highest)",
+                        r.pattern, r.priority
+                    ),
                 ));
             }
             for t in &r.to {

@@ -62,6 +62,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let options = outbox::Options {
         node_id: config.node_id.clone(),
         record_loss: config.kafka.loss_topic.is_some(),
+        priorities: crate::forward::route::Router::new(&config.routes).priorities(),
     };
     let (outbox, writer) =
         outbox::start(&config.outbox, config.outbox_path(), stats.clone(), options)?;

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod pattern;
 pub mod shutdown;
 pub mod stats;
 pub mod varint;

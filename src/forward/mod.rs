@@ -1,5 +1,6 @@
-//! Forwarding to Kafka: reads the outbox in sequence order a window of
-//! blocks at a time, routes and partitions each event, plans each
+//! Forwarding to Kafka: reads the outbox a window of blocks at a time, the
+//! priority each window comes from chosen by [`schedule`] and the blocks
+//! of a priority in sequence order, routes and partitions each event, plans each
 //! partition's events into record batches numbered by the idempotent
 //! producer (the plan is stored before anything is sent, see [`plan`]),
 //! produces them with up to five requests in flight per partition (which
@@ -25,6 +26,7 @@ pub mod lane;
 pub mod partitioner;
 pub mod plan;
 pub mod route;
+pub mod schedule;
 pub mod security;
 pub mod streams;
 
@@ -37,6 +39,8 @@ use crate::kafka::errors::{Class, Failure};
 use crate::kafka::producer::{self, ProducerIdentity};
 use crate::kafka::record_batch::{Codec, ProducerFields};
 use crate::kafka::uplink::Uplink;
+use crate::pattern::PRIORITY_LEVELS;
+use schedule::Schedule;
 use crate::log_limit::LogLimiter;
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
@@ -274,7 +278,11 @@ impl Forwarder {
     }
 
     pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut cursor = 0i64;
+        // Where each priority's next window is read from, and which
+        // priority goes next.
+        let mut cursors = [0i64; PRIORITY_LEVELS];
+        let mut schedule = Schedule::default();
+        let mut read_from = 0u8;
         // Memory handed back since the last window was launched.
         let mut released = true;
         let mut running: VecDeque<Running> = VecDeque::new();
@@ -307,7 +315,7 @@ impl Forwarder {
                 }
                 if self.unpark_expired() {
                     // Their blocks were skipped: read from the start again.
-                    cursor = 0;
+                    cursors = [0; PRIORITY_LEVELS];
                 }
             }
             self.deliver_side_records().await;
@@ -320,12 +328,18 @@ impl Forwarder {
             let mut window = None;
             if room && !self.unpark_due() {
                 let skip = self.parked_sources();
+                let order = schedule.order();
                 let blocks = tokio::select! {
-                    r = self.outbox.read(cursor, WINDOW_EVENTS, self.window_raw_bytes, skip) => r,
+                    r = self.outbox.read_by_priority(cursors, order, WINDOW_EVENTS, self.window_raw_bytes, skip) => r,
                     _ = shutdown.recv() => break,
                 };
                 match blocks {
-                    Ok(blocks) if !blocks.is_empty() => window = Some(Window::new(cursor, blocks)),
+                    Ok((priority, blocks)) if !blocks.is_empty() => {
+                        let raw: usize = blocks.iter().map(|b| b.data.len()).sum();
+                        schedule.charge(&order, priority, raw);
+                        read_from = priority;
+                        window = Some(Window::new(cursors[priority as usize], blocks));
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         self.log
@@ -343,7 +357,7 @@ impl Forwarder {
                 self.breaker.try_acquire(Instant::now());
                 match self.launch(&mut window, Some(&mut chain)).await {
                     Ok(tasks) => {
-                        cursor = window.last();
+                        cursors[read_from as usize] = window.last();
                         released = false;
                         running.push_back(Running { window, tasks });
                         continue;
@@ -353,8 +367,8 @@ impl Forwarder {
                     Err(f) => {
                         let keep = window.saved.then_some(window);
                         match self.recover(keep, &mut running, f, &mut shutdown).await {
-                            Some(Some(reread)) => {
-                                cursor = reread;
+                            Some(Some(_)) => {
+                                cursors = [0; PRIORITY_LEVELS];
                                 continue;
                             }
                             Some(None) => continue,
@@ -383,7 +397,7 @@ impl Forwarder {
                     .recover(Some(window), &mut running, f, &mut shutdown)
                     .await
                 {
-                    Some(Some(reread)) => cursor = reread,
+                    Some(Some(_)) => cursors = [0; PRIORITY_LEVELS],
                     Some(None) => {}
                     None => break,
                 },

@@ -13,8 +13,8 @@ use std::ptr;
 const BEGIN: &CStr = c"BEGIN";
 const COMMIT: &CStr = c"COMMIT";
 const INSERT_BLOCK: &CStr =
-    c"INSERT INTO blocks (seq_first, topic, count, raw_bytes, created_ms, crc, payload) \
-      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    c"INSERT INTO blocks (seq_first, topic, count, raw_bytes, created_ms, crc, payload, priority) \
+      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const ADD_APPENDED: &CStr = c"UPDATE meta SET value = value + CASE key \
       WHEN 'next_seq' THEN ?1 WHEN 'events' THEN ?2 \
       WHEN 'stored_bytes' THEN ?3 WHEN 'raw_bytes' THEN ?4 END \
@@ -39,6 +39,7 @@ unsafe impl Send for HotStatements {}
 pub struct BlockRow<'a> {
     pub seq_first: i64,
     pub topic: &'a str,
+    pub priority: u8,
     pub count: u32,
     pub raw_bytes: i64,
     pub created_ms: i64,
@@ -101,6 +102,7 @@ impl HotStatements {
         self.bind_i64(s, 5, row.created_ms)?;
         self.bind_i64(s, 6, row.crc as i64)?;
         self.bind_blob(s, 7, row.payload)?;
+        self.bind_i64(s, 8, row.priority as i64)?;
         self.step(s)
     }
 
@@ -215,6 +217,7 @@ mod tests {
         BlockRow {
             seq_first,
             topic: "t",
+            priority: 5,
             count: 1,
             raw_bytes: payload.len() as i64,
             created_ms: 1,

@@ -17,6 +17,7 @@ mod schema;
 
 use crate::config::{Durability, OutboxConfig, WhenFull};
 use crate::event::Event;
+use crate::pattern::PRIORITY_LEVELS;
 use crate::stats::{Stats, now_ms};
 use dead_letter::NewDeadLetter;
 use hot::HotStatements;
@@ -142,11 +143,12 @@ enum Command {
         reply: AckSender,
     },
     Read {
-        after: i64,
+        cursors: [i64; PRIORITY_LEVELS],
+        order: [u8; PRIORITY_LEVELS],
         max_events: usize,
         max_raw_bytes: usize,
         skip_topics: Vec<String>,
-        reply: oneshot::Sender<Result<Vec<Block>, String>>,
+        reply: oneshot::Sender<Result<(u8, Vec<Block>), String>>,
     },
     Finish {
         delivered: Vec<i64>,
@@ -230,6 +232,8 @@ pub struct Options {
     pub node_id: String,
     /// Queue loss markers when policy drops events (a loss topic is set).
     pub record_loss: bool,
+    /// Each block is filed under its topic's priority.
+    pub priorities: crate::pattern::Priorities,
 }
 
 /// Open the outbox, load its counters into `stats` and start the writer.
@@ -267,10 +271,30 @@ impl Outbox {
         max_raw_bytes: usize,
         skip_topics: Vec<String>,
     ) -> Result<Vec<Block>, String> {
+        let order = std::array::from_fn(|i| (PRIORITY_LEVELS - 1 - i) as u8);
+        self.read_by_priority([after; PRIORITY_LEVELS], order, max_events, max_raw_bytes, skip_topics)
+            .await
+            .map(|(_, blocks)| blocks)
+    }
+
+    /// The next blocks of the first priority in `order` that has any after
+    /// its cursor (`cursors[priority]`), in sequence order, up to
+    /// `max_events` or `max_raw_bytes` (at least one), leaving out blocks
+    /// of `skip_topics`; and that priority. Each priority is read by the
+    /// `(priority, seq_first)` index, without a scan.
+    pub async fn read_by_priority(
+        &self,
+        cursors: [i64; PRIORITY_LEVELS],
+        order: [u8; PRIORITY_LEVELS],
+        max_events: usize,
+        max_raw_bytes: usize,
+        skip_topics: Vec<String>,
+    ) -> Result<(u8, Vec<Block>), String> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Read {
-                after,
+                cursors,
+                order,
                 max_events,
                 max_raw_bytes,
                 skip_topics,
@@ -516,6 +540,7 @@ struct Writer {
     /// Node id and whether to record loss markers for a loss topic.
     node_id: String,
     record_loss: bool,
+    priorities: crate::pattern::Priorities,
     /// Signalled after commits and drops, to wake the forwarder.
     committed: Arc<Notify>,
 }
@@ -523,6 +548,7 @@ struct Writer {
 /// A block under construction: events of one topic, encoded back to back.
 struct TopicBlock {
     topic: String,
+    priority: u8,
     data: Vec<u8>,
     count: u32,
 }
@@ -575,6 +601,7 @@ impl Writer {
             compressor: Compressor::default(),
             node_id: options.node_id,
             record_loss: options.record_loss,
+            priorities: options.priorities,
             committed,
         };
         w.refresh_oldest();
@@ -624,13 +651,24 @@ impl Writer {
         match cmd {
             Command::Append { .. } => unreachable!("appends are grouped"),
             Command::Read {
-                after,
+                cursors,
+                order,
                 max_events,
                 max_raw_bytes,
                 skip_topics,
                 reply,
             } => {
-                let _ = reply.send(self.read(after, max_events, max_raw_bytes, &skip_topics));
+                let mut found = Ok((order[0], Vec::new()));
+                for p in order {
+                    let after = cursors[p as usize];
+                    match self.read(p, after, max_events, max_raw_bytes, &skip_topics) {
+                        Ok(blocks) if blocks.is_empty() => continue,
+                        Ok(blocks) => found = Ok((p, blocks)),
+                        Err(e) => found = Err(e),
+                    }
+                    break;
+                }
+                let _ = reply.send(found);
             }
             Command::Finish {
                 delivered,
@@ -801,6 +839,7 @@ impl Writer {
                     None => {
                         self.building.push(TopicBlock {
                             topic: event.topic.to_string(),
+                            priority: self.priorities.of(event.topic),
                             data: Vec::new(),
                             count: 0,
                         });
@@ -915,6 +954,7 @@ impl Writer {
 
     fn read(
         &mut self,
+        priority: u8,
         after: i64,
         max_events: usize,
         max_raw_bytes: usize,
@@ -928,10 +968,12 @@ impl Writer {
                 .conn
                 .prepare_cached(
                     "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
-                     WHERE seq_first > ?1 ORDER BY seq_first",
+                     WHERE priority = ?1 AND seq_first > ?2 ORDER BY seq_first",
                 )
                 .map_err(|e| e.to_string())?;
-            let mut rows = stmt.query([after]).map_err(|e| e.to_string())?;
+            let mut rows = stmt
+                .query(params![priority, after])
+                .map_err(|e| e.to_string())?;
             while let Some(row) = rows.next().map_err(|e| e.to_string())? {
                 let topic = row.get_ref(6).map_err(|e| e.to_string())?;
                 let topic = topic.as_str().map_err(|e| e.to_string())?;
@@ -1181,6 +1223,7 @@ fn insert_block(
     hot.insert_block(&hot::BlockRow {
         seq_first,
         topic: &block.topic,
+        priority: block.priority,
         count: block.count,
         raw_bytes: raw.len() as i64,
         created_ms: now,
