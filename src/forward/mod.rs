@@ -39,12 +39,11 @@ use crate::kafka::errors::{Class, Failure};
 use crate::kafka::producer::{self, ProducerIdentity};
 use crate::kafka::record_batch::{Codec, ProducerFields};
 use crate::kafka::uplink::Uplink;
-use crate::pattern::PRIORITY_LEVELS;
-use schedule::Schedule;
 use crate::log_limit::LogLimiter;
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
 use crate::outbox::{Block, Outbox};
+use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use lane::{LaneJob, LaneOutcome, RecordWriter, WriterPool};
@@ -52,6 +51,7 @@ use log::{debug, error, info, warn};
 use partitioner::{Sticky, partition_for_key};
 use plan::{Item, Lane};
 use route::Router;
+use schedule::Schedule;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -281,8 +281,9 @@ impl Forwarder {
         // Where each priority's next window is read from, and which
         // priority goes next.
         let mut cursors = [0i64; PRIORITY_LEVELS];
-        let mut schedule = Schedule::default();
-        let mut read_from = 0u8;
+        let mut schedule = Schedule::new(self.window_raw_bytes);
+        // The window just read: its priority, the order tried, raw bytes.
+        let mut read_from = (0u8, [0u8; PRIORITY_LEVELS], 0usize);
         // Memory handed back since the last window was launched.
         let mut released = true;
         let mut running: VecDeque<Running> = VecDeque::new();
@@ -336,8 +337,7 @@ impl Forwarder {
                 match blocks {
                     Ok((priority, blocks)) if !blocks.is_empty() => {
                         let raw: usize = blocks.iter().map(|b| b.data.len()).sum();
-                        schedule.charge(&order, priority, raw);
-                        read_from = priority;
+                        read_from = (priority, order, raw);
                         window = Some(Window::new(cursors[priority as usize], blocks));
                     }
                     Ok(_) => {}
@@ -357,7 +357,12 @@ impl Forwarder {
                 self.breaker.try_acquire(Instant::now());
                 match self.launch(&mut window, Some(&mut chain)).await {
                     Ok(tasks) => {
-                        cursors[read_from as usize] = window.last();
+                        // Only a window that went counts against its
+                        // priority's share (not one read while the uplink
+                        // was down).
+                        let (priority, order, raw) = read_from;
+                        schedule.charge(&order, priority, raw);
+                        cursors[priority as usize] = window.last();
                         released = false;
                         running.push_back(Running { window, tasks });
                         continue;

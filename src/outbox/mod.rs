@@ -272,9 +272,15 @@ impl Outbox {
         skip_topics: Vec<String>,
     ) -> Result<Vec<Block>, String> {
         let order = std::array::from_fn(|i| (PRIORITY_LEVELS - 1 - i) as u8);
-        self.read_by_priority([after; PRIORITY_LEVELS], order, max_events, max_raw_bytes, skip_topics)
-            .await
-            .map(|(_, blocks)| blocks)
+        self.read_by_priority(
+            [after; PRIORITY_LEVELS],
+            order,
+            max_events,
+            max_raw_bytes,
+            skip_topics,
+        )
+        .await
+        .map(|(_, blocks)| blocks)
     }
 
     /// The next blocks of the first priority in `order` that has any after

@@ -31,6 +31,10 @@ struct State {
     /// Produce requests seen, and the records in them.
     produce_requests: AtomicU64,
     produce_records: AtomicU64,
+    /// Each Produce request in the order it arrived: per topic, records.
+    produce_log: Mutex<Vec<(String, u64)>>,
+    /// Bytes of requests (frames with their size) sent on to the brokers.
+    bytes_up: AtomicU64,
     /// A batch holding a record with this value is refused (not forwarded).
     refuse_value: Mutex<Option<Vec<u8>>>,
     refused: AtomicU64,
@@ -125,6 +129,16 @@ impl Proxy {
     /// Stamp `throttle_time_ms = ms` on every Produce response.
     pub fn set_throttle_ms(&self, ms: i32) {
         self.state.throttle_ms.store(ms, Relaxed);
+    }
+
+    /// Every Produce request so far, in arrival order: (topic, records).
+    pub fn produce_log(&self) -> Vec<(String, u64)> {
+        self.state.produce_log.lock().unwrap().clone()
+    }
+
+    /// Request bytes passed on to the brokers so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.state.bytes_up.load(Relaxed)
     }
 
     /// Produce requests that crossed the proxy, and the records in them.
@@ -234,6 +248,7 @@ fn requests(
             }
             pending.lock().unwrap().insert(corr, (key, version));
         }
+        state.bytes_up.fetch_add(body.len() as u64 + 4, Relaxed);
         if over_budget(&state, &crossed, body.len()) {
             state.cuts.fetch_add(1, Relaxed);
             break;
@@ -322,6 +337,18 @@ fn stamp_throttle(body: Vec<u8>, version: i16, ms: i32) -> Vec<u8> {
     encode(&header, &resp, version)
 }
 
+/// The records in a run of v2 record batches, from their headers (so
+/// compressed batches count too): `recordCount` ends the 61-byte header.
+fn batch_record_counts(mut batches: &[u8]) -> u64 {
+    let mut n = 0;
+    while batches.len() >= 61 {
+        let len = i32::from_be_bytes(batches[8..12].try_into().unwrap()) as usize;
+        n += i32::from_be_bytes(batches[57..61].try_into().unwrap()) as u64;
+        batches = &batches[(12 + len).min(batches.len())..];
+    }
+    n
+}
+
 /// Count a Produce request's records; if one holds the refused value,
 /// the answer that refuses its batch (INVALID_RECORD with record_errors).
 fn inspect_produce(body: &[u8], version: i16, corr: i32, state: &State) -> Option<Vec<u8>> {
@@ -337,6 +364,11 @@ fn inspect_produce(body: &[u8], version: i16, corr: i32, state: &State) -> Optio
             let Some(records) = &part.records else {
                 continue;
             };
+            state
+                .produce_log
+                .lock()
+                .unwrap()
+                .push((topic.name.to_string(), batch_record_counts(records)));
             let mut records = records.clone();
             let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records);
             let Ok(sets) = sets else { continue };
