@@ -45,7 +45,8 @@ mod bench {
         runs: usize,
         events: usize,
         out: PathBuf,
-        /// Only this part (`e2e`, `kcat` or `drain`), printed, no report.
+        /// Only this part (`e2e`, `kcat`, `drain` or `codecs`), printed, no
+        /// report.
         only: Option<String>,
     }
 
@@ -66,7 +67,7 @@ mod bench {
                 "--out" => a.out = PathBuf::from(next),
                 "--only" => a.only = Some(next),
                 other => panic!(
-                    "unknown argument {other}; use --runs N --events N --out FILE --only e2e|kcat|drain"
+                    "unknown argument {other}; use --runs N --events N --out FILE --only e2e|kcat|drain|codecs"
                 ),
             }
             i += 2;
@@ -328,8 +329,63 @@ mod bench {
         (rate, usage.ru_maxrss as u64, cpu * 1e6 / n as f64)
     }
 
+    /// Record batches of the data set under each codec ferry offers: bytes
+    /// on the wire per event and encoder CPU per event (one core, records
+    /// built and compressed as the forwarder does, with a `ferry-id`
+    /// header). Batches of 780 events: a 12,500-event window over 16
+    /// partitions.
+    fn codecs(data: &[(String, String)]) {
+        use ferry::kafka::record_batch::{BatchEncoder, Codec, ProducerFields};
+        let codecs = [
+            ("none", Codec::None),
+            ("lz4", Codec::Lz4),
+            ("zstd 1", Codec::Zstd(1)),
+            ("zstd 3", Codec::Zstd(3)),
+            ("zstd 6", Codec::Zstd(6)),
+            ("zstd 9", Codec::Zstd(9)),
+            ("zstd 19", Codec::Zstd(19)),
+        ];
+        let raw = data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as f64;
+        println!("| codec | wire bytes per event | × raw | encode CPU ns per event |");
+        println!("|---|---|---|---|");
+        for (name, codec) in codecs {
+            let mut enc = BatchEncoder::default();
+            let mut out = Vec::new();
+            let mut id = String::new();
+            let (mut wire, mut best) = (0usize, f64::MAX);
+            for _ in 0..3 {
+                wire = 0;
+                let t = Instant::now();
+                for (i, chunk) in data.chunks(780).enumerate() {
+                    for (j, (k, v)) in chunk.iter().enumerate() {
+                        id.clear();
+                        use std::fmt::Write as _;
+                        let _ = write!(id, "gw-07:{}", i * 780 + j);
+                        let headers = [("ferry-id".as_bytes(), id.as_bytes())];
+                        let headers = headers.iter().map(|&(n, v)| (n, v));
+                        enc.push(1_764_000_000_000, Some(k.as_bytes()), v.as_bytes(), headers);
+                    }
+                    enc.finish_into(codec, ProducerFields::NONE, &mut out);
+                    wire += out.len();
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let n = data.len() as f64;
+            println!(
+                "| {name} | {:.1} | {:.3} | {:.0} |",
+                wire as f64 / n,
+                wire as f64 / raw,
+                best * 1e9 / n
+            );
+        }
+    }
+
     pub fn main() {
         let a = args();
+        if a.only.as_deref() == Some("codecs") {
+            codecs(&dataset(a.events.min(200_000)));
+            return;
+        }
         let (bin, alloc_bin) = build_ferry();
         eprintln!("generating {} events", a.events);
         let data = dataset(a.events);
@@ -461,8 +517,13 @@ mod bench {
             f.stop();
             if a.only.is_some() {
                 eprintln!(
-                    "  ingest {:.0}/s ({:.4} allocs/ev), drain {:.0}/s ({:.2} allocs/ev, peak {} KiB)",
-                    r.ingest_rate, r.allocs_ingest, r.drain_rate, r.allocs_forward, drain_peak_kib
+                    "  ingest {:.0}/s ({:.4} allocs/ev), ready with the backlog in {:.1} ms, drain {:.0}/s ({:.2} allocs/ev, peak {} KiB)",
+                    r.ingest_rate,
+                    r.allocs_ingest,
+                    r.ready_ms,
+                    r.drain_rate,
+                    r.allocs_forward,
+                    drain_peak_kib
                 );
                 continue;
             }
