@@ -17,7 +17,7 @@ mod schema;
 
 use crate::config::{Durability, OutboxConfig, WhenFull};
 use crate::event::Event;
-use crate::pattern::PRIORITY_LEVELS;
+use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
 use crate::stats::{Stats, now_ms};
 use dead_letter::NewDeadLetter;
 use hot::HotStatements;
@@ -547,6 +547,9 @@ struct Writer {
     node_id: String,
     record_loss: bool,
     priorities: crate::pattern::Priorities,
+    /// Blocks stored per priority, counted after each commit: a read
+    /// skips the priorities that have none.
+    blocks_by_priority: [u64; PRIORITY_LEVELS],
     /// Signalled after commits and drops, to wake the forwarder.
     committed: Arc<Notify>,
 }
@@ -608,8 +611,23 @@ impl Writer {
             node_id: options.node_id,
             record_loss: options.record_loss,
             priorities: options.priorities,
+            blocks_by_priority: [0; PRIORITY_LEVELS],
             committed,
         };
+        {
+            // One pass over the small (priority, sequence) index.
+            let mut stmt = w
+                .conn
+                .prepare("SELECT priority, count(*) FROM blocks GROUP BY priority")
+                .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
+            for (priority, n) in rows {
+                w.blocks_by_priority[priority.clamp(0, MAX_PRIORITY as i64) as usize] += n as u64;
+            }
+        }
         w.refresh_oldest();
         info!(
             "outbox {} open: {} events ({} bytes) waiting, next sequence {}",
@@ -666,6 +684,9 @@ impl Writer {
             } => {
                 let mut found = Ok((order[0], Vec::new()));
                 for p in order {
+                    if self.blocks_by_priority[p as usize] == 0 {
+                        continue;
+                    }
                     let after = cursors[p as usize];
                     match self.read(p, after, max_events, max_raw_bytes, &skip_topics) {
                         Ok(blocks) if blocks.is_empty() => continue,
@@ -923,6 +944,7 @@ impl Writer {
 
     /// Move committed totals into the in-memory stats and log drops.
     fn apply(&mut self, added: Totals, dropped: Totals, reason: &str) {
+        self.count_blocks(&added, &dropped);
         let s = &self.stats;
         s.backlog_events.fetch_add(added.events, Relaxed);
         s.backlog_bytes.fetch_add(added.stored, Relaxed);
@@ -1114,7 +1136,16 @@ impl Writer {
         Ok(())
     }
 
+    /// Blocks stored (`added`) and removed since the last call, by priority.
+    fn count_blocks(&mut self, added: &Totals, removed: &Totals) {
+        for p in 0..PRIORITY_LEVELS {
+            let n = &mut self.blocks_by_priority[p];
+            *n = (*n + added.blocks[p]).saturating_sub(removed.blocks[p]);
+        }
+    }
+
     fn apply_removed(&mut self, removed: Totals) {
+        self.count_blocks(&Totals::default(), &removed);
         sub(&self.stats.backlog_events, removed.events);
         sub(&self.stats.backlog_bytes, removed.stored);
         sub(&self.stats.backlog_raw_bytes, removed.raw);
@@ -1157,6 +1188,8 @@ struct Totals {
     raw: u64,
     seq_min: i64,
     seq_max: i64,
+    /// Blocks per priority.
+    blocks: [u64; PRIORITY_LEVELS],
 }
 
 impl std::ops::AddAssign for Totals {
@@ -1172,6 +1205,9 @@ impl std::ops::AddAssign for Totals {
         self.raw += o.raw;
         self.seq_min = self.seq_min.min(o.seq_min);
         self.seq_max = self.seq_max.max(o.seq_max);
+        for (mine, theirs) in self.blocks.iter_mut().zip(o.blocks) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -1236,12 +1272,15 @@ fn insert_block(
         crc,
         payload: compressed,
     })?;
+    let mut blocks = [0; PRIORITY_LEVELS];
+    blocks[usize::from(block.priority.min(MAX_PRIORITY))] = 1;
     Ok(Totals {
         events: block.count as u64,
         stored: n as u64,
         raw: raw.len() as u64,
         seq_min: seq_first,
         seq_max: seq_first + block.count as i64 - 1,
+        blocks,
     })
 }
 
@@ -1327,21 +1366,27 @@ fn delete_blocks_with(
 ) -> rusqlite::Result<Totals> {
     let mut t = Totals::default();
     let mut stmt = tx.prepare_cached(
-        "DELETE FROM blocks WHERE seq_first = ?1 RETURNING count, length(payload), raw_bytes, topic",
+        "DELETE FROM blocks WHERE seq_first = ?1 \
+         RETURNING count, length(payload), raw_bytes, topic, priority",
     )?;
     for &s in seq_firsts {
-        let row: Option<(i64, i64, i64, String)> = stmt
-            .query_row([s], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        let row: Option<(i64, i64, i64, String, i64)> = stmt
+            .query_row([s], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
-        if let Some((events, stored, raw, topic)) = row {
+        if let Some((events, stored, raw, topic, priority)) = row {
             let (events, stored, raw) = (events as u64, stored as u64, raw as u64);
             each(&topic, s, events, raw);
+            let mut blocks = [0; PRIORITY_LEVELS];
+            blocks[priority.clamp(0, MAX_PRIORITY as i64) as usize] = 1;
             t += Totals {
                 events,
                 stored,
                 raw,
                 seq_min: s,
                 seq_max: s + events as i64 - 1,
+                blocks,
             };
         }
     }

@@ -251,3 +251,54 @@ fn an_impossible_declared_size_is_corruption_not_an_allocation() {
     let e = super::verify_block(&payload, crc, 1, 1 << 30).unwrap_err();
     assert!(e.contains("impossible"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig::default();
+    let options = Options {
+        priorities: crate::pattern::Priorities(vec![("alarm".into(), 8), ("bulk".into(), 2)]),
+        ..Options::default()
+    };
+    let stats = Arc::new(Stats::default());
+    let path = dir.path().join("outbox.db");
+    let (o, h) = start(&config, path.clone(), stats.clone(), options.clone()).unwrap();
+    append(&o, batch("bulk", &["b1", "b2"])).await.unwrap();
+    append(&o, batch("alarm", &["a1"])).await.unwrap();
+    append(&o, batch("other", &["o1"])).await.unwrap();
+    let highest_first = std::array::from_fn(|i| (PRIORITY_LEVELS - 1 - i) as u8);
+    let read = |order: [u8; PRIORITY_LEVELS]| {
+        o.read_by_priority([0; PRIORITY_LEVELS], order, 100, 1 << 20, vec![])
+    };
+    let (p, blocks) = read(highest_first).await.unwrap();
+    assert_eq!((p, values(&blocks)), (8, vec![(3, "a1".into())]));
+    // Asked lowest first: priority 2's blocks, in sequence order.
+    let lowest_first = std::array::from_fn(|i| i as u8);
+    let (p, blocks) = read(lowest_first).await.unwrap();
+    assert_eq!(
+        (p, values(&blocks)),
+        (2, vec![(1, "b1".into()), (2, "b2".into())])
+    );
+    // Past a priority's cursor there is nothing of it: the next one goes.
+    let mut cursors = [0; PRIORITY_LEVELS];
+    cursors[8] = 3;
+    let (p, blocks) = o
+        .read_by_priority(cursors, highest_first, 100, 1 << 20, vec![])
+        .await
+        .unwrap();
+    assert_eq!((p, values(&blocks)), (5, vec![(4, "o1".into())]));
+    // Delivered: priority 8 is empty and skipped; the count survives a restart.
+    let alarm = read(highest_first).await.unwrap().1;
+    o.finish(vec![alarm[0].seq_first], Vec::new(), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(read(highest_first).await.unwrap().0, 5);
+    close(o, h);
+    let (o, h) = start(&config, path, stats, options).unwrap();
+    let (p, blocks) = o
+        .read_by_priority([0; PRIORITY_LEVELS], highest_first, 100, 1 << 20, vec![])
+        .await
+        .unwrap();
+    assert_eq!((p, values(&blocks)), (5, vec![(4, "o1".into())]));
+    close(o, h);
+}
