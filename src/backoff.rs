@@ -2,8 +2,30 @@
 //! so tests are exact. Jitter spreads a fleet's retries so gateways that
 //! lost the uplink together do not come back in lock-step.
 
-use crate::config::RetryConfig;
+use crate::units::duration;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The `[retry]` section: the delay between delivery attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "duration")]
+    pub initial: Duration,
+    #[serde(with = "duration")]
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Backoff {

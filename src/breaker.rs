@@ -16,9 +16,9 @@ pub struct BreakerConfig {
     /// Successful probes in half-open that close it.
     pub successes: u32,
     /// First open interval; doubles with each trip up to `open_max`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::units::duration")]
     pub open_initial: Duration,
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::units::duration")]
     pub open_max: Duration,
 }
 

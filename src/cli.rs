@@ -5,9 +5,7 @@ use crate::config::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILURE: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
+pub use crate::exit::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -2,9 +2,9 @@
 //! event frames over the unix socket and counts acks) and `ferry status`
 //! (asks the daemon; falls back to reading the outbox when it is down).
 
-use crate::cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use crate::event::{Event, validate_topic};
+use crate::exit::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::ingest::frame::{self, Reply};
 use crate::outbox::dead_letter::{self, DeadLetter, Filter};
 use crate::stats::{Snapshot, now_ms};

@@ -87,7 +87,7 @@ impl SystemClock {
     pub fn read(&self) -> Reading {
         Reading {
             synchronized: synchronized(),
-            wall_ms: crate::stats::now_ms(),
+            wall_ms: now_ms(),
             boot_ms: boot_ms(),
             boot: self.boot,
         }
@@ -113,6 +113,23 @@ fn boot_ms() -> u64 {
         return 0;
     }
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Milliseconds on a clock that never jumps (since the first call).
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Milliseconds since the Unix epoch by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

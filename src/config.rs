@@ -4,6 +4,14 @@
 //! Precedence: built-in defaults < config file < environment. With no file
 //! at all ferry runs on defaults that need nothing installed.
 
+pub use crate::backoff::RetryConfig;
+pub use crate::event::KAFKA_MAX_EVENT_BYTES;
+pub use crate::forward::config::{Compression, KafkaConfig, SaslConfig, SaslMechanism, TlsConfig};
+pub use crate::forward::route::RouteConfig;
+pub use crate::ingest::config::{Format, IngestConfig, ListenerConfig, ListenerKind, parse_mode};
+pub use crate::metrics::MetricsConfig;
+pub use crate::outbox::config::{Durability, OutboxConfig, WhenFull};
+pub use crate::units::{parse_duration, parse_size};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,10 +19,6 @@ use std::time::Duration;
 
 /// Where ferry looks for its config when `-c` is not given.
 pub const SYSTEM_CONFIG: &str = "/etc/ferry/ferry.toml";
-
-/// Kafka's default `message.max.bytes` is 1 048 588 bytes for a whole record
-/// batch; an event larger than 1 MiB can never be produced with defaults.
-pub const KAFKA_MAX_EVENT_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,215 +39,6 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// HTTP address for /metrics and /health; empty disables.
-    pub listen: String,
-    /// node_exporter textfile to write (atomically) every 15 s; empty: none.
-    pub textfile: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9464".into(),
-            textfile: String::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    pub brokers: Vec<String>,
-    pub client_id: String,
-    pub compression: Compression,
-    /// zstd's level when `compression = "zstd"` (1 fastest … 19 smallest).
-    pub zstd_level: i32,
-    pub linger_ms: u64,
-    #[serde(with = "size")]
-    pub max_batch_bytes: u64,
-    pub max_batch_events: u64,
-    /// Cap on bytes written to the brokers per second (after compression);
-    /// 0 = no cap.
-    #[serde(with = "size")]
-    pub max_bytes_per_second: u64,
-    /// Metadata requests let the broker create a topic ferry produces to
-    /// (as the Java producer's do); the broker's own setting decides.
-    pub allow_auto_create_topics: bool,
-    /// One attempt to connect (TCP, TLS, SASL) gives up after this long.
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    /// A request without an answer by then fails (and its connection is closed).
-    #[serde(with = "duration")]
-    pub request_timeout: Duration,
-    /// Dead letters are also produced here (headers dlq-reason,
-    /// dlq-timestamp, original-topic) when set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dead_letter_topic: Option<String>,
-    /// Loss markers (JSON naming dropped sequence ranges) go here when set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss_topic: Option<String>,
-    /// TLS to the brokers (rustls) when set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-    /// SASL authentication when set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sasl: Option<SaslConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file of the CA certificate(s) that sign the brokers' certificates.
-    pub ca_file: PathBuf,
-    /// Optional client certificate chain and key (PEM), for mutual TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SaslConfig {
-    pub mechanism: SaslMechanism,
-    pub username: String,
-    /// The password lives in this file (mode 0600), never in the config.
-    pub password_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SaslMechanism {
-    #[serde(rename = "PLAIN", alias = "plain")]
-    Plain,
-    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
-    ScramSha256,
-    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
-    ScramSha512,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Lz4,
-    Zstd,
-    None,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutboxConfig {
-    /// Defaults to `<data_dir>/outbox.db`.
-    pub path: Option<PathBuf>,
-    pub durability: Durability,
-    /// Cap on stored (compressed) bytes; 0 = unlimited.
-    #[serde(with = "size")]
-    pub max_bytes: u64,
-    /// Events older than this are dropped (counted); 0 = unlimited.
-    #[serde(with = "duration")]
-    pub max_age: Duration,
-    pub when_full: WhenFull,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    Fsync,
-    Relaxed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    DropOldest,
-    Reject,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Largest event (key + value + headers) accepted at the door.
-    #[serde(with = "size")]
-    pub max_event_bytes: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerKind {
-    Unix,
-    Tcp,
-    Udp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Lines,
-    Frames,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    #[serde(rename = "type")]
-    pub kind: ListenerKind,
-    #[serde(default = "default_format")]
-    pub format: Format,
-    /// unix: socket path (default `<data_dir>/ferry.sock`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathBuf>,
-    /// unix: file mode, octal string (default "0660").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// unix: group that may write to the socket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// tcp/udp: bind address (default 127.0.0.1 and port 7070).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// lines: destination topic of every line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
-    /// lines: optional key of every line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-}
-
-fn default_format() -> Format {
-    Format::Frames
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Topic pattern; `*` matches any run of characters.
-    pub pattern: String,
-    /// Destination topics for events whose topic matches; none: the topic
-    /// itself (a route that only sets a priority).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to: Vec<String>,
-    /// 0 (lowest) … 9 (highest): with more to send than the uplink takes,
-    /// higher priorities go first (each level doubles the share).
-    #[serde(default = "default_priority")]
-    pub priority: u8,
-}
-
-fn default_priority() -> u8 {
-    crate::pattern::DEFAULT_PRIORITY
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    #[serde(with = "duration")]
-    pub initial: Duration,
-    #[serde(with = "duration")]
-    pub max: Duration,
-    pub multiplier: f64,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -257,58 +52,6 @@ impl Default for Config {
             retry: RetryConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
             metrics: MetricsConfig::default(),
-        }
-    }
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: vec!["127.0.0.1:9092".to_string()],
-            client_id: "ferry".to_string(),
-            compression: Compression::Lz4,
-            zstd_level: 3,
-            linger_ms: 5,
-            max_batch_bytes: 1_000_000,
-            max_batch_events: 10_000,
-            max_bytes_per_second: 0,
-            allow_auto_create_topics: true,
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            dead_letter_topic: None,
-            loss_topic: None,
-            tls: None,
-            sasl: None,
-        }
-    }
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        Self {
-            path: None,
-            durability: Durability::Fsync,
-            max_bytes: 1024 * 1024 * 1024,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            when_full: WhenFull::DropOldest,
-        }
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            max_event_bytes: KAFKA_MAX_EVENT_BYTES,
-        }
-    }
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            multiplier: 2.0,
         }
     }
 }
@@ -656,15 +399,11 @@ impl Config {
     }
 
     pub fn listener_path(&self, l: &ListenerConfig) -> PathBuf {
-        l.path
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("ferry.sock"))
+        l.socket_path(&self.data_dir)
     }
 
     pub fn listener_address(l: &ListenerConfig) -> String {
-        l.address
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1:7070".to_string())
+        l.bind_address()
     }
 
     /// The socket `ferry send` and `ferry status` talk to: the first unix
@@ -680,14 +419,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
-}
-
-/// Parse an octal file mode such as "0660".
-pub fn parse_mode(mode: &str) -> Result<u32, String> {
-    u32::from_str_radix(mode.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("`{mode}` is not an octal file mode such as \"0660\""))
 }
 
 /// Line (1-based) of byte `offset`, and the dotted key written on that line
@@ -739,86 +470,6 @@ fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// Parse "64MiB", "1GB", "512k" or a plain number of bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size such as \"64MiB\" or 1048576"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1024,
-        "m" | "mb" => 1000 * 1000,
-        "mib" => 1024 * 1024,
-        "g" | "gb" => 1000 * 1000 * 1000,
-        "gib" => 1024 * 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit; use B, KiB, MiB, GiB, kB, MB, GB"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
-
-/// Parse "500ms", "30s", "5m", "12h", "7d" or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as \"30s\" or \"7d\""))?;
-    let ms: u64 = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m, h or d")),
-    };
-    n.checked_mul(ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumOrString {
-    Num(u64),
-    Str(String),
-}
-
-pub(crate) mod size {
-    use super::*;
-    pub fn serialize<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(*v)
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        match NumOrString::deserialize(d)? {
-            NumOrString::Num(n) => Ok(n),
-            NumOrString::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-pub(crate) mod duration {
-    use super::*;
-    pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", v.as_millis()))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match NumOrString::deserialize(d)? {
-            NumOrString::Num(n) => Ok(Duration::from_secs(n)),
-            NumOrString::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! ready, forward until SIGTERM/SIGINT, then stop in order: listeners
 //! first, then the forwarder, then the outbox writer after its last commit.
 
-use crate::cli::{EXIT_FAILURE, EXIT_OK};
 use crate::config::Config;
-use crate::forward::Forwarder;
+use crate::exit::{EXIT_FAILURE, EXIT_OK};
+use crate::forward::{self, Forwarder};
 use crate::ingest::{self, Context};
 use crate::stats::Stats;
 use crate::{memory, notify, outbox, shutdown};
@@ -66,7 +66,7 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let (outbox, writer) =
         outbox::start(&config.outbox, config.outbox_path(), stats.clone(), options)?;
-    let bound = ingest::bind_all(&config).await?;
+    let bound = ingest::bind_all(&config.listeners, &config.data_dir).await?;
     let (trigger, shutdown) = shutdown::channel();
     let ctx = Arc::new(Context {
         outbox: outbox.clone(),
@@ -77,7 +77,15 @@ async fn serve(config: Config) -> Result<(), String> {
     });
     ingest::spawn_all(bound, ctx, &shutdown)?;
     start_metrics(&config, &stats, &outbox, &shutdown).await;
-    tokio::spawn(Forwarder::new(&config, outbox.clone(), stats.clone()).run(shutdown.clone()));
+    let settings = forward::Settings {
+        node_id: &config.node_id,
+        kafka: &config.kafka,
+        retry: &config.retry,
+        breaker: &config.breaker,
+        routes: &config.routes,
+        durability: config.outbox.durability,
+    };
+    tokio::spawn(Forwarder::new(settings, outbox.clone(), stats.clone()).run(shutdown.clone()));
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
 
     info!(
@@ -151,8 +159,6 @@ async fn start_metrics(
     }
 }
 
-/// A loop that has not shown it is alive for this long is taken as wedged.
-const WEDGED_AFTER: Duration = Duration::from_secs(30);
 /// How often `STATUS=` is refreshed when there is no watchdog.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -168,12 +174,8 @@ async fn supervise(outbox: outbox::Outbox, stats: Arc<Stats>, mut shutdown: shut
     let mut wedged_logged = false;
     loop {
         let writer_ok = outbox.ping(every.min(Duration::from_secs(2))).await;
-        let beat_age = crate::stats::monotonic_ms().saturating_sub(
-            stats
-                .forward_beat_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        let forward_ok = beat_age < WEDGED_AFTER.as_millis() as u64;
+        let wedged = stats.forward_wedged_for();
+        let forward_ok = wedged.is_none();
         if watchdog.is_some() {
             if writer_ok && forward_ok {
                 let _ = notify::notify("WATCHDOG=1");
@@ -189,7 +191,7 @@ async fn supervise(outbox: outbox::Outbox, stats: Arc<Stats>, mut shutdown: shut
                     if forward_ok {
                         "alive".to_string()
                     } else {
-                        format!("silent for {} s", beat_age / 1000)
+                        format!("silent for {} s", wedged.unwrap_or(0) / 1000)
                     }
                 );
                 wedged_logged = true;

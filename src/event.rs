@@ -6,6 +6,10 @@
 use crate::varint::{put_unsigned as put_varint, unzigzag, zigzag};
 use std::fmt;
 
+/// Kafka's default `message.max.bytes` is 1 048 588 bytes for a whole record
+/// batch; an event larger than 1 MiB can never be produced with defaults.
+pub const KAFKA_MAX_EVENT_BYTES: u64 = 1024 * 1024;
+
 /// One event. `headers` stays in its wire encoding (see [`HeaderIter`]) so
 /// that neither ingest nor storage allocates per header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,35 @@
 //! ferry: a store-and-forward telemetry producer for Linux gateways.
 //! Local programs hand it events; it stores them durably in a SQLite outbox
 //! at once and forwards them to Kafka whenever the uplink is up.
+//!
+//! Data flows one way: sockets → `ingest` → `outbox` → `forward` → `kafka`.
+//! The modules are layered; each imports only from layers below it
+//! (`../shared/tools/import_cycles.py src` finds no cycle):
+//!
+//! ```text
+//! cli                      subcommands, the exit code of each
+//!   daemon  client         `ferry run`; send, status and dlq over the socket/outbox
+//!     config               the whole file: composes each component's section,
+//!                          environment overrides, errors naming file/line/key
+//!       ingest  forward  metrics
+//!                          listeners and formats; what to send and when;
+//!                          /metrics and /health
+//!         kafka  outbox    ferry's own producer (its own layers: kafka/mod.rs);
+//!                          SQLite storage, group commit, plans beside it
+//!           event  stats  backoff  breaker
+//!                          the event and its at-rest encoding; counters;
+//!                          the pure retry and breaker cores
+//!             clock  units  pattern  varint  exit  shutdown  notify
+//!             log_limit  memory
+//!                          small pure pieces: time, sizes and durations, topic
+//!                          patterns, varints, exit codes, one shutdown signal,
+//!                          systemd notify, log rate limiting, giving memory back
+//! ```
+//!
+//! Each component owns its config section (`outbox::config::OutboxConfig`,
+//! `ingest::config::ListenerConfig`, `forward::config::KafkaConfig`,
+//! `backoff::RetryConfig`, `breaker::BreakerConfig`,
+//! `metrics::MetricsConfig`); `config` composes them and re-exports them.
 
 #[cfg(feature = "count-allocs")]
 pub mod alloc_count;
@@ -12,6 +41,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod exit;
 pub mod forward;
 pub mod ingest;
 pub mod kafka;
@@ -23,4 +53,5 @@ pub mod outbox;
 pub mod pattern;
 pub mod shutdown;
 pub mod stats;
+pub mod units;
 pub mod varint;

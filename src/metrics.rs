@@ -5,46 +5,41 @@
 //! optionally, the same metrics written atomically to a node_exporter
 //! textfile. Observing, never steering.
 
+use crate::clock::now_ms;
 use crate::outbox::Outbox;
 use crate::shutdown::Shutdown;
-use crate::stats::{Stats, monotonic_ms, now_ms};
+use crate::stats::{LATENCY_BUCKETS, Stats};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use log::{info, warn};
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-/// A loop silent for this long is reported unhealthy.
-const LOOP_SILENT_AFTER: Duration = Duration::from_secs(30);
-const TEXTFILE_INTERVAL: Duration = Duration::from_secs(15);
-
-/// Upper bounds (seconds) of the produce latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Produce request latency, lock-free.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; 11],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HTTP address for /metrics and /health; empty disables.
+    pub listen: String,
+    /// node_exporter textfile to write (atomically) every 15 s; empty: none.
+    pub textfile: String,
 }
 
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            textfile: String::new(),
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 }
+
+const TEXTFILE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The Prometheus text exposition of `stats`.
 pub fn render(stats: &Stats, node_id: &str) -> String {
@@ -183,19 +178,20 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
         s.forward.parked_topics.len() as f64,
     );
     let h = &stats.produce_latency;
+    let (buckets, count_all, sum_us) = h.read();
     let _ = writeln!(
         out,
         "# HELP ferry_produce_latency_seconds Produce request latency.\n# TYPE ferry_produce_latency_seconds histogram"
     );
     let mut cumulative = 0;
     for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-        cumulative += h.buckets[i].load(Relaxed);
+        cumulative += buckets[i];
         let _ = writeln!(
             out,
             "ferry_produce_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
         );
     }
-    let count = h.count.load(Relaxed);
+    let count = count_all;
     let _ = writeln!(
         out,
         "ferry_produce_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
@@ -203,7 +199,7 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
     let _ = writeln!(
         out,
         "ferry_produce_latency_seconds_sum {}",
-        h.sum_us.load(Relaxed) as f64 / 1e6
+        sum_us as f64 / 1e6
     );
     let _ = writeln!(out, "ferry_produce_latency_seconds_count {count}");
     out
@@ -212,8 +208,8 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
 /// Healthy when the outbox writer answers and the forwarder loop is alive.
 pub async fn health(stats: &Stats, outbox: &Outbox) -> (bool, String) {
     let writer_ok = outbox.ping(Duration::from_secs(2)).await;
-    let silent_ms = monotonic_ms().saturating_sub(stats.forward_beat_ms.load(Relaxed));
-    let forward_ok = silent_ms < LOOP_SILENT_AFTER.as_millis() as u64;
+    let wedged = stats.forward_wedged_for();
+    let forward_ok = wedged.is_none();
     let ok = writer_ok && forward_ok;
     let mut why = Vec::new();
     if !writer_ok {
@@ -222,7 +218,7 @@ pub async fn health(stats: &Stats, outbox: &Outbox) -> (bool, String) {
     if !forward_ok {
         why.push(format!(
             "the forwarder loop has been silent for {} s",
-            silent_ms / 1000
+            wedged.unwrap_or(0) / 1000
         ));
     }
     let body = serde_json::json!({

@@ -1,9 +1,14 @@
 //! Counters and gauges shared by every stage. Stages only add to them;
-//! `ferry status` (and later metrics) read them. Observing, never steering.
+//! `ferry status` and the metrics read them. Observing, never steering.
 
+pub use crate::clock::{monotonic_ms, now_ms};
 use serde::Serialize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A forwarder loop silent this long is taken as wedged.
+pub const FORWARD_WEDGED_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -32,7 +37,7 @@ pub struct Stats {
     /// Breaker state gauge: 0 closed, 1 half-open, 2 open.
     pub breaker_state: AtomicU64,
     /// Breaker and parked topics, as the forwarder last published them.
-    pub forward: Mutex<crate::forward::ForwardState>,
+    pub forward: Mutex<ForwardState>,
     /// Loss markers waiting to be produced to the loss topic.
     pub loss_markers_pending: AtomicU64,
     /// Outbox backlog, kept current by the outbox writer.
@@ -49,7 +54,7 @@ pub struct Stats {
     /// The bandwidth cap (bytes per second), 0 for none.
     pub uplink_cap: AtomicU64,
     /// Produce request latency.
-    pub produce_latency: crate::metrics::Histogram,
+    pub produce_latency: Histogram,
     /// When the forwarder loop last showed it was alive (ms on `monotonic_ms`).
     pub forward_beat_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -92,7 +97,7 @@ pub struct Snapshot {
     pub oldest_age_s: Option<f64>,
     pub last_error: Option<String>,
     #[serde(flatten)]
-    pub forward: crate::forward::ForwardState,
+    pub forward: ForwardState,
     /// Heap allocations since start (benchmark builds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocations: Option<u64>,
@@ -136,10 +141,65 @@ impl Stats {
         self.forward_beat_ms.store(monotonic_ms(), Relaxed);
     }
 
+    /// How long (ms) the forwarder loop has been silent, when that is long
+    /// enough (`FORWARD_WEDGED_AFTER`) to take it as wedged; `None` while it
+    /// is alive. The systemd watchdog and `/health` both ask this.
+    pub fn forward_wedged_for(&self) -> Option<u64> {
+        let silent = monotonic_ms().saturating_sub(self.forward_beat_ms.load(Relaxed));
+        (silent >= FORWARD_WEDGED_AFTER.as_millis() as u64).then_some(silent)
+    }
+
     pub fn set_last_error(&self, e: Option<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = e;
         }
+    }
+}
+
+/// The forwarder's view for `ferry status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ForwardState {
+    pub breaker: String,
+    pub breaker_transitions: u64,
+    /// Seconds until the breaker lets the next attempt through, when open.
+    pub next_attempt_in_s: Option<f64>,
+    pub last_error_class: Option<String>,
+    pub parked_topics: Vec<String>,
+    /// "exactly-once" (idempotent producer) or "at-least-once".
+    #[serde(default)]
+    pub delivery: String,
+}
+
+/// Upper bounds (seconds) of the produce latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Produce request latency, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 11],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// Per-bucket counts (not cumulative), observations, and their sum (µs).
+    pub fn read(&self) -> ([u64; 11], u64, u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            self.count.load(Relaxed),
+            self.sum_us.load(Relaxed),
+        )
     }
 }
 
@@ -174,23 +234,6 @@ impl UplinkUsage {
             0
         }
     }
-}
-
-/// Milliseconds on a clock that never jumps (since the first call).
-pub fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
-/// Milliseconds since the Unix epoch by the wall clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(feature = "count-allocs")]

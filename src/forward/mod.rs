@@ -22,7 +22,9 @@
 //! topic that is missing or not authorised is parked (its blocks skipped)
 //! so other topics go on.
 
+pub mod config;
 pub mod lane;
+pub mod parking;
 pub mod partitioner;
 pub mod plan;
 pub mod route;
@@ -30,9 +32,10 @@ pub mod schedule;
 pub mod security;
 pub mod streams;
 
+use crate::backoff::RetryConfig;
 use crate::backoff::{Backoff, seed_from_environment};
+use crate::breaker::BreakerConfig;
 use crate::breaker::{Breaker, State};
-use crate::config::{Compression, Config, Durability, KafkaConfig, RetryConfig};
 use crate::kafka::cluster::Cluster;
 use crate::kafka::connection::ConnectionConfig;
 use crate::kafka::errors::{Class, Failure};
@@ -40,16 +43,20 @@ use crate::kafka::producer::{self, ProducerIdentity};
 use crate::kafka::record_batch::{Codec, ProducerFields};
 use crate::kafka::uplink::Uplink;
 use crate::log_limit::LogLimiter;
+use crate::outbox::config::Durability;
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
 use crate::outbox::{Block, Outbox};
 use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
+use config::{Compression, KafkaConfig};
 use lane::{LaneJob, LaneOutcome, RecordWriter, WriterPool};
 use log::{debug, error, info, warn};
+use parking::{ParkedTopics, Parking};
 use partitioner::{Sticky, partition_for_key};
 use plan::{Item, Lane};
+use route::RouteConfig;
 use route::Router;
 use schedule::Schedule;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -75,17 +82,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const RECONNECT_AFTER_FAILURES: u32 = 3;
 /// Configuration problems are logged at most this often (per topic).
 const LOUD_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// A topic Kafka does not know (yet) is retried on a short schedule for
-/// this long (a broker that creates topics needs a moment)...
-const NEW_TOPIC_GRACE: Duration = Duration::from_secs(10);
-/// ...from this delay...
-const NEW_TOPIC_INITIAL: Duration = Duration::from_millis(100);
-/// ...to this one.
-const NEW_TOPIC_MAX: Duration = Duration::from_secs(2);
-/// Parked topics are retried after a growing delay from this...
-const PARK_INITIAL: Duration = Duration::from_secs(10);
-/// ...to this.
-const PARK_MAX: Duration = Duration::from_secs(600);
 
 /// The loop shows it is alive at least this often while it waits.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -146,46 +142,22 @@ struct Running {
 /// windows. The value is whether that lane finished all its events.
 type Chain = HashMap<(String, i32), oneshot::Receiver<bool>>;
 
-/// A destination topic that cannot be produced to until an operator acts
-/// (or, for a topic Kafka does not know yet, until it has been created).
-#[derive(Debug)]
-struct Parked {
-    until: Instant,
-    backoff: Backoff,
-    /// When it was first found missing (the short schedule's start).
-    since: Instant,
-    /// Delay of the short schedule for a topic not known yet.
-    short: Duration,
-    /// Source topics whose blocks are held back while this one is parked.
-    sources: HashSet<String>,
-    reason: String,
-}
+pub use crate::stats::ForwardState;
 
-impl Parked {
-    /// Still holding blocks back. An inactive entry only remembers the
-    /// backoff, so a topic that fails again is parked for longer.
-    fn is_active(&self) -> bool {
-        !self.sources.is_empty()
-    }
-}
-
-/// The forwarder's view for `ferry status`.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct ForwardState {
-    pub breaker: String,
-    pub breaker_transitions: u64,
-    /// Seconds until the breaker lets the next attempt through, when open.
-    pub next_attempt_in_s: Option<f64>,
-    pub last_error_class: Option<String>,
-    pub parked_topics: Vec<String>,
-    /// "exactly-once" (idempotent producer) or "at-least-once".
-    #[serde(default)]
-    pub delivery: String,
+/// What the forwarder needs from the config: its own `[kafka]` section
+/// and the sections that steer delivery.
+pub struct Settings<'a> {
+    pub node_id: &'a str,
+    pub kafka: &'a KafkaConfig,
+    pub retry: &'a RetryConfig,
+    pub breaker: &'a BreakerConfig,
+    pub routes: &'a [RouteConfig],
+    /// The outbox's durability (plans are stored as durably as events).
+    pub durability: Durability,
 }
 
 pub struct Forwarder {
     config: KafkaConfig,
-    retry: RetryConfig,
     durability: Durability,
     codec: Codec,
     node_id: Arc<str>,
@@ -194,12 +166,11 @@ pub struct Forwarder {
     router: Router,
     backoff: Backoff,
     breaker: Breaker,
-    seed: u64,
     cluster: Option<Cluster>,
     streams: Streams,
     sticky: Sticky,
     failures: u32,
-    parked: HashMap<String, Parked>,
+    parked: ParkedTopics,
     log: LogLimiter,
     loud: HashMap<String, LogLimiter>,
     clock: crate::clock::SystemClock,
@@ -222,8 +193,8 @@ enum Delivery {
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, outbox: Outbox, stats: Arc<Stats>) -> Self {
-        let seed = seed_from_environment(&config.node_id);
+    pub fn new(config: Settings<'_>, outbox: Outbox, stats: Arc<Stats>) -> Self {
+        let seed = seed_from_environment(config.node_id);
         let cap = config.kafka.max_bytes_per_second;
         stats
             .uplink_cap
@@ -234,25 +205,23 @@ impl Forwarder {
         };
         Self {
             config: config.kafka.clone(),
-            retry: config.retry.clone(),
-            durability: config.outbox.durability,
+            durability: config.durability,
             codec: match config.kafka.compression {
                 Compression::Lz4 => Codec::Lz4,
                 Compression::Zstd => Codec::Zstd(config.kafka.zstd_level),
                 Compression::None => Codec::None,
             },
-            node_id: Arc::from(config.node_id.as_str()),
+            node_id: Arc::from(config.node_id),
             outbox,
             stats,
-            router: Router::new(&config.routes),
-            backoff: Backoff::new(&config.retry, seed),
+            router: Router::new(config.routes),
+            backoff: Backoff::new(config.retry, seed),
             breaker: Breaker::new(config.breaker.clone(), seed.rotate_left(17)),
-            seed,
             cluster: None,
             streams: Streams::default(),
             sticky: Sticky::seeded(seed as u32),
             failures: 0,
-            parked: HashMap::new(),
+            parked: ParkedTopics::new(seed, config.retry.max),
             log: LogLimiter::new(Duration::from_secs(10)),
             loud: HashMap::new(),
             clock: crate::clock::SystemClock::default(),
@@ -635,12 +604,7 @@ impl Forwarder {
     /// the outbox is asked to release memory (once, `released`). False on
     /// shutdown.
     async fn idle(&mut self, shutdown: &mut Shutdown, released: &mut bool) -> bool {
-        let next_unpark = self
-            .parked
-            .values()
-            .filter(|p| p.is_active())
-            .map(|p| p.until)
-            .min();
+        let next_unpark = self.parked.next_due();
         let until_unpark = next_unpark
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
@@ -863,12 +827,7 @@ impl Forwarder {
                 .open_until()
                 .map(|u| u.saturating_duration_since(now).as_secs_f64()),
             last_error_class: failure.map(|f| f.class.as_str().to_string()),
-            parked_topics: self
-                .parked
-                .iter()
-                .filter(|(_, p)| p.is_active())
-                .map(|(t, _)| t.clone())
-                .collect(),
+            parked_topics: self.parked.names(),
             delivery: match self.streams.idempotence {
                 Idempotence::On(_) => "exactly-once".into(),
                 Idempotence::Off => "at-least-once".into(),
@@ -898,36 +857,10 @@ impl Forwarder {
     /// growing, jittered delay has passed; a topic Kafka does not know yet
     /// is first retried on a short schedule (it may be being created).
     fn park(&mut self, topic: &str, sources: impl IntoIterator<Item = String>, f: &Failure) {
-        let now = Instant::now();
-        let retry = RetryConfig {
-            initial: PARK_INITIAL,
-            max: PARK_MAX.max(self.retry.max),
-            multiplier: 2.0,
-        };
-        let seed = self.seed ^ crc32fast::hash(topic.as_bytes()) as u64;
-        let p = self
-            .parked
-            .entry(topic.to_string())
-            .or_insert_with(|| Parked {
-                until: now,
-                backoff: Backoff::new(&retry, seed),
-                since: now,
-                short: NEW_TOPIC_INITIAL,
-                sources: HashSet::new(),
-                reason: String::new(),
-            });
         let missing = f.name == "UNKNOWN_TOPIC_OR_PARTITION" || f.name == "LEADER_NOT_AVAILABLE";
-        let short = missing && now.duration_since(p.since) < NEW_TOPIC_GRACE;
-        let delay = if short {
-            let d = p.short;
-            p.short = (p.short * 2).min(NEW_TOPIC_MAX);
-            d
-        } else {
-            p.backoff.next_delay()
-        };
-        p.until = now + delay;
-        p.sources.extend(sources);
-        p.reason = f.message.clone();
+        let Parking { delay, short } =
+            self.parked
+                .park(topic, sources, missing, &f.message, Instant::now());
         if short {
             let msg = format!(
                 "topic {topic}: {} [{}]; its events are kept and retried shortly (in {} ms), other topics go on",
@@ -955,41 +888,25 @@ impl Forwarder {
 
     /// Source topics whose blocks are held back for parked destinations.
     fn parked_sources(&self) -> Vec<String> {
-        self.parked
-            .values()
-            .flat_map(|p| p.sources.iter().cloned())
-            .collect()
+        self.parked.held_sources()
     }
 
     /// A parked topic is due for its retry.
     fn unpark_due(&self) -> bool {
-        let now = Instant::now();
-        self.parked
-            .values()
-            .any(|p| p.is_active() && p.until <= now)
+        self.parked.due(Instant::now())
     }
 
     /// Lift parks whose time has come; true if any was lifted.
     fn unpark_expired(&mut self) -> bool {
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.until <= now && p.is_active())
-            .map(|(t, _)| t.clone())
-            .collect();
-        for t in &expired {
-            // Keep the backoff (it grows if the topic fails again); free the sources.
-            if let Some(p) = self.parked.get_mut(t) {
-                debug!("topic {t}: retrying after park ({})", p.reason);
-                p.sources.clear();
-            }
+        let lifted = self.parked.lift_due(Instant::now());
+        for (t, reason) in &lifted {
+            debug!("topic {t}: retrying after park ({reason})");
             // Ask Kafka about it afresh.
             if let Some(c) = self.cluster.as_mut() {
                 c.forget_topic(t);
             }
         }
-        !expired.is_empty()
+        !lifted.is_empty()
     }
 
     /// Blocks of this window that must stay: a lane of theirs was abandoned.
@@ -1425,9 +1342,8 @@ impl Forwarder {
         self.hold_parked(&blocks, lanes);
         // A once-parked topic that now delivers is forgiven: its backoff resets.
         for lane in lanes.iter().filter(|l| !l.abandoned && l.settled()) {
-            if self.parked.get(&lane.topic).is_some_and(|p| !p.is_active()) {
+            if self.parked.forgive(&lane.topic) {
                 info!("topic {}: delivering again", lane.topic);
-                self.parked.remove(&lane.topic);
             }
         }
         if lanes.iter().all(Lane::settled) {
@@ -1442,8 +1358,10 @@ impl Forwarder {
     /// parked now (without parking them again): their blocks are held.
     fn hold_parked(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
         for lane in lanes.iter_mut().filter(|l| !l.settled()) {
-            if let Some(p) = self.parked.get_mut(&lane.topic).filter(|p| p.is_active()) {
-                abandon(lane, blocks, &mut p.sources);
+            if self.parked.is_parked(&lane.topic) {
+                let mut sources = HashSet::new();
+                abandon(lane, blocks, &mut sources);
+                self.parked.hold(&lane.topic, sources);
                 // Its numbered batches will not go as planned.
                 if !lane.batches.is_empty() {
                     self.streams.start_afresh(&lane.topic, lane.partition);
@@ -1556,9 +1474,9 @@ impl Forwarder {
                     let mut end = start;
                     let mut bytes = 0;
                     while end < pending.len()
-                        && (end == start || bytes + pending[end].1.len() < max_bytes)
+                        && (end == start || bytes + pending[end].event.len() < max_bytes)
                     {
-                        bytes += pending[end].1.len() + RECORD_OVERHEAD;
+                        bytes += pending[end].event.len() + RECORD_OVERHEAD;
                         end += 1;
                     }
                     match self
@@ -1595,20 +1513,20 @@ impl Forwarder {
         clock: &crate::clock::Reading,
     ) -> Side {
         let mut w = RecordWriter::new(self.node_id.clone());
-        for (_, bytes, reason, destination, at_ms) in letters {
-            let Ok((event, _)) = crate::event::Event::decode_from(bytes) else {
+        for letter in letters {
+            let Ok((event, _)) = crate::event::Event::decode_from(&letter.event) else {
                 continue;
             };
-            let at = at_ms.to_string();
+            let at = letter.last_attempt_ms.to_string();
             let extra: [(&[u8], &[u8]); 3] = [
-                (b"dlq-reason", reason.as_bytes()),
+                (b"dlq-reason", letter.reason.as_bytes()),
                 (b"dlq-timestamp", at.as_bytes()),
-                (b"original-topic", destination.as_bytes()),
+                (b"original-topic", letter.destination.as_bytes()),
             ];
             w.push_dead_letter(&event, clock, &extra);
         }
         let batch = w.finish(ProducerFields::NONE, self.codec);
-        let ids: Vec<i64> = letters.iter().map(|l| l.0).collect();
+        let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
         let outcome = self.produce_side(topic, batch).await;
         let n = ids.len() as u64;
         match outcome {

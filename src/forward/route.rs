@@ -3,8 +3,27 @@
 //! and so does a matching route that names no destinations (one that only
 //! sets a priority).
 
-use crate::config::RouteConfig;
 use crate::pattern::{Priorities, glob_match};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topic pattern; `*` matches any run of characters.
+    pub pattern: String,
+    /// Destination topics for events whose topic matches; none: the topic
+    /// itself (a route that only sets a priority).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// 0 (lowest) … 9 (highest): with more to send than the uplink takes,
+    /// higher priorities go first (each level doubles the share).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+fn default_priority() -> u8 {
+    crate::pattern::DEFAULT_PRIORITY
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Router {

@@ -3,7 +3,7 @@
 //! and never appear in logs, `check-config` or `ferry status`: errors name
 //! the file, not its contents.
 
-use crate::config::{SaslConfig, SaslMechanism, TlsConfig};
+use super::config::{SaslConfig, SaslMechanism, TlsConfig};
 use crate::kafka::sasl::{Mechanism, SaslCredentials};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;

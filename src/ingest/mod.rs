@@ -7,22 +7,23 @@
 //! Bad input earns that client a clear error (or a counted, rate-limited
 //! log line where there is nobody to answer) and touches nothing else.
 
+pub mod config;
 pub mod frame;
 pub mod lines;
 
 use crate::clock::{Reading, SystemClock};
-use crate::config::{Config, Format, ListenerConfig, ListenerKind};
 use crate::event::{Event, validate_topic};
 use crate::log_limit::LogLimiter;
 use crate::outbox::{AppendBatch, Appender, Outbox, StoreError};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
+use config::{Format, ListenerConfig, ListenerKind, parse_mode};
 use frame::{Check, ErrorCode, Frame, Reply};
 use lines::{LineSplitter, Piece};
 use log::{error, info, warn};
 use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -75,24 +76,24 @@ impl Bound {
 }
 
 /// Bind every configured listener; errors name the listener and the cause.
-pub async fn bind_all(config: &Config) -> Result<Vec<Bound>, String> {
+pub async fn bind_all(listeners: &[ListenerConfig], data_dir: &Path) -> Result<Vec<Bound>, String> {
     let mut out = Vec::new();
-    for l in &config.listeners {
+    for l in listeners {
         out.push(match l.kind {
             ListenerKind::Unix => {
-                let path = config.listener_path(l);
+                let path = l.socket_path(data_dir);
                 let listener = bind_unix(&path, l)?;
                 Bound::Unix(listener, path, l.clone())
             }
             ListenerKind::Tcp => {
-                let addr = Config::listener_address(l);
+                let addr = l.bind_address();
                 let t = TcpListener::bind(&addr)
                     .await
                     .map_err(|e| format!("cannot listen on tcp {addr}: {e}"))?;
                 Bound::Tcp(t, l.clone())
             }
             ListenerKind::Udp => {
-                let addr = Config::listener_address(l);
+                let addr = l.bind_address();
                 let u = UdpSocket::bind(&addr)
                     .await
                     .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
@@ -121,7 +122,7 @@ fn bind_unix(path: &std::path::Path, l: &ListenerConfig) -> Result<UnixListener,
     let listener = UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
     let mode = match &l.mode {
-        Some(m) => crate::config::parse_mode(m)?,
+        Some(m) => parse_mode(m)?,
         None => 0o660,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -124,15 +124,30 @@ pub fn delete(conn: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
     Ok(n)
 }
 
-/// Dead letters not yet produced to the DLQ topic: `(id, event, reason, destination, last_attempt_ms)`.
-pub type ForDlq = (i64, Vec<u8>, String, String, i64);
+/// A dead letter not yet produced to the DLQ topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForDlq {
+    pub id: i64,
+    /// The event, in its at-rest encoding.
+    pub event: Vec<u8>,
+    pub reason: String,
+    /// The topic it was refused by.
+    pub destination: String,
+    pub last_attempt_ms: i64,
+}
 
 pub fn pending_for_dlq(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<ForDlq>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event, reason, destination, last_attempt_ms FROM dead_letters WHERE dlq_sent = 0 ORDER BY id LIMIT ?1",
     )?;
     stmt.query_map([limit as i64], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        Ok(ForDlq {
+            id: r.get(0)?,
+            event: r.get(1)?,
+            reason: r.get(2)?,
+            destination: r.get(3)?,
+            last_attempt_ms: r.get(4)?,
+        })
     })?
     .collect()
 }

@@ -211,7 +211,7 @@ impl Drop for HotStatements {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Durability;
+    use crate::outbox::config::Durability;
 
     fn row(seq_first: i64, payload: &[u8]) -> BlockRow<'_> {
         BlockRow {

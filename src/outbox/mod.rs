@@ -9,16 +9,17 @@
 //! sequence numbers. Counters live in the `meta` table and are updated in
 //! the same transactions, so start-up needs no scan.
 
+pub mod config;
 pub mod dead_letter;
 mod hot;
 pub mod loss;
 pub mod plan;
 mod schema;
 
-use crate::config::{Durability, OutboxConfig, WhenFull};
 use crate::event::Event;
 use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
 use crate::stats::{Stats, now_ms};
+use config::{Durability, OutboxConfig, WhenFull};
 use dead_letter::NewDeadLetter;
 use hot::HotStatements;
 use log::{debug, error, info, warn};
@@ -34,7 +35,7 @@ const BLOCK_TARGET_RAW: usize = 256 * 1024;
 /// No stored block is larger: the block target plus one event of the
 /// largest size Kafka takes, with room to spare.
 const MAX_BLOCK_RAW: usize =
-    4 * BLOCK_TARGET_RAW + 4 * crate::config::KAFKA_MAX_EVENT_BYTES as usize;
+    4 * BLOCK_TARGET_RAW + 4 * crate::event::KAFKA_MAX_EVENT_BYTES as usize;
 /// Stop gathering a group commit at this many raw bytes.
 const GROUP_COMMIT_MAX_RAW: usize = 8 * 1024 * 1024;
 /// Commands waiting for the writer; senders wait when it is full (backpressure).
@@ -226,6 +227,12 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     Ok(conn)
 }
 
+/// The writer thread is gone (ferry is stopping, or the writer failed and
+/// logged why): said the same way wherever a request finds it so.
+fn closed(_: impl Sized) -> String {
+    "outbox closed".to_string()
+}
+
 /// What the writer needs beyond the `[outbox]` section.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -307,8 +314,8 @@ impl Outbox {
                 reply,
             })
             .await
-            .map_err(|_| "outbox closed".to_string())?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+            .map_err(closed)?;
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// In one transaction: store `dead` letters, delete the `delivered`
@@ -328,14 +335,11 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     async fn ask(&self, cmd: Command) -> Result<(), String> {
-        self.tx
-            .send(cmd)
-            .await
-            .map_err(|_| "outbox closed".to_string())
+        self.tx.send(cmd).await.map_err(closed)
     }
 
     /// Store a window's plan and the producer state it advanced, durably
@@ -347,21 +351,21 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// The producer state and the plans of windows not yet delivered.
     pub async fn load_plans(&self) -> Result<plan::Saved, String> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::LoadPlans { reply }).await?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// Drop the stored producer id and streams (not the plans).
     pub async fn forget_producer(&self) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ForgetProducer { reply }).await?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// These blocks (by first sequence number) as far as they are still
@@ -369,7 +373,7 @@ impl Outbox {
     pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, String> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ReadBlocks { seq_firsts, reply }).await?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// Loss markers waiting for the loss topic: `(id, JSON)`.
@@ -378,8 +382,8 @@ impl Outbox {
         self.tx
             .send(Command::LossPending { reply })
             .await
-            .map_err(|_| "outbox closed".to_string())?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+            .map_err(closed)?;
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     pub async fn loss_delivered(&self, ids: Vec<i64>) {
@@ -392,8 +396,8 @@ impl Outbox {
         self.tx
             .send(Command::DlqPending { reply })
             .await
-            .map_err(|_| "outbox closed".to_string())?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+            .map_err(closed)?;
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// True if the writer answers within `within` (it is not wedged).
@@ -420,8 +424,8 @@ impl Outbox {
         self.tx
             .send(Command::Present { seq_firsts, reply })
             .await
-            .map_err(|_| "outbox closed".to_string())?;
-        rx.await.unwrap_or_else(|_| Err("outbox closed".into()))
+            .map_err(closed)?;
+        rx.await.unwrap_or_else(|e| Err(closed(e)))
     }
 
     /// Ask the writer to drop events older than `max_age`.

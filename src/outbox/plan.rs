@@ -191,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = super::super::open_connection(
             &dir.path().join("o.db"),
-            crate::config::Durability::Fsync,
+            crate::outbox::config::Durability::Fsync,
         )
         .unwrap();
         assert!(load(&conn).unwrap().producer.is_none());

@@ -1,7 +1,7 @@
 //! Outbox tests on a real SQLite file in a temp directory.
 
+use super::config::OutboxConfig;
 use super::*;
-use crate::config::OutboxConfig;
 use std::time::Duration;
 
 fn batch(topic: &str, values: &[&str]) -> AppendBatch {

@@ -1,0 +1,93 @@
+//! The `[ingest]` section and the `[[listener]]` entries. Owned by ingest;
+//! `config` composes them and checks the listeners.
+
+use crate::event::KAFKA_MAX_EVENT_BYTES;
+use crate::units::size;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest event (key + value + headers) accepted at the door.
+    #[serde(with = "size")]
+    pub max_event_bytes: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: KAFKA_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    Unix,
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Lines,
+    Frames,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(rename = "type")]
+    pub kind: ListenerKind,
+    #[serde(default = "default_format")]
+    pub format: Format,
+    /// unix: socket path (default `<data_dir>/ferry.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// unix: file mode, octal string (default "0660").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// unix: group that may write to the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// tcp/udp: bind address (default 127.0.0.1 and port 7070).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// lines: destination topic of every line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// lines: optional key of every line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+fn default_format() -> Format {
+    Format::Frames
+}
+
+impl ListenerConfig {
+    /// unix: the socket's path (default `<data_dir>/ferry.sock`).
+    pub fn socket_path(&self, data_dir: &Path) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("ferry.sock"))
+    }
+
+    /// tcp/udp: the address to bind (default 127.0.0.1:7070).
+    pub fn bind_address(&self) -> String {
+        self.address
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:7070".to_string())
+    }
+}
+
+/// Parse an octal file mode such as "0660".
+pub fn parse_mode(mode: &str) -> Result<u32, String> {
+    u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{mode}` is not an octal file mode such as \"0660\""))
+}
