@@ -30,16 +30,12 @@ pub struct Stats {
     pub throttle_ms: AtomicU64,
     /// Dead letters stored (all time, kept in the database).
     pub dead_letters: AtomicU64,
-    /// Dead letters not yet produced to the DLQ topic.
-    pub dead_letters_unsent: AtomicU64,
     /// Failed delivery attempts that were retried.
     pub retries: AtomicU64,
     /// Breaker state gauge: 0 closed, 1 half-open, 2 open.
     pub breaker_state: AtomicU64,
     /// Breaker and parked topics, as the forwarder last published them.
     pub forward: Mutex<ForwardState>,
-    /// Loss markers waiting to be produced to the loss topic.
-    pub loss_markers_pending: AtomicU64,
     /// Outbox backlog, kept current by the outbox writer.
     pub backlog_events: AtomicU64,
     pub backlog_bytes: AtomicU64,

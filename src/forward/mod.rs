@@ -1286,7 +1286,6 @@ impl Forwarder {
                             first_attempt_ms: window.first_attempt_ms,
                             last_attempt_ms: now,
                         });
-                        self.stats.dead_letters_unsent.fetch_add(1, Relaxed);
                         gone.push(idx);
                     }
                     // `gone` counts from the lane's start; drop the finished
@@ -1433,10 +1432,10 @@ impl Forwarder {
             return;
         }
         if let Some(topic) = self.config.loss_topic.clone() {
-            if self.stats.loss_markers_pending.load(Relaxed) > 0 {
+            if self.outbox.waiting.loss_markers.load(Relaxed) > 0 {
                 if let Ok(markers) = self.outbox.loss_pending().await {
                     if markers.is_empty() {
-                        self.stats.loss_markers_pending.store(0, Relaxed);
+                        self.outbox.waiting.loss_markers.store(0, Relaxed);
                     } else {
                         let ids: Vec<i64> = markers.iter().map(|m| m.0).collect();
                         let mut w = RecordWriter::new(self.node_id.clone());
@@ -1457,12 +1456,12 @@ impl Forwarder {
             }
         }
         if let Some(topic) = self.config.dead_letter_topic.clone() {
-            if self.stats.dead_letters_unsent.load(Relaxed) > 0 {
+            if self.outbox.waiting.dead_letters.load(Relaxed) > 0 {
                 let Ok(pending) = self.outbox.dlq_pending().await else {
                     return;
                 };
                 if pending.is_empty() {
-                    self.stats.dead_letters_unsent.store(0, Relaxed);
+                    self.outbox.waiting.dead_letters.store(0, Relaxed);
                     return;
                 }
                 let max_bytes = self.config.max_batch_bytes as usize;
@@ -1544,8 +1543,9 @@ impl Forwarder {
             Side::Refused | Side::Failed => return outcome,
         }
         let _ = self
-            .stats
-            .dead_letters_unsent
+            .outbox
+            .waiting
+            .dead_letters
             .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
         outcome
     }

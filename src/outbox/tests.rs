@@ -1,7 +1,15 @@
 //! Outbox tests on a real SQLite file in a temp directory.
 
-use super::config::OutboxConfig;
+use super::block::Compressor;
+use super::config::{Durability, OutboxConfig, WhenFull};
 use super::*;
+use crate::event::Event;
+use crate::pattern::PRIORITY_LEVELS;
+use crate::stats::Stats;
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 fn batch(topic: &str, values: &[&str]) -> AppendBatch {

@@ -1,0 +1,141 @@
+//! What the handles send the writer thread: batches to store and requests,
+//! each with the channel its answer comes back on; and the shared pieces
+//! both sides know (errors, options, waiting side records).
+
+use super::block::Block;
+use super::dead_letter::{self, NewDeadLetter};
+use super::plan;
+use crate::pattern::PRIORITY_LEVELS;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for the writer; senders wait when it is full (backpressure).
+pub(super) const QUEUE_DEPTH: usize = 256;
+
+/// Events encoded back to back with [`Event::encode_into`].
+#[derive(Debug, Default)]
+pub struct AppendBatch {
+    pub data: Vec<u8>,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// `when_full = "reject"` and the outbox is at `max_bytes`.
+    Full { max_bytes: u64 },
+    /// SQLite failed; the events are not stored.
+    Storage(String),
+    /// ferry is stopping.
+    Closed,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Full { max_bytes } => write!(
+                f,
+                "outbox full ({max_bytes} bytes, when_full = \"reject\"): event not stored; retry later or raise outbox.max_bytes"
+            ),
+            StoreError::Storage(e) => write!(f, "outbox write failed, event not stored: {e}"),
+            StoreError::Closed => write!(f, "ferry is shutting down: event not stored"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Where to send the result of storing a batch (none for formats without acks).
+pub(super) type AckSender = Option<mpsc::Sender<Stored>>;
+/// What the writer hands back: the outcome, and the batch's buffer for reuse.
+pub(super) type Stored = (Result<(), StoreError>, Vec<u8>);
+/// A batch waiting for the next group commit.
+pub(super) type Pending = (AppendBatch, AckSender);
+
+pub(super) enum Command {
+    Append {
+        batch: AppendBatch,
+        reply: AckSender,
+    },
+    Read {
+        cursors: [i64; PRIORITY_LEVELS],
+        order: [u8; PRIORITY_LEVELS],
+        max_events: usize,
+        max_raw_bytes: usize,
+        skip_topics: Vec<String>,
+        reply: oneshot::Sender<Result<(u8, Vec<Block>), String>>,
+    },
+    Finish {
+        delivered: Vec<i64>,
+        dead: Vec<NewDeadLetter>,
+        plans: Vec<i64>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    SavePlan {
+        save: Box<plan::PlanSave>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    LoadPlans {
+        reply: oneshot::Sender<Result<plan::Saved, String>>,
+    },
+    ForgetProducer {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    ReadBlocks {
+        seq_firsts: Vec<i64>,
+        reply: oneshot::Sender<Result<Vec<Block>, String>>,
+    },
+    LossPending {
+        reply: oneshot::Sender<Result<Vec<(i64, String)>, String>>,
+    },
+    LossDelivered {
+        ids: Vec<i64>,
+    },
+    DlqPending {
+        reply: oneshot::Sender<Result<Vec<dead_letter::ForDlq>, String>>,
+    },
+    DlqSent {
+        ids: Vec<i64>,
+        /// 1: produced to the DLQ topic; 2: refused there for good.
+        state: i64,
+    },
+    /// Liveness check: answered when the writer gets to it.
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
+    EvictAged,
+    /// ferry is idle: drop buffers kept for the next commit and SQLite's
+    /// page cache, then hand free heap pages back to the system.
+    ReleaseMemory,
+    Present {
+        seq_firsts: Vec<i64>,
+        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+    },
+}
+
+/// Side records waiting for their topics, counted by the outbox so that
+/// the forwarder asks for them only when there are some.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    /// Loss markers not yet produced to the loss topic.
+    pub loss_markers: AtomicU64,
+    /// Dead letters not yet produced to the DLQ topic.
+    pub dead_letters: AtomicU64,
+}
+
+/// Open (creating or migrating) the outbox database at `path`.
+/// What the writer needs beyond the `[outbox]` section.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub node_id: String,
+    /// Queue loss markers when policy drops events (a loss topic is set).
+    pub record_loss: bool,
+    /// Each block is filed under its topic's priority.
+    pub priorities: crate::pattern::Priorities,
+}
+
+/// The writer thread is gone (ferry is stopping, or the writer failed and
+/// logged why): said the same way wherever a request finds it so.
+pub(super) fn closed(_: impl Sized) -> String {
+    "outbox closed".to_string()
+}

@@ -1,0 +1,860 @@
+//! The writer thread: owns the SQLite connection; group-commits appended
+//! batches into blocks (one per topic, filed under its priority), answers
+//! reads, finishes delivered windows, stores plans, enforces the size and
+//! age caps with loss markers, quarantines corrupt blocks.
+
+use super::block::{BLOCK_TARGET_RAW, Block, Compressor, verify_block};
+use super::command::{Command, Options, Pending, StoreError, Waiting};
+use super::config::{Durability, OutboxConfig, WhenFull};
+use super::dead_letter::{self, NewDeadLetter};
+use super::hot::{self, HotStatements};
+use super::{loss, plan, schema};
+use crate::event::Event;
+use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
+use crate::stats::{Stats, now_ms};
+use log::{debug, error, info, warn};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::{Notify, mpsc};
+
+/// Stop gathering a group commit at this many raw bytes.
+const GROUP_COMMIT_MAX_RAW: usize = 8 * 1024 * 1024;
+
+pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create outbox directory {}: {e}", dir.display()))?;
+    }
+    let conn = Connection::open(path)
+        .map_err(|e| format!("cannot open outbox {}: {e}", path.display()))?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA cache_size=-256;"
+    ))
+    .map_err(|e| format!("cannot configure outbox {}: {e}", path.display()))?;
+    schema::migrate(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+pub(super) struct Writer {
+    /// The append path's statements; declared before `conn`, so they are
+    /// finalized before it closes.
+    hot: HotStatements,
+    conn: Connection,
+    config: OutboxConfig,
+    stats: Arc<Stats>,
+    path: PathBuf,
+    next_seq: i64,
+    /// Blocks being built in this group commit, one per topic, reused
+    /// between commits; and the compressor.
+    building: Vec<TopicBlock>,
+    compressor: Compressor,
+    /// Node id and whether to record loss markers for a loss topic.
+    node_id: String,
+    record_loss: bool,
+    priorities: crate::pattern::Priorities,
+    /// Blocks stored per priority, counted after each commit: a read
+    /// skips the priorities that have none.
+    blocks_by_priority: [u64; PRIORITY_LEVELS],
+    /// Signalled after commits and drops, to wake the forwarder.
+    committed: Arc<Notify>,
+    /// Side records waiting (shared with the handles).
+    waiting: Arc<Waiting>,
+}
+
+/// A block under construction: events of one topic, encoded back to back.
+struct TopicBlock {
+    topic: String,
+    priority: u8,
+    data: Vec<u8>,
+    count: u32,
+}
+
+/// Keep at most this many per-topic buffers between commits.
+const MAX_IDLE_TOPIC_BUFFERS: usize = 64;
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        config: OutboxConfig,
+        stats: Arc<Stats>,
+        path: PathBuf,
+        options: Options,
+        committed: Arc<Notify>,
+        waiting: Arc<Waiting>,
+    ) -> Result<Self, String> {
+        let m = schema::load_meta(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        stats.backlog_events.store(m.events, Relaxed);
+        stats.backlog_bytes.store(m.stored_bytes, Relaxed);
+        stats.backlog_raw_bytes.store(m.raw_bytes, Relaxed);
+        stats.dropped_events.store(m.dropped_events, Relaxed);
+        stats.dropped_bytes.store(m.dropped_bytes, Relaxed);
+        stats.quarantined.store(m.quarantined_events, Relaxed);
+        stats.dead_letters.store(m.dead_letters, Relaxed);
+        if let Ok(mut u) = stats.uplink.lock() {
+            *u = m.uplink;
+        }
+        let unsent: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM dead_letters WHERE dlq_sent = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        waiting.dead_letters.store(unsent as u64, Relaxed);
+        let markers: i64 = conn
+            .query_row("SELECT count(*) FROM loss_markers", [], |r| r.get(0))
+            .map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        waiting.loss_markers.store(markers as u64, Relaxed);
+        let hot = HotStatements::prepare(&conn)
+            .map_err(|e| format!("outbox {}: cannot prepare statements: {e}", path.display()))?;
+        let mut w = Self {
+            hot,
+            conn,
+            config,
+            stats,
+            path,
+            next_seq: m.next_seq,
+            building: Vec::new(),
+            compressor: Compressor::default(),
+            node_id: options.node_id,
+            record_loss: options.record_loss,
+            priorities: options.priorities,
+            blocks_by_priority: [0; PRIORITY_LEVELS],
+            committed,
+            waiting,
+        };
+        {
+            // One pass over the small (priority, sequence) index.
+            let mut stmt = w
+                .conn
+                .prepare("SELECT priority, count(*) FROM blocks GROUP BY priority")
+                .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
+            for (priority, n) in rows {
+                w.blocks_by_priority[priority.clamp(0, MAX_PRIORITY as i64) as usize] += n as u64;
+            }
+        }
+        w.refresh_oldest();
+        info!(
+            "outbox {} open: {} events ({} bytes) waiting, next sequence {}",
+            w.path.display(),
+            m.events,
+            m.stored_bytes,
+            m.next_seq
+        );
+        Ok(w)
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut group: Vec<Pending> = Vec::new();
+        let mut deferred: Vec<Command> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut raw = 0usize;
+            let mut next = Some(first);
+            // Gather everything already waiting into one transaction.
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { batch, reply } => {
+                        raw += batch.data.len();
+                        group.push((batch, reply));
+                    }
+                    other => deferred.push(other),
+                }
+                if raw < GROUP_COMMIT_MAX_RAW {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                let stored = self.commit_group(&mut group);
+                if stored {
+                    self.committed.notify_one();
+                }
+            }
+            for cmd in deferred.drain(..) {
+                self.handle(cmd);
+            }
+        }
+        info!("outbox {} closed", self.path.display());
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append { .. } => unreachable!("appends are grouped"),
+            Command::Read {
+                cursors,
+                order,
+                max_events,
+                max_raw_bytes,
+                skip_topics,
+                reply,
+            } => {
+                let mut found = Ok((order[0], Vec::new()));
+                for p in order {
+                    if self.blocks_by_priority[p as usize] == 0 {
+                        continue;
+                    }
+                    let after = cursors[p as usize];
+                    match self.read(p, after, max_events, max_raw_bytes, &skip_topics) {
+                        Ok(blocks) if blocks.is_empty() => continue,
+                        Ok(blocks) => found = Ok((p, blocks)),
+                        Err(e) => found = Err(e),
+                    }
+                    break;
+                }
+                let _ = reply.send(found);
+            }
+            Command::Finish {
+                delivered,
+                dead,
+                plans,
+                reply,
+            } => {
+                let r = self
+                    .finish(&delivered, &dead, &plans)
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::SavePlan { save, reply } => {
+                let _ = reply.send(plan::save(&self.conn, &save).map_err(|e| e.to_string()));
+            }
+            Command::LoadPlans { reply } => {
+                let _ = reply.send(plan::load(&self.conn).map_err(|e| e.to_string()));
+            }
+            Command::ForgetProducer { reply } => {
+                let _ = reply.send(plan::forget_producer(&self.conn).map_err(|e| e.to_string()));
+            }
+            Command::ReadBlocks { seq_firsts, reply } => {
+                let _ = reply.send(self.read_blocks(&seq_firsts));
+            }
+            Command::LossPending { reply } => {
+                let _ = reply.send(loss::pending(&self.conn, 100).map_err(|e| e.to_string()));
+            }
+            Command::LossDelivered { ids } => match loss::delivered(&self.conn, &ids) {
+                Ok(()) => sub(&self.waiting.loss_markers, ids.len() as u64),
+                Err(e) => error!(
+                    "outbox {}: cannot clear loss markers: {e}",
+                    self.path.display()
+                ),
+            },
+            Command::DlqPending { reply } => {
+                let r = dead_letter::pending_for_dlq(&self.conn, 500).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::Ping { reply } => {
+                let _ = reply.send(());
+            }
+            Command::DlqSent { ids, state } => {
+                if let Err(e) = dead_letter::mark_sent_to_dlq(&self.conn, &ids, state) {
+                    error!(
+                        "outbox {}: cannot mark dead letters sent: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+            Command::Present { seq_firsts, reply } => {
+                let _ = reply.send(self.present(&seq_firsts).map_err(|e| e.to_string()));
+            }
+            Command::EvictAged => {
+                if let Err(e) = self.evict_aged() {
+                    error!("outbox {}: age eviction failed: {e}", self.path.display());
+                }
+            }
+            Command::ReleaseMemory => self.release_memory(),
+        }
+    }
+
+    /// Give back the block buffers (each up to a few hundred KiB) and
+    /// SQLite's page cache; both come back on the next busy moment.
+    fn release_memory(&mut self) {
+        self.building = Vec::new();
+        self.compressor.release();
+        if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
+            debug!(
+                "outbox {}: cannot shrink SQLite's memory: {e}",
+                self.path.display()
+            );
+        }
+        // Trimming covers every thread's arena, so the forwarder's
+        // finished windows are released here too.
+        crate::memory::release_thread_cache();
+        crate::memory::trim();
+    }
+
+    /// Commit a group of batches; acknowledge each. True if anything stored.
+    fn commit_group(&mut self, group: &mut Vec<Pending>) -> bool {
+        let reject_full = self.config.when_full == WhenFull::Reject
+            && self.config.max_bytes > 0
+            && self.stats.backlog_bytes.load(Relaxed) >= self.config.max_bytes;
+        let result = if reject_full {
+            Err(StoreError::Full {
+                max_bytes: self.config.max_bytes,
+            })
+        } else {
+            let seq_before = self.next_seq;
+            self.write_group(group).map_err(|e| {
+                // Nothing was stored, so the sequence numbers are unused.
+                self.next_seq = seq_before;
+                error!(
+                    "outbox {}: commit failed, {} batches refused: {e}",
+                    self.path.display(),
+                    group.len()
+                );
+                StoreError::Storage(e.to_string())
+            })
+        };
+        let stored = result.is_ok();
+        let n: u64 = group.iter().map(|(b, _)| b.count as u64).sum();
+        if stored {
+            self.stats.stored.fetch_add(n, Relaxed);
+        } else {
+            self.stats.rejected.fetch_add(n, Relaxed);
+        }
+        for (batch, reply) in group.drain(..) {
+            if let Some(reply) = reply {
+                // Its channel has room for every batch a connection may
+                // have waiting (Appender::DEPTH): never full.
+                let _ = reply.try_send((result.clone(), batch.data));
+            }
+        }
+        stored
+    }
+
+    fn write_group(&mut self, group: &[Pending]) -> rusqlite::Result<()> {
+        self.hot.begin()?;
+        let written = self
+            .write_group_in_transaction(group)
+            .and_then(|totals| self.hot.commit().map(|()| totals));
+        let (added, dropped) = match written {
+            Ok(totals) => totals,
+            Err(e) => {
+                // Undo whatever part was written (an error path: allocating is fine).
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        self.apply(
+            added,
+            dropped,
+            "outbox.max_bytes reached (when_full = \"drop_oldest\")",
+        );
+        if self.stats.oldest_ms.load(Relaxed) == 0 || dropped.events > 0 {
+            self.refresh_oldest();
+        }
+        Ok(())
+    }
+
+    /// The body of a group commit: (added, dropped by the size cap).
+    fn write_group_in_transaction(
+        &mut self,
+        group: &[Pending],
+    ) -> rusqlite::Result<(Totals, Totals)> {
+        let now = now_ms();
+        let seq_before = self.next_seq;
+        let mut added = Totals::default();
+        for b in &mut self.building {
+            b.data.clear();
+            b.count = 0;
+        }
+        if self.building.len() > MAX_IDLE_TOPIC_BUFFERS {
+            self.building.clear();
+        }
+        // Sort events into one block per topic, so a topic that cannot be
+        // delivered can be skipped without holding up the others. Sequence
+        // numbers are given per block, in acknowledgement order per topic.
+        for (batch, _) in group {
+            let mut rest = &batch.data[..];
+            while !rest.is_empty() {
+                let (event, after) = Event::decode_from(rest)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let len = rest.len() - after.len();
+                let i = match self.building.iter().position(|b| b.topic == event.topic) {
+                    Some(i) => i,
+                    None => {
+                        self.building.push(TopicBlock {
+                            topic: event.topic.to_string(),
+                            priority: self.priorities.of(event.topic),
+                            data: Vec::new(),
+                            count: 0,
+                        });
+                        self.building.len() - 1
+                    }
+                };
+                let b = &mut self.building[i];
+                b.data.extend_from_slice(&rest[..len]);
+                b.count += 1;
+                rest = after;
+                if b.data.len() >= BLOCK_TARGET_RAW {
+                    added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
+                    self.next_seq += b.count as i64;
+                    b.data.clear();
+                    b.count = 0;
+                }
+            }
+        }
+        for b in self.building.iter().filter(|b| b.count > 0) {
+            added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
+            self.next_seq += b.count as i64;
+        }
+        self.hot.add_appended(
+            self.next_seq - seq_before,
+            added.events as i64,
+            added.stored as i64,
+            added.raw as i64,
+        )?;
+        let dropped = if self.config.when_full == WhenFull::DropOldest && self.config.max_bytes > 0
+        {
+            let limit = self.config.max_bytes;
+            let current = self.stats.backlog_bytes.load(Relaxed) + added.stored;
+            let victims = oldest_over(&self.conn, current, limit, seq_before)?;
+            self.drop_blocks(&self.conn, &victims, "max_bytes")?
+        } else {
+            Totals::default()
+        };
+        Ok((added, dropped))
+    }
+
+    /// Delete `victims` by policy inside `tx`: count them and, when a loss
+    /// topic is configured, queue a loss marker naming what was dropped.
+    fn drop_blocks(
+        &self,
+        tx: &Connection,
+        victims: &[i64],
+        reason: &str,
+    ) -> rusqlite::Result<Totals> {
+        if victims.is_empty() {
+            return Ok(Totals::default());
+        }
+        let mut per_topic: std::collections::BTreeMap<String, loss::TopicLoss> = Default::default();
+        let dropped = delete_blocks_with(tx, victims, |topic, first, count, raw| {
+            let t = per_topic.entry(topic.to_string()).or_default();
+            t.events += count;
+            t.bytes += raw;
+            t.ranges.push([first, first + count as i64 - 1]);
+        })?;
+        schema::add_meta(tx, "dropped_events", dropped.events as i64)?;
+        schema::add_meta(tx, "dropped_bytes", dropped.raw as i64)?;
+        if self.record_loss && dropped.events > 0 {
+            let marker = loss::LossMarker {
+                node: &self.node_id,
+                reason,
+                time_ms: now_ms(),
+                events: dropped.events,
+                bytes: dropped.raw,
+                topics: per_topic,
+            };
+            loss::queue(tx, &marker)?;
+            self.waiting.loss_markers.fetch_add(1, Relaxed);
+        }
+        Ok(dropped)
+    }
+
+    /// Move committed totals into the in-memory stats and log drops.
+    fn apply(&mut self, added: Totals, dropped: Totals, reason: &str) {
+        self.count_blocks(&added, &dropped);
+        let s = &self.stats;
+        s.backlog_events.fetch_add(added.events, Relaxed);
+        s.backlog_bytes.fetch_add(added.stored, Relaxed);
+        s.backlog_raw_bytes.fetch_add(added.raw, Relaxed);
+        if dropped.events > 0 {
+            sub(&s.backlog_events, dropped.events);
+            sub(&s.backlog_bytes, dropped.stored);
+            sub(&s.backlog_raw_bytes, dropped.raw);
+            s.dropped_events.fetch_add(dropped.events, Relaxed);
+            s.dropped_bytes.fetch_add(dropped.raw, Relaxed);
+            warn!(
+                "outbox {}: dropped {} events ({} bytes), sequences {}..={}: {reason}",
+                self.path.display(),
+                dropped.events,
+                dropped.raw,
+                dropped.seq_min,
+                dropped.seq_max
+            );
+        }
+    }
+
+    fn refresh_oldest(&mut self) {
+        let oldest: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT created_ms FROM blocks ORDER BY seq_first LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten();
+        self.stats.oldest_ms.store(oldest.unwrap_or(0), Relaxed);
+    }
+
+    fn read(
+        &mut self,
+        priority: u8,
+        after: i64,
+        max_events: usize,
+        max_raw_bytes: usize,
+        skip_topics: &[String],
+    ) -> Result<Vec<Block>, String> {
+        let mut out = Vec::new();
+        let mut corrupt = Vec::new();
+        let (mut events, mut raw) = (0usize, 0usize);
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
+                     WHERE priority = ?1 AND seq_first > ?2 ORDER BY seq_first",
+                )
+                .map_err(|e| e.to_string())?;
+            let mut rows = stmt
+                .query(params![priority, after])
+                .map_err(|e| e.to_string())?;
+            while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+                let topic = row.get_ref(6).map_err(|e| e.to_string())?;
+                let topic = topic.as_str().map_err(|e| e.to_string())?;
+                if skip_topics.iter().any(|t| t == topic) {
+                    continue;
+                }
+                match stored_block(row, topic.to_string())? {
+                    Ok(block) => {
+                        events += block.count as usize;
+                        raw += block.data.len();
+                        out.push(block);
+                    }
+                    Err((seq_first, count, why)) => corrupt.push((seq_first, count, why)),
+                }
+                if events >= max_events || raw >= max_raw_bytes {
+                    break;
+                }
+            }
+        }
+        for (seq_first, count, why) in corrupt {
+            if let Err(e) = self.quarantine(seq_first, &why) {
+                error!(
+                    "outbox {}: cannot quarantine block {seq_first}: {e}",
+                    self.path.display()
+                );
+            } else {
+                error!(
+                    "outbox {}: block of {count} events (sequences {seq_first}..{}) is corrupt ({why}); quarantined, the events behind it go on",
+                    self.path.display(),
+                    seq_first + count as i64 - 1
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read the given blocks (those still stored), verified and decompressed.
+    fn read_blocks(&mut self, seq_firsts: &[i64]) -> Result<Vec<Block>, String> {
+        let mut out = Vec::with_capacity(seq_firsts.len());
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
+                 WHERE seq_first = ?1",
+            )
+            .map_err(|e| e.to_string())?;
+        for &seq_first in seq_firsts {
+            let mut rows = stmt.query([seq_first]).map_err(|e| e.to_string())?;
+            let Some(row) = rows.next().map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let topic: String = row.get(6).map_err(|e| e.to_string())?;
+            // A corrupt block is left for the ordinary read to quarantine.
+            if let Ok(block) = stored_block(row, topic)? {
+                out.push(block);
+            }
+        }
+        Ok(out)
+    }
+
+    fn present(&mut self, seq_firsts: &[i64]) -> rusqlite::Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blocks WHERE seq_first = ?1")?;
+        let mut out = Vec::with_capacity(seq_firsts.len());
+        for &s in seq_firsts {
+            if stmt.exists([s])? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn quarantine(&mut self, seq_first: i64, why: &str) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO quarantine (seq_first, topic, count, raw_bytes, created_ms, crc, payload, reason, quarantined_ms) \
+             SELECT seq_first, topic, count, raw_bytes, created_ms, crc, payload, ?2, ?3 FROM blocks WHERE seq_first = ?1",
+            params![seq_first, why, now_ms()],
+        )?;
+        let removed = delete_blocks(&tx, &[seq_first])?;
+        schema::add_meta(&tx, "quarantined_events", removed.events as i64)?;
+        tx.commit()?;
+        self.apply_removed(removed);
+        self.stats.quarantined.fetch_add(removed.events, Relaxed);
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        delivered: &[i64],
+        dead: &[NewDeadLetter],
+        plans: &[i64],
+    ) -> rusqlite::Result<()> {
+        // Removing delivered blocks need not reach the disk at once: if a
+        // power cut undoes it, the events are sent again (duplicates that
+        // `ferry-id` marks, never loss), and the next `fsync` commit of
+        // new events syncs the write-ahead log, this change included.
+        // That saves a flush per delivery window (SD-card wear, and the
+        // writer stays free for appends).
+        let fsync = self.config.durability == Durability::Fsync;
+        if fsync {
+            self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        }
+        let result = self.finish_transaction(delivered, dead, plans);
+        if fsync {
+            self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+        }
+        result
+    }
+
+    fn finish_transaction(
+        &mut self,
+        delivered: &[i64],
+        dead: &[NewDeadLetter],
+        plans: &[i64],
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        plan::delete(&tx, plans)?;
+        for d in dead {
+            dead_letter::insert(&tx, d)?;
+        }
+        schema::add_meta(&tx, "dead_letters", dead.len() as i64)?;
+        let removed = delete_blocks(&tx, delivered)?;
+        let uplink = self.stats.uplink.lock().map(|u| *u).unwrap_or_default();
+        schema::set_uplink(&tx, &uplink)?;
+        tx.commit()?;
+        self.stats
+            .dead_letters
+            .fetch_add(dead.len() as u64, Relaxed);
+        self.waiting
+            .dead_letters
+            .fetch_add(dead.len() as u64, Relaxed);
+        self.apply_removed(removed);
+        Ok(())
+    }
+
+    /// Blocks stored (`added`) and removed since the last call, by priority.
+    fn count_blocks(&mut self, added: &Totals, removed: &Totals) {
+        for p in 0..PRIORITY_LEVELS {
+            let n = &mut self.blocks_by_priority[p];
+            *n = (*n + added.blocks[p]).saturating_sub(removed.blocks[p]);
+        }
+    }
+
+    fn apply_removed(&mut self, removed: Totals) {
+        self.count_blocks(&Totals::default(), &removed);
+        sub(&self.stats.backlog_events, removed.events);
+        sub(&self.stats.backlog_bytes, removed.stored);
+        sub(&self.stats.backlog_raw_bytes, removed.raw);
+        self.refresh_oldest();
+    }
+
+    fn evict_aged(&mut self) -> rusqlite::Result<()> {
+        if self.config.max_age.is_zero() {
+            return Ok(());
+        }
+        let cutoff = now_ms() - self.config.max_age.as_millis() as i64;
+        let tx = self.conn.unchecked_transaction()?;
+        let victims: Vec<i64> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq_first FROM blocks WHERE created_ms < ?1 ORDER BY seq_first",
+            )?;
+            stmt.query_map([cutoff], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let dropped = self.drop_blocks(&tx, &victims, "max_age")?;
+        tx.commit()?;
+        self.apply(Totals::default(), dropped, "older than outbox.max_age");
+        self.refresh_oldest();
+        self.committed.notify_one();
+        Ok(())
+    }
+}
+
+fn sub(a: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = a.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    events: u64,
+    stored: u64,
+    raw: u64,
+    seq_min: i64,
+    seq_max: i64,
+    /// Blocks per priority.
+    blocks: [u64; PRIORITY_LEVELS],
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, o: Self) {
+        if o.events == 0 {
+            return;
+        }
+        if self.events == 0 {
+            self.seq_min = o.seq_min;
+        }
+        self.events += o.events;
+        self.stored += o.stored;
+        self.raw += o.raw;
+        self.seq_min = self.seq_min.min(o.seq_min);
+        self.seq_max = self.seq_max.max(o.seq_max);
+        for (mine, theirs) in self.blocks.iter_mut().zip(o.blocks) {
+            *mine += theirs;
+        }
+    }
+}
+
+fn insert_block(
+    hot: &HotStatements,
+    block: &TopicBlock,
+    compressor: &mut Compressor,
+    seq_first: i64,
+    now: i64,
+) -> rusqlite::Result<Totals> {
+    let raw = &block.data;
+    let compressed = compressor
+        .compress(raw)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let n = compressed.len();
+    let crc = crc32fast::hash(compressed);
+    hot.insert_block(&hot::BlockRow {
+        seq_first,
+        topic: &block.topic,
+        priority: block.priority,
+        count: block.count,
+        raw_bytes: raw.len() as i64,
+        created_ms: now,
+        crc,
+        payload: compressed,
+    })?;
+    let mut blocks = [0; PRIORITY_LEVELS];
+    blocks[usize::from(block.priority.min(MAX_PRIORITY))] = 1;
+    Ok(Totals {
+        events: block.count as u64,
+        stored: n as u64,
+        raw: raw.len() as u64,
+        seq_min: seq_first,
+        seq_max: seq_first + block.count as i64 - 1,
+        blocks,
+    })
+}
+
+/// A corrupt block: first sequence number, events, why.
+type Corrupt = (i64, u32, String);
+
+/// A `blocks` row (`seq_first, count, raw_bytes, created_ms, crc, payload`
+/// first), verified and decompressed; a corrupt one as `(seq_first, count,
+/// why)`.
+fn stored_block(row: &rusqlite::Row<'_>, topic: String) -> Result<Result<Block, Corrupt>, String> {
+    let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
+    let count: u32 = row.get(1).map_err(|e| e.to_string())?;
+    let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
+    let created_ms: i64 = row.get(3).map_err(|e| e.to_string())?;
+    let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
+    let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
+    let payload = payload.map_err(|e| e.to_string())?;
+    Ok(match verify_block(payload, crc, count, raw_bytes) {
+        Ok(data) => Ok(Block {
+            seq_first,
+            topic,
+            count,
+            created_ms,
+            data,
+        }),
+        Err(why) => Err((seq_first, count, why)),
+    })
+}
+
+fn delete_blocks(tx: &Connection, seq_firsts: &[i64]) -> rusqlite::Result<Totals> {
+    delete_blocks_with(tx, seq_firsts, |_, _, _, _| {})
+}
+
+/// Delete blocks, keep the counters right, and tell `each` the topic, first
+/// sequence, event count and raw bytes of every block actually deleted.
+fn delete_blocks_with(
+    tx: &Connection,
+    seq_firsts: &[i64],
+    mut each: impl FnMut(&str, i64, u64, u64),
+) -> rusqlite::Result<Totals> {
+    let mut t = Totals::default();
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM blocks WHERE seq_first = ?1 \
+         RETURNING count, length(payload), raw_bytes, topic, priority",
+    )?;
+    for &s in seq_firsts {
+        let row: Option<(i64, i64, i64, String, i64)> = stmt
+            .query_row([s], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        if let Some((events, stored, raw, topic, priority)) = row {
+            let (events, stored, raw) = (events as u64, stored as u64, raw as u64);
+            each(&topic, s, events, raw);
+            let mut blocks = [0; PRIORITY_LEVELS];
+            blocks[priority.clamp(0, MAX_PRIORITY as i64) as usize] = 1;
+            t += Totals {
+                events,
+                stored,
+                raw,
+                seq_min: s,
+                seq_max: s + events as i64 - 1,
+                blocks,
+            };
+        }
+    }
+    drop(stmt);
+    schema::add_meta(tx, "events", -(t.events as i64))?;
+    schema::add_meta(tx, "stored_bytes", -(t.stored as i64))?;
+    schema::add_meta(tx, "raw_bytes", -(t.raw as i64))?;
+    Ok(t)
+}
+
+/// The oldest blocks (never those at or after `keep_from`, just written)
+/// whose removal brings the stored bytes within `limit`.
+fn oldest_over(
+    tx: &Connection,
+    mut current: u64,
+    limit: u64,
+    keep_from: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut victims = Vec::new();
+    if current > limit {
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq_first, length(payload) FROM blocks WHERE seq_first < ?1 ORDER BY seq_first",
+        )?;
+        let mut rows = stmt.query([keep_from])?;
+        while current > limit {
+            let Some(row) = rows.next()? else { break };
+            let seq: i64 = row.get(0)?;
+            let len = row.get::<_, i64>(1)? as u64;
+            victims.push(seq);
+            current = current.saturating_sub(len);
+        }
+    }
+    Ok(victims)
+}
