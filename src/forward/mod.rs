@@ -27,9 +27,11 @@ pub mod lane;
 pub mod parking;
 pub mod partitioner;
 pub mod plan;
+mod recovery;
 pub mod route;
 pub mod schedule;
 pub mod security;
+mod side;
 pub mod streams;
 
 use crate::backoff::RetryConfig;
@@ -39,8 +41,8 @@ use crate::breaker::{Breaker, State};
 use crate::kafka::cluster::Cluster;
 use crate::kafka::connection::ConnectionConfig;
 use crate::kafka::errors::{Class, Failure};
-use crate::kafka::producer::{self, ProducerIdentity};
-use crate::kafka::record_batch::{Codec, ProducerFields};
+use crate::kafka::producer;
+use crate::kafka::record_batch::Codec;
 use crate::kafka::uplink::Uplink;
 use crate::log_limit::LogLimiter;
 use crate::outbox::config::Durability;
@@ -51,7 +53,7 @@ use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use config::{Compression, KafkaConfig};
-use lane::{LaneJob, LaneOutcome, RecordWriter, WriterPool};
+use lane::{LaneJob, LaneOutcome, WriterPool};
 use log::{debug, error, info, warn};
 use parking::{ParkedTopics, Parking};
 use partitioner::{Sticky, partition_for_key};
@@ -409,142 +411,6 @@ impl Forwarder {
         {
             self.complete(window).await;
         }
-    }
-
-    /// The producer state and the plans stored before ferry last stopped:
-    /// restore the streams and rebuild those windows from their blocks.
-    async fn recover_plans(&mut self) -> Vec<Window> {
-        let saved = match self.outbox.load_plans().await {
-            Ok(s) => s,
-            Err(e) => {
-                error!(
-                    "cannot read the stored delivery plans: {e}; windows are planned afresh (duplicates possible)"
-                );
-                return Vec::new();
-            }
-        };
-        let boot = i64::from(self.clock.read().boot);
-        let trusted = match saved.producer {
-            Some(p) if self.durability == Durability::Fsync || p.boot == boot => Some(p),
-            Some(_) => {
-                // A power cut may have undone the last commits under
-                // `relaxed`: sequences stored then cannot be trusted.
-                warn!(
-                    "the machine restarted since the producer state was stored under relaxed durability: ferry takes a new producer id; windows in flight then are sent again at least once"
-                );
-                if let Err(e) = self.outbox.forget_producer().await {
-                    error!("cannot clear the stored producer state: {e}");
-                }
-                None
-            }
-            None => None,
-        };
-        if let Some(p) = trusted {
-            self.streams = Streams::restore(
-                ProducerIdentity {
-                    producer_id: p.producer_id,
-                    epoch: p.epoch,
-                },
-                &saved.streams,
-            );
-        }
-        let mut windows = Vec::new();
-        for stored in saved.windows {
-            let blocks = match self.outbox.read_blocks(stored.blocks.clone()).await {
-                Ok(b) => b,
-                Err(e) => {
-                    error!(
-                        "cannot read the blocks of a stored delivery window: {e}; it is planned afresh"
-                    );
-                    continue;
-                }
-            };
-            if blocks.is_empty() {
-                continue;
-            }
-            let mut window = Window::new(blocks[0].seq_first - 1, blocks);
-            window.saved = true;
-            window.lanes = self.restore_lanes(&window.blocks, &stored, trusted.is_some());
-            windows.push(window);
-        }
-        windows
-    }
-
-    /// A stored plan's lanes, placed in `blocks`. Lanes of streams that
-    /// started afresh since (or whose events are gone) are planned again.
-    fn restore_lanes(
-        &mut self,
-        blocks: &[Block],
-        stored: &SavedWindow,
-        trusted: bool,
-    ) -> Option<Vec<Lane>> {
-        let mut place: HashMap<i64, (u32, u32)> = HashMap::new();
-        for (b, block) in blocks.iter().enumerate() {
-            for (seq, offset, _) in block.events() {
-                place.insert(seq, (b as u32, offset as u32));
-            }
-        }
-        let Some(lanes) = plan::decode(&stored.plan) else {
-            error!(
-                "stored delivery plan of window {} is unreadable; it is planned afresh (duplicates possible)",
-                stored.id
-            );
-            return None;
-        };
-        let mut out = Vec::new();
-        for s in lanes {
-            let mut lane = Lane::new(s.topic, s.partition);
-            lane.items = s
-                .seqs
-                .iter()
-                .filter_map(|seq| {
-                    place.get(seq).map(|&(block, offset)| Item {
-                        block,
-                        offset,
-                        seq: *seq,
-                    })
-                })
-                .collect();
-            let complete = lane.items.len() == s.seqs.len();
-            // A stream started afresh by an earlier stored window (its
-            // planned batches could not go as planned) restarts every later
-            // window's lane of that partition too: their sequences followed
-            // batches that may never have been written.
-            let current = s.producer.producer_id >= 0
-                && self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer)
-                && !self.streams.needs_producer_id(&lane.topic, lane.partition);
-            if trusted && complete && current {
-                let mut start = 0u32;
-                for (len, base_sequence) in s.batches {
-                    lane.batches.push(plan::Batch {
-                        start,
-                        len,
-                        base_sequence,
-                    });
-                    start += len;
-                }
-                lane.producer = Some(s.producer);
-                lane.generation = self
-                    .streams
-                    .generation_of(&lane.topic, lane.partition)
-                    .unwrap_or(0);
-                lane.sent_before = lane.batches.len();
-                lane.replan = false;
-            } else if !s.batches.is_empty() {
-                // Sent again under a stream that starts afresh: at least once.
-                warn!(
-                    "{}/{}: {} events planned before ferry stopped go again under a new producer id (duplicates possible)",
-                    lane.topic,
-                    lane.partition,
-                    lane.items.len()
-                );
-                self.streams.start_afresh(&lane.topic, lane.partition);
-            }
-            if !lane.items.is_empty() {
-                out.push(lane);
-            }
-        }
-        Some(out)
     }
 
     /// `collect`, unless shutdown comes first (see [`until_shutdown`]).
@@ -1423,204 +1289,6 @@ impl Forwarder {
         );
         lanes
     }
-
-    /// Best effort, once per loop: loss markers to the loss topic and dead
-    /// letters to the DLQ topic. What fails stays queued for next time; a
-    /// dead letter the DLQ topic refuses for good is marked so and left.
-    async fn deliver_side_records(&mut self) {
-        if self.breaker.state(Instant::now()) != State::Closed || self.cluster.is_none() {
-            return;
-        }
-        if let Some(topic) = self.config.loss_topic.clone() {
-            if self.outbox.waiting.loss_markers.load(Relaxed) > 0 {
-                if let Ok(markers) = self.outbox.loss_pending().await {
-                    if markers.is_empty() {
-                        self.outbox.waiting.loss_markers.store(0, Relaxed);
-                    } else {
-                        let ids: Vec<i64> = markers.iter().map(|m| m.0).collect();
-                        let mut w = RecordWriter::new(self.node_id.clone());
-                        for (_, body) in &markers {
-                            w.push_plain(
-                                now_ms(),
-                                Some(self.node_id.as_bytes()),
-                                body.as_bytes(),
-                                &[],
-                            );
-                        }
-                        let batch = w.finish(ProducerFields::NONE, self.codec);
-                        if self.produce_side(&topic, batch).await == Side::Delivered {
-                            self.outbox.loss_delivered(ids).await;
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(topic) = self.config.dead_letter_topic.clone() {
-            if self.outbox.waiting.dead_letters.load(Relaxed) > 0 {
-                let Ok(pending) = self.outbox.dlq_pending().await else {
-                    return;
-                };
-                if pending.is_empty() {
-                    self.outbox.waiting.dead_letters.store(0, Relaxed);
-                    return;
-                }
-                let max_bytes = self.config.max_batch_bytes as usize;
-                let clock = self.clock.read();
-                // Groups within the batch size; a group refused for good
-                // is sent again one by one, so one bad letter holds up none.
-                let mut start = 0;
-                while start < pending.len() {
-                    let mut end = start;
-                    let mut bytes = 0;
-                    while end < pending.len()
-                        && (end == start || bytes + pending[end].event.len() < max_bytes)
-                    {
-                        bytes += pending[end].event.len() + RECORD_OVERHEAD;
-                        end += 1;
-                    }
-                    match self
-                        .produce_dead_letters(&topic, &pending[start..end], &clock)
-                        .await
-                    {
-                        Side::Delivered => {}
-                        Side::Refused if end - start > 1 => {
-                            for one in start..end {
-                                if self
-                                    .produce_dead_letters(&topic, &pending[one..one + 1], &clock)
-                                    .await
-                                    == Side::Failed
-                                {
-                                    return;
-                                }
-                            }
-                        }
-                        Side::Refused => {}
-                        Side::Failed => return,
-                    }
-                    start = end;
-                }
-            }
-        }
-    }
-
-    /// Produce these dead letters to the DLQ topic in one batch, and record
-    /// what became of them.
-    async fn produce_dead_letters(
-        &mut self,
-        topic: &str,
-        letters: &[crate::outbox::dead_letter::ForDlq],
-        clock: &crate::clock::Reading,
-    ) -> Side {
-        let mut w = RecordWriter::new(self.node_id.clone());
-        for letter in letters {
-            let Ok((event, _)) = crate::event::Event::decode_from(&letter.event) else {
-                continue;
-            };
-            let at = letter.last_attempt_ms.to_string();
-            let extra: [(&[u8], &[u8]); 3] = [
-                (b"dlq-reason", letter.reason.as_bytes()),
-                (b"dlq-timestamp", at.as_bytes()),
-                (b"original-topic", letter.destination.as_bytes()),
-            ];
-            w.push_dead_letter(&event, clock, &extra);
-        }
-        let batch = w.finish(ProducerFields::NONE, self.codec);
-        let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
-        let outcome = self.produce_side(topic, batch).await;
-        let n = ids.len() as u64;
-        match outcome {
-            Side::Delivered => self.outbox.dlq_sent(ids).await,
-            Side::Refused if n == 1 => {
-                self.loud(
-                    topic,
-                    &format!(
-                        "dead letter {} refused by the DLQ topic {topic} for good; it stays in `ferry dlq list` and is not sent there again",
-                        ids[0]
-                    ),
-                );
-                self.outbox.dlq_refused(ids).await;
-            }
-            Side::Refused | Side::Failed => return outcome,
-        }
-        let _ = self
-            .outbox
-            .waiting
-            .dead_letters
-            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
-        outcome
-    }
-
-    /// One batch to a side topic (loss markers, dead letters), without
-    /// idempotence: these are at-least-once.
-    async fn produce_side(&mut self, topic: &str, batch: bytes::Bytes) -> Side {
-        let timeout_ms = self.produce_timeout_ms();
-        let node_id = self.node_id.clone();
-        let known = match self.cluster() {
-            Ok(cluster) => {
-                if cluster.partition_count(topic).is_none()
-                    && cluster.refresh(&[topic.to_string()]).await.is_err()
-                {
-                    return Side::Failed;
-                }
-                cluster.partition_count(topic)
-            }
-            Err(_) => return Side::Failed,
-        };
-        let Some(n) = known else {
-            self.loud(
-                topic,
-                &format!("topic {topic} (side topic for loss markers/dead letters) does not exist; create it"),
-            );
-            return Side::Failed;
-        };
-        let partition = partition_for_key(node_id.as_bytes(), n);
-        let codec = self.codec;
-        let Ok(cluster) = self.cluster() else {
-            return Side::Failed;
-        };
-        let name = producer::topic_name(topic);
-        let result = async {
-            let conn = cluster.leader(topic, partition).await?;
-            let version = producer::produce_version(&conn, codec)?;
-            let pending =
-                producer::send_batch(&conn, version, &name, partition, batch, timeout_ms).await?;
-            producer::answer(&conn, pending, &name, partition).await
-        }
-        .await;
-        match result {
-            Ok(a) if a.error_code == 0 => Side::Delivered,
-            Ok(a) => {
-                let f = Failure::from_code(
-                    a.error_code,
-                    &format!("produce to {topic}/{partition}"),
-                    a.error_message.as_deref(),
-                );
-                self.log.warn(&format!("{}; will retry", f.message));
-                if f.class == Class::PermanentRecord {
-                    Side::Refused
-                } else {
-                    Side::Failed
-                }
-            }
-            Err(f) => {
-                self.log.warn(&format!(
-                    "produce to {topic} failed: {}; will retry",
-                    f.message
-                ));
-                Side::Failed
-            }
-        }
-    }
-}
-
-/// What became of a batch to a side topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Delivered,
-    /// Refused for good (too large, invalid).
-    Refused,
-    /// Not now (network, leader, topic missing): try again later.
-    Failed,
 }
 
 /// `work`, unless shutdown comes first: then requests already on the wire
