@@ -134,8 +134,40 @@ pub struct Options {
     pub priorities: crate::pattern::Priorities,
 }
 
-/// The writer thread is gone (ferry is stopping, or the writer failed and
-/// logged why): said the same way wherever a request finds it so.
-pub(super) fn closed(_: impl Sized) -> String {
-    "outbox closed".to_string()
+/// Why an outbox request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxError {
+    /// The writer thread is gone: ferry is stopping, or the writer failed
+    /// and logged why.
+    Closed,
+    /// SQLite, or the disk under it, failed; the message says where.
+    Storage(String),
+}
+
+impl fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutboxError::Closed => f.write_str("outbox closed"),
+            OutboxError::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for OutboxError {}
+
+impl From<String> for OutboxError {
+    fn from(message: String) -> OutboxError {
+        OutboxError::Storage(message)
+    }
+}
+
+impl From<OutboxError> for String {
+    fn from(e: OutboxError) -> String {
+        e.to_string()
+    }
+}
+
+/// A request found the writer gone.
+pub(super) fn closed(_: impl Sized) -> OutboxError {
+    OutboxError::Closed
 }

@@ -4,7 +4,7 @@
 
 use super::block::Block;
 use super::command::{
-    AppendBatch, Command, Options, QUEUE_DEPTH, StoreError, Stored, Waiting, closed,
+    AppendBatch, Command, Options, OutboxError, QUEUE_DEPTH, StoreError, Stored, Waiting, closed,
 };
 use super::config::OutboxConfig;
 use super::dead_letter::{self, NewDeadLetter};
@@ -32,7 +32,7 @@ pub fn start(
     path: PathBuf,
     stats: Arc<Stats>,
     options: Options,
-) -> Result<(Outbox, std::thread::JoinHandle<()>), String> {
+) -> Result<(Outbox, std::thread::JoinHandle<()>), OutboxError> {
     let conn = open_connection(&path, config.durability)?;
     let committed = Arc::new(Notify::new());
     let waiting = Arc::new(Waiting::default());
@@ -69,7 +69,7 @@ impl Outbox {
         max_events: usize,
         max_raw_bytes: usize,
         skip_topics: Vec<String>,
-    ) -> Result<Vec<Block>, String> {
+    ) -> Result<Vec<Block>, OutboxError> {
         let order = std::array::from_fn(|i| (PRIORITY_LEVELS - 1 - i) as u8);
         self.read_by_priority(
             [after; PRIORITY_LEVELS],
@@ -94,7 +94,7 @@ impl Outbox {
         max_events: usize,
         max_raw_bytes: usize,
         skip_topics: Vec<String>,
-    ) -> Result<(u8, Vec<Block>), String> {
+    ) -> Result<(u8, Vec<Block>), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Read {
@@ -107,7 +107,7 @@ impl Outbox {
             })
             .await
             .map_err(closed)?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// In one transaction: store `dead` letters, delete the `delivered`
@@ -118,7 +118,7 @@ impl Outbox {
         delivered: Vec<i64>,
         dead: Vec<NewDeadLetter>,
         plans: Vec<i64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::Finish {
             delivered,
@@ -127,55 +127,55 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
-    async fn ask(&self, cmd: Command) -> Result<(), String> {
+    async fn ask(&self, cmd: Command) -> Result<(), OutboxError> {
         self.tx.send(cmd).await.map_err(closed)
     }
 
     /// Store a window's plan and the producer state it advanced, durably
     /// (as durable as `outbox.durability` makes commits) before it is sent.
-    pub async fn save_plan(&self, save: plan::PlanSave) -> Result<(), String> {
+    pub async fn save_plan(&self, save: plan::PlanSave) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::SavePlan {
             save: Box::new(save),
             reply,
         })
         .await?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// The producer state and the plans of windows not yet delivered.
-    pub async fn load_plans(&self) -> Result<plan::Saved, String> {
+    pub async fn load_plans(&self) -> Result<plan::Saved, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::LoadPlans { reply }).await?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// Drop the stored producer id and streams (not the plans).
-    pub async fn forget_producer(&self) -> Result<(), String> {
+    pub async fn forget_producer(&self) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ForgetProducer { reply }).await?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// These blocks (by first sequence number) as far as they are still
     /// stored, in order.
-    pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, String> {
+    pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ReadBlocks { seq_firsts, reply }).await?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// Loss markers waiting for the loss topic: `(id, JSON)`.
-    pub async fn loss_pending(&self) -> Result<Vec<(i64, String)>, String> {
+    pub async fn loss_pending(&self) -> Result<Vec<(i64, String)>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::LossPending { reply })
             .await
             .map_err(closed)?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     pub async fn loss_delivered(&self, ids: Vec<i64>) {
@@ -183,13 +183,13 @@ impl Outbox {
     }
 
     /// Dead letters not yet produced to the DLQ topic.
-    pub async fn dlq_pending(&self) -> Result<Vec<dead_letter::ForDlq>, String> {
+    pub async fn dlq_pending(&self) -> Result<Vec<dead_letter::ForDlq>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::DlqPending { reply })
             .await
             .map_err(closed)?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// True if the writer answers within `within` (it is not wedged).
@@ -211,13 +211,13 @@ impl Outbox {
 
     /// Which of these blocks are still stored (the others were dropped by
     /// policy while waiting to be delivered).
-    pub async fn present(&self, seq_firsts: Vec<i64>) -> Result<Vec<i64>, String> {
+    pub async fn present(&self, seq_firsts: Vec<i64>) -> Result<Vec<i64>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Present { seq_firsts, reply })
             .await
             .map_err(closed)?;
-        rx.await.unwrap_or_else(|e| Err(closed(e)))
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// Ask the writer to drop events older than `max_age`.
