@@ -90,6 +90,11 @@ impl Breaker {
         }
     }
 
+    /// New settings (a config reload); the state and its timers stay.
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.config = config;
+    }
+
     /// The state as of `now` (an expired open interval reads as half-open).
     pub fn state(&self, now: Instant) -> State {
         match (self.state, self.open_until) {

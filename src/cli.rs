@@ -136,7 +136,10 @@ pub fn main() -> i32 {
         }
     }
     match cli.command {
-        Command::Run { config } => with_config(config, crate::daemon::run),
+        Command::Run { config } => {
+            let source = config.clone();
+            with_config(config, |c| crate::daemon::run(c, source))
+        }
         Command::Send {
             config,
             topic,

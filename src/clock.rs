@@ -7,7 +7,9 @@
 //! `ferry-ts-corrected` header carrying the original one.
 //!
 //! The correction is a pure function of clock readings, so it is tested
-//! with injected readings; [`SystemClock`] reads the real ones.
+//! with injected readings; [`SystemClock`] reads the real ones, and works
+//! under the shipped, sandboxed unit too (`synchronized` and `boot_id`
+//! below say how).
 
 use serde::{Deserialize, Serialize};
 
@@ -76,9 +78,31 @@ pub struct SystemClock {
 
 impl Default for SystemClock {
     fn default() -> Self {
-        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         Self {
-            boot: crc32fast::hash(id.trim().as_bytes()),
+            boot: crc32fast::hash(boot_id().as_bytes()),
+        }
+    }
+}
+
+/// The kernel's boot id, without dashes: from `/proc` or, where a sandbox
+/// hides it (systemd's `ProcSubset=pid`), from `FERRY_BOOT_ID`, which the
+/// shipped unit sets to `%b`. Without either, an id of this process: events
+/// timestamped unsynchronised can then be corrected only until a restart
+/// (said once in the log).
+fn boot_id() -> String {
+    let from_proc = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let from_env = std::env::var("FERRY_BOOT_ID");
+    match (from_proc, from_env) {
+        (Ok(id), _) | (_, Ok(id)) if !id.trim().is_empty() => id.trim().replace('-', ""),
+        (proc_err, _) => {
+            let why = proc_err
+                .err()
+                .map_or("empty".to_string(), |e| e.to_string());
+            log::warn!(
+                "cannot read the boot id (/proc/sys/kernel/random/boot_id: {why}; FERRY_BOOT_ID not set): \
+                 events timestamped before the clock is synchronised can be corrected only until ferry restarts"
+            );
+            format!("process-{}-{}", std::process::id(), now_ms())
         }
     }
 }
@@ -94,13 +118,38 @@ impl SystemClock {
     }
 }
 
-/// The kernel's view: `adjtimex` returns TIME_ERROR while unsynchronised.
+/// Where systemd-timesyncd marks a synchronised clock.
+const TIMESYNCD_DIR: &str = "/run/systemd/timesync";
+
+/// Whether the clock is synchronised. The kernel's view first: `adjtimex`
+/// (read-only: modes 0) returns TIME_ERROR while unsynchronised. Where a
+/// sandbox refuses the call, systemd-timesyncd's flag file answers: it
+/// exists once timesyncd has synchronised the clock. Without either the
+/// state is unknown: said once in the log, and the clock is trusted (the
+/// alternative would mark every event unsynchronised).
 fn synchronized() -> bool {
     // SAFETY: an all-zero timex with modes = 0 only reads the clock state.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     // SAFETY: `tx` is a valid, writable timex.
     let state = unsafe { libc::adjtimex(&mut tx) };
-    state != libc::TIME_ERROR && state != -1
+    if state != -1 {
+        return state != libc::TIME_ERROR;
+    }
+    let refused = std::io::Error::last_os_error();
+    let dir = std::path::Path::new(TIMESYNCD_DIR);
+    if dir.is_dir() {
+        return dir.join("synchronized").exists();
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log::warn!(
+            "cannot learn whether the clock is synchronised: adjtimex was refused ({refused}) and \
+             {TIMESYNCD_DIR} does not exist (timesyncd not running); timestamps are taken as they \
+             are. Under systemd, allow `SystemCallFilter=adjtimex` (read-only without CAP_SYS_TIME) \
+             or run systemd-timesyncd"
+        );
+    });
+    true
 }
 
 fn boot_ms() -> u64 {

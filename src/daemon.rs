@@ -9,6 +9,7 @@ use crate::ingest::{self, Context};
 use crate::stats::Stats;
 use crate::{memory, notify, outbox, shutdown};
 use log::{error, info, warn};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ const AGE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// How long tasks may take to stop after the signal.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
-pub fn run(config: Config) -> i32 {
+/// `source`: the config file given with `-c` (reloads read it again).
+pub fn run(config: Config, source: Option<PathBuf>) -> i32 {
     let _lock = match lock_data_dir(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -42,7 +44,7 @@ pub fn run(config: Config) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, source)) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             error!("{e}");
@@ -51,8 +53,10 @@ pub fn run(config: Config) -> i32 {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut sigint =
@@ -85,7 +89,10 @@ async fn serve(config: Config) -> Result<(), String> {
         routes: &config.routes,
         durability: config.outbox.durability,
     };
-    tokio::spawn(Forwarder::new(settings, outbox.clone(), stats.clone()).run(shutdown.clone()));
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(
+        Forwarder::new(settings, outbox.clone(), stats.clone(), reload_rx).run(shutdown.clone()),
+    );
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
 
     info!(
@@ -100,12 +107,16 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     // Spawned only now: its first STATUS= must not reach systemd before READY=1.
     tokio::spawn(supervise(outbox.clone(), stats.clone(), shutdown.clone()));
-    drop(outbox);
 
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: stopping"),
-        _ = sigint.recv() => info!("SIGINT: stopping"),
+    let mut running = config;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break }
+            _ = sighup.recv() => reload(source.as_deref(), &mut running, &reload_tx, &outbox).await,
+        }
     }
+    drop(outbox);
     let _ = notify::notify("STOPPING=1");
     trigger.fire();
     drop(shutdown);
@@ -120,6 +131,74 @@ async fn serve(config: Config) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP (`systemctl reload ferry`): read the config again. A config
+/// that does not load is refused with its file/line/key error and the
+/// running one stays. Routes (and their priorities), batching,
+/// compression, the bandwidth cap, side topics, brokers, TLS/SASL,
+/// timeouts, retry and breaker settings apply at once (to the next
+/// window and the next connection); the node id, data directory, outbox,
+/// ingest limits, listeners and metrics need a restart, which the log says.
+/// Environment overrides keep the values ferry started with.
+async fn reload(
+    source: Option<&Path>,
+    running: &mut Config,
+    forwarder: &tokio::sync::watch::Sender<Option<Arc<forward::Reload>>>,
+    outbox: &outbox::Outbox,
+) {
+    let _ = notify::notify("RELOADING=1");
+    match Config::load(source) {
+        Err(e) => error!("reload refused, the running config stays: {e}"),
+        Ok(new) => {
+            let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+                format!("{a:?}") == format!("{b:?}")
+            };
+            let mut restart = Vec::new();
+            if new.node_id != running.node_id {
+                restart.push("node_id");
+            }
+            if new.data_dir != running.data_dir {
+                restart.push("data_dir");
+            }
+            if !same(&new.outbox, &running.outbox) {
+                restart.push("[outbox]");
+            }
+            if !same(&new.ingest, &running.ingest) {
+                restart.push("[ingest]");
+            }
+            if !same(&new.listeners, &running.listeners) {
+                restart.push("[[listener]]");
+            }
+            if !same(&new.metrics, &running.metrics) {
+                restart.push("[metrics]");
+            }
+            if !restart.is_empty() {
+                warn!(
+                    "reload: {} changed; that needs a restart (systemctl restart ferry), until then the running values stay",
+                    restart.join(", ")
+                );
+            }
+            outbox
+                .set_priorities(forward::route::Router::new(&new.routes).priorities())
+                .await;
+            forwarder.send_replace(Some(Arc::new(forward::Reload {
+                kafka: new.kafka.clone(),
+                retry: new.retry.clone(),
+                breaker: new.breaker.clone(),
+                routes: new.routes.clone(),
+            })));
+            running.kafka = new.kafka;
+            running.retry = new.retry;
+            running.breaker = new.breaker;
+            running.routes = new.routes;
+            info!(
+                "config reloaded from {}",
+                source.map_or("built-in defaults".into(), |p| p.display().to_string())
+            );
+        }
+    }
+    let _ = notify::notify("READY=1");
 }
 
 /// Metrics observe; they never stop ferry from forwarding: a bind failure

@@ -66,7 +66,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use streams::{Idempotence, Streams};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 /// How much of the outbox one delivery window takes on: with two in flight,
@@ -158,6 +158,15 @@ pub struct Settings<'a> {
     pub durability: Durability,
 }
 
+/// The sections a reload (SIGHUP) may change while ferry runs.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub kafka: KafkaConfig,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
 pub struct Forwarder {
     config: KafkaConfig,
     durability: Durability,
@@ -183,6 +192,25 @@ pub struct Forwarder {
     /// window takes about half a second of the cap and a higher-priority
     /// window never waits long for a slot.
     window_raw_bytes: usize,
+    /// Configs reloaded while running (SIGHUP).
+    reloads: watch::Receiver<Option<Arc<Reload>>>,
+}
+
+/// The record-batch codec `kafka` asks for.
+fn codec_of(kafka: &KafkaConfig) -> Codec {
+    match kafka.compression {
+        Compression::Lz4 => Codec::Lz4,
+        Compression::Zstd => Codec::Zstd(kafka.zstd_level),
+        Compression::None => Codec::None,
+    }
+}
+
+/// Raw bytes per window under a cap of `cap` bytes per second (0: none).
+fn window_raw_bytes(cap: u64) -> usize {
+    match cap {
+        0 => WINDOW_RAW_BYTES,
+        cap => ((cap / 2) as usize).clamp(16 * 1024, WINDOW_RAW_BYTES),
+    }
 }
 
 /// What one window's delivery came to.
@@ -195,24 +223,21 @@ enum Delivery {
 }
 
 impl Forwarder {
-    pub fn new(config: Settings<'_>, outbox: Outbox, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        config: Settings<'_>,
+        outbox: Outbox,
+        stats: Arc<Stats>,
+        reloads: watch::Receiver<Option<Arc<Reload>>>,
+    ) -> Self {
         let seed = seed_from_environment(config.node_id);
         let cap = config.kafka.max_bytes_per_second;
         stats
             .uplink_cap
             .store(cap, std::sync::atomic::Ordering::Relaxed);
-        let window_raw_bytes = match cap {
-            0 => WINDOW_RAW_BYTES,
-            cap => ((cap / 2) as usize).clamp(16 * 1024, WINDOW_RAW_BYTES),
-        };
         Self {
             config: config.kafka.clone(),
             durability: config.durability,
-            codec: match config.kafka.compression {
-                Compression::Lz4 => Codec::Lz4,
-                Compression::Zstd => Codec::Zstd(config.kafka.zstd_level),
-                Compression::None => Codec::None,
-            },
+            codec: codec_of(config.kafka),
             node_id: Arc::from(config.node_id),
             outbox,
             stats,
@@ -229,8 +254,52 @@ impl Forwarder {
             clock: crate::clock::SystemClock::default(),
             writers: WriterPool::default(),
             uplink: Arc::new(Uplink::new(cap)),
-            window_raw_bytes,
+            window_raw_bytes: window_raw_bytes(cap),
+            reloads,
         }
+    }
+
+    /// Take a reloaded config, if one came: routes, batching, compression,
+    /// the cap, side topics, retry and breaker settings apply to the next
+    /// window; changed brokers, TLS, SASL or timeouts to the next
+    /// connection (the cluster is rebuilt; requests in flight finish on the
+    /// old connections). Windows already planned go as planned.
+    fn take_reload(&mut self) {
+        if !self.reloads.has_changed().unwrap_or(false) {
+            return;
+        }
+        let Some(new) = self.reloads.borrow_and_update().clone() else {
+            return;
+        };
+        let old = &self.config;
+        let k = &new.kafka;
+        let reconnect = old.brokers != k.brokers
+            || old.client_id != k.client_id
+            || old.connect_timeout != k.connect_timeout
+            || old.request_timeout != k.request_timeout
+            || old.allow_auto_create_topics != k.allow_auto_create_topics
+            || format!("{:?}{:?}", old.tls, old.sasl) != format!("{:?}{:?}", k.tls, k.sasl);
+        if reconnect {
+            info!("reload: broker connection settings changed; new connections use them");
+            self.cluster = None;
+        }
+        if old.max_bytes_per_second != k.max_bytes_per_second {
+            self.uplink.set_cap(k.max_bytes_per_second);
+            self.stats
+                .uplink_cap
+                .store(k.max_bytes_per_second, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.window_raw_bytes = window_raw_bytes(k.max_bytes_per_second);
+        self.codec = codec_of(k);
+        self.router = Router::new(&new.routes);
+        self.backoff = Backoff::new(&new.retry, self.backoff_seed());
+        self.breaker.reconfigure(new.breaker.clone());
+        self.config = k.clone();
+        info!("reload: routes, batching, compression, cap, retry and breaker settings applied");
+    }
+
+    fn backoff_seed(&self) -> u64 {
+        seed_from_environment(&self.node_id) ^ self.stats.retries.load(Relaxed)
     }
 
     /// Move the uplink's byte counts and cap waits into the stats (and so
@@ -280,6 +349,7 @@ impl Forwarder {
         loop {
             self.stats.beat_forward();
             self.account_uplink();
+            self.take_reload();
             if running.is_empty() {
                 chain.clear();
                 if !self.wait_for_breaker(&mut shutdown).await {

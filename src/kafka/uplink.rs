@@ -53,7 +53,8 @@ impl TokenBucket {
 /// The shared uplink: counters and the optional cap.
 #[derive(Debug)]
 pub struct Uplink {
-    cap: Option<Mutex<TokenBucket>>,
+    /// The cap's bucket; `None` without a cap.
+    cap: Mutex<Option<TokenBucket>>,
     start: Instant,
     /// Bytes written since the last [`Uplink::take_sent`].
     sent: AtomicU64,
@@ -66,8 +67,9 @@ impl Uplink {
     /// `max_bytes_per_second` 0 means no cap.
     pub fn new(max_bytes_per_second: u64) -> Self {
         Self {
-            cap: (max_bytes_per_second > 0)
-                .then(|| Mutex::new(TokenBucket::new(max_bytes_per_second, 0))),
+            cap: Mutex::new(
+                (max_bytes_per_second > 0).then(|| TokenBucket::new(max_bytes_per_second, 0)),
+            ),
             start: Instant::now(),
             sent: AtomicU64::new(0),
             held_ms: AtomicU64::new(0),
@@ -76,14 +78,22 @@ impl Uplink {
 
     /// Wait until `bytes` may be written under the cap (at once without one).
     pub async fn admit(&self, bytes: usize) {
-        let Some(cap) = &self.cap else {
-            return;
-        };
         let now = self.start.elapsed().as_millis() as u64;
-        let wait = cap.lock().map_or(0, |mut b| b.reserve(bytes, now));
+        let wait = match self.cap.lock() {
+            Ok(mut cap) => cap.as_mut().map_or(0, |b| b.reserve(bytes, now)),
+            Err(_) => 0,
+        };
         if wait > 0 {
             self.held_ms.fetch_add(wait, Relaxed);
             tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    /// A new cap (a config reload; 0 lifts it). The bucket starts full.
+    pub fn set_cap(&self, max_bytes_per_second: u64) {
+        let now = self.start.elapsed().as_millis() as u64;
+        if let Ok(mut cap) = self.cap.lock() {
+            *cap = (max_bytes_per_second > 0).then(|| TokenBucket::new(max_bytes_per_second, now));
         }
     }
 

@@ -99,6 +99,8 @@ pub(super) enum Command {
         /// 1: produced to the DLQ topic; 2: refused there for good.
         state: i64,
     },
+    /// A reloaded config's priorities, for blocks stored from now on.
+    SetPriorities(crate::pattern::Priorities),
     /// Liveness check: answered when the writer gets to it.
     Ping {
         reply: oneshot::Sender<()>,

@@ -221,6 +221,11 @@ impl Outbox {
     }
 
     /// Ask the writer to drop events older than `max_age`.
+    /// Priorities from a reloaded config, for blocks stored from now on.
+    pub async fn set_priorities(&self, priorities: crate::pattern::Priorities) {
+        let _ = self.tx.send(Command::SetPriorities(priorities)).await;
+    }
+
     pub async fn evict_aged(&self) {
         let _ = self.tx.send(Command::EvictAged).await;
     }

@@ -263,6 +263,7 @@ impl Writer {
             Command::Present { seq_firsts, reply } => {
                 let _ = reply.send(self.present(&seq_firsts).map_err(|e| e.to_string()));
             }
+            Command::SetPriorities(p) => self.priorities = p,
             Command::EvictAged => {
                 if let Err(e) = self.evict_aged() {
                     error!("outbox {}: age eviction failed: {e}", self.path.display());

@@ -168,6 +168,34 @@ impl Ferry {
         }
     }
 
+    /// Send SIGHUP (what `systemctl reload ferry` does).
+    pub fn hangup(&self) {
+        let c = self.child.as_ref().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+
+    /// Still running (not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Wait until the log holds `text` (the `n`th time); panic after `timeout`.
+    pub fn wait_log(&self, text: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_text().matches(text).count() < n {
+            if Instant::now() > deadline {
+                panic!("no {text:?} (x{n}) in the log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait; returns the exit code and how long it took.
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {
         let mut c = self.child.take().expect("running");
