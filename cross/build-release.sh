@@ -6,6 +6,9 @@
 # Docker runs: CARGO=cross cross/build-release.sh
 #
 # Prints each binary's size and the newest glibc symbol version it needs.
+#
+#   cross/build-release.sh            # arm64, armhf and amd64
+#   cross/build-release.sh amd64      # only the host's (the systemd test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -48,20 +51,73 @@ Description: store-and-forward telemetry producer for gateways
  Local events into a durable SQLite outbox, out to Kafka in LZ4 batches.
 CONTROL
     echo /etc/ferry/ferry.toml > "$stage/DEBIAN/conffiles"
+    # Maintainer scripts the Debian way (as dh_installsystemd writes them):
+    # enable and start on install, restart on upgrade, stop on remove,
+    # state and config gone only on purge.
     cat > "$stage/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
-if [ "$1" = configure ]; then
+if [ "$1" = configure ] || [ "$1" = abort-upgrade ]; then
     systemd-sysusers /usr/lib/sysusers.d/ferry.conf || true
-    systemctl daemon-reload || true
+    if command -v deb-systemd-helper >/dev/null; then
+        deb-systemd-helper unmask ferry.service >/dev/null || true
+        if deb-systemd-helper --quiet was-enabled ferry.service; then
+            deb-systemd-helper enable ferry.service >/dev/null || true
+        else
+            deb-systemd-helper update-state ferry.service >/dev/null || true
+        fi
+    else
+        systemctl enable ferry.service >/dev/null 2>&1 || true
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        if [ -n "$2" ]; then action=restart; else action=start; fi
+        if command -v deb-systemd-invoke >/dev/null; then
+            deb-systemd-invoke "$action" ferry.service >/dev/null || true
+        else
+            systemctl "$action" ferry.service || true
+        fi
+    fi
 fi
 POSTINST
-    chmod 755 "$stage/DEBIAN/postinst"
+    cat > "$stage/DEBIAN/prerm" <<'PRERM'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+    if command -v deb-systemd-invoke >/dev/null; then
+        deb-systemd-invoke stop ferry.service >/dev/null || true
+    else
+        systemctl stop ferry.service || true
+    fi
+fi
+PRERM
+    cat > "$stage/DEBIAN/postrm" <<'POSTRM'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+    systemctl --system daemon-reload >/dev/null || true
+fi
+if [ "$1" = remove ] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper mask ferry.service >/dev/null || true
+fi
+if [ "$1" = purge ]; then
+    if command -v deb-systemd-helper >/dev/null; then
+        deb-systemd-helper purge ferry.service >/dev/null || true
+        deb-systemd-helper unmask ferry.service >/dev/null || true
+    fi
+    # The outbox (undelivered events, dead letters) goes only on purge.
+    rm -rf /var/lib/ferry /etc/ferry
+fi
+POSTRM
+    chmod 755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"
     dpkg-deb --root-owner-group --build "$stage" "$out/ferry_${version}_$arch.deb" >/dev/null
     rm -rf "$stage"
 }
 
-build aarch64-unknown-linux-gnu arm64 aarch64-linux-gnu-strip
-build armv7-unknown-linux-gnueabihf armhf arm-linux-gnueabihf-strip
-build host amd64 strip
+# Which to build: all three by default, or those named (arm64 armhf amd64).
+wanted=("${@:-arm64 armhf amd64}")
+wanted=" ${wanted[*]} "
+[[ $wanted == *" arm64 "* ]] && build aarch64-unknown-linux-gnu arm64 aarch64-linux-gnu-strip
+[[ $wanted == *" armhf "* ]] && build armv7-unknown-linux-gnueabihf armhf arm-linux-gnueabihf-strip
+[[ $wanted == *" amd64 "* ]] && build host amd64 strip
 ls -l "$out"

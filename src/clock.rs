@@ -145,7 +145,7 @@ fn synchronized() -> bool {
         log::warn!(
             "cannot learn whether the clock is synchronised: adjtimex was refused ({refused}) and \
              {TIMESYNCD_DIR} does not exist (timesyncd not running); timestamps are taken as they \
-             are. Under systemd, allow `SystemCallFilter=adjtimex` (read-only without CAP_SYS_TIME) \
+             are. Under systemd, allow `SystemCallFilter=adjtimex clock_adjtime clock_adjtime64` (read-only without CAP_SYS_TIME) \
              or run systemd-timesyncd"
         );
     });
