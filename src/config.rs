@@ -133,6 +133,7 @@ impl Config {
             }
         })?;
         config.apply_env(env)?;
+        config = config.apply_env_paths(env)?;
         config.fill_defaults();
         config.validate().map_err(|(key, message)| ConfigError {
             file: file.map(Path::to_path_buf),
@@ -176,6 +177,57 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `FERRY_<SECTION>__<KEY>` (and deeper: `FERRY_KAFKA__SASL__USERNAME`,
+    /// `FERRY_LISTENER__0__PATH` for the first listener in the file) sets
+    /// any key. The value is read as the key's type: a string as it is
+    /// (`7d`, `zstd`), a number or boolean as in TOML, a list as TOML
+    /// (`["a:1", "b:2"]`) or comma-separated (`a:1,b:2`). An error names the
+    /// variable (or, when only several together are wrong, all of them).
+    fn apply_env_paths(self, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut vars: Vec<&(String, String)> = env
+            .iter()
+            .filter(|(n, _)| n.starts_with("FERRY_") && n.contains("__"))
+            .collect();
+        if vars.is_empty() {
+            return Ok(self);
+        }
+        vars.sort();
+        let env_error = |name: &str, message: String| ConfigError {
+            file: None,
+            line: None,
+            key: Some(name.to_string()),
+            message,
+        };
+        let base = toml::Value::try_from(&self)
+            .map_err(|e| env_error("FERRY_*", format!("cannot apply overrides: {e}")))?;
+        let apply = |skip: Option<usize>| -> Result<toml::Value, ConfigError> {
+            let mut v = base.clone();
+            for (i, (name, raw)) in vars.iter().enumerate() {
+                if Some(i) == skip {
+                    continue;
+                }
+                let path: Vec<String> = name["FERRY_".len()..]
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                set_path(&mut v, &path, raw).map_err(|m| env_error(name, m))?;
+            }
+            Ok(v)
+        };
+        let message = match apply(None)?.try_into::<Config>() {
+            Ok(config) => return Ok(config),
+            Err(e) => e.message().trim().to_string(),
+        };
+        // Which one: the variable without which the rest load.
+        for (i, (name, raw)) in vars.iter().enumerate() {
+            if apply(Some(i))?.try_into::<Config>().is_ok() {
+                return Err(env_error(name, format!("`{raw}`: {message}")));
+            }
+        }
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        Err(env_error(&names.join(", "), message))
     }
 
     fn fill_defaults(&mut self) {
@@ -421,6 +473,72 @@ impl Config {
     }
 }
 
+/// An environment value read as the type of the value it replaces (see
+/// `Config::apply_env_paths`).
+fn env_value(raw: &str, replaces: Option<&toml::Value>) -> toml::Value {
+    let as_toml = || {
+        format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    match replaces {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
+        Some(toml::Value::Array(_)) if !raw.trim_start().starts_with('[') => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => as_toml().unwrap_or_else(|| toml::Value::String(raw.to_string())),
+    }
+}
+
+/// Set the value of `raw` at `path` (table keys, or indexes into existing
+/// lists) in `root`, creating sections the file left out.
+fn set_path(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("names no key".into());
+    };
+    let index = |part: &str, len: usize| -> Result<usize, String> {
+        let i: usize = part
+            .parse()
+            .map_err(|_| format!("`{part}` is not an index into the list"))?;
+        if i < len {
+            Ok(i)
+        } else {
+            Err(format!("there is no entry {i} in the list (it has {len})"))
+        }
+    };
+    let mut at = root;
+    for part in parents {
+        at = match at {
+            toml::Value::Table(t) => t
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default())),
+            toml::Value::Array(a) => {
+                let i = index(part, a.len())?;
+                &mut a[i]
+            }
+            _ => return Err(format!("`{part}` is not a section")),
+        };
+    }
+    match at {
+        toml::Value::Table(t) => {
+            let value = env_value(raw, t.get(last.as_str()));
+            t.insert(last.clone(), value);
+            Ok(())
+        }
+        toml::Value::Array(a) => {
+            let i = index(last, a.len())?;
+            a[i] = env_value(raw, Some(&a[i]));
+            Ok(())
+        }
+        _ => Err(format!("the parent of `{last}` is not a section")),
+    }
+}
+
 /// Line (1-based) of byte `offset`, and the dotted key written on that line
 /// (with its `[section]`), for parse errors that only carry a span.
 fn locate_span(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
@@ -526,6 +644,67 @@ mod tests {
         let c = Config::from_toml("[kafka]\nbrokers=[\"x:9\"]\n", None, &env).unwrap();
         assert_eq!(c.kafka.brokers, vec!["a:1", "b:2"]);
         assert_eq!(c.outbox_path(), PathBuf::from("/var/lib/ferry/outbox.db"));
+    }
+
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_toml(text, None, &env)
+    }
+
+    #[test]
+    fn every_key_can_be_set_from_the_environment() {
+        let text = "[[listener]]\ntype = \"unix\"\npath = \"/run/a.sock\"\n";
+        let c = with_env(
+            text,
+            &[
+                ("FERRY_KAFKA__LINGER_MS", "25"),
+                ("FERRY_KAFKA__COMPRESSION", "zstd"),
+                ("FERRY_KAFKA__BROKERS", "a:1,b:2"),
+                ("FERRY_KAFKA__ALLOW_AUTO_CREATE_TOPICS", "false"),
+                ("FERRY_OUTBOX__MAX_AGE", "2d"),
+                ("FERRY_OUTBOX__MAX_BYTES", "64MiB"),
+                ("FERRY_RETRY__MULTIPLIER", "1.5"),
+                ("FERRY_KAFKA__SASL__MECHANISM", "SCRAM-SHA-512"),
+                ("FERRY_KAFKA__SASL__USERNAME", "gw-7"),
+                ("FERRY_KAFKA__SASL__PASSWORD_FILE", "/etc/ferry/pw"),
+                ("FERRY_LISTENER__0__PATH", "/run/b.sock"),
+                ("FERRY_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.linger_ms, 25);
+        assert_eq!(c.kafka.compression, Compression::Zstd);
+        assert_eq!(c.kafka.brokers, ["a:1", "b:2"]);
+        assert!(!c.kafka.allow_auto_create_topics);
+        assert_eq!(c.outbox.max_age, std::time::Duration::from_secs(2 * 86_400));
+        assert_eq!(c.outbox.max_bytes, 64 << 20);
+        assert_eq!(c.retry.multiplier, 1.5);
+        let sasl = c.kafka.sasl.unwrap();
+        assert_eq!(
+            (sasl.mechanism, sasl.username.as_str()),
+            (SaslMechanism::ScramSha512, "gw-7")
+        );
+        assert_eq!(
+            c.listeners[0].path.as_deref(),
+            Some(Path::new("/run/b.sock"))
+        );
+    }
+
+    #[test]
+    fn a_bad_environment_override_names_the_variable() {
+        let e = with_env("", &[("FERRY_KAFKA__LINGER_MS", "soon")]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("FERRY_KAFKA__LINGER_MS"), "{e}");
+        let e = with_env("", &[("FERRY_KAFKA__LINGERMS", "5")]).unwrap_err();
+        assert!(e.to_string().contains("FERRY_KAFKA__LINGERMS"), "{e}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = with_env("", &[("FERRY_LISTENER__3__PATH", "/x")]).unwrap_err();
+        assert!(e.to_string().contains("no entry 3"), "{e}");
+        // Semantic checks run after the overrides, naming the key.
+        let e = with_env("", &[("FERRY_KAFKA__ZSTD_LEVEL", "40")]).unwrap_err();
+        assert!(e.to_string().contains("kafka.zstd_level"), "{e}");
     }
 
     #[test]
