@@ -66,6 +66,10 @@ enum Command {
     CheckConfig {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Also connect to the brokers (TLS, SASL as configured) and look up
+        /// the topics the config names; exit 1 if anything does not work.
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -178,9 +182,13 @@ pub fn main() -> i32 {
                 all,
             } => with_config(config, |c| crate::client::dlq_purge(&c, topic, ids, all)),
         },
-        Command::CheckConfig { config } => with_config(config, |c| {
+        Command::CheckConfig { config, connect } => with_config(config, |c| {
             print!("{}", c.to_toml());
-            EXIT_OK
+            if connect {
+                crate::client::check_connect(&c)
+            } else {
+                EXIT_OK
+            }
         }),
     }
 }

@@ -544,3 +544,34 @@ pub fn dlq_purge(config: &Config, topic: Option<String>, ids: Vec<i64>, all: boo
         }
     }
 }
+
+/// `ferry check-config --connect`: the brokers and the config's topics,
+/// one line each; exit 1 if anything does not work.
+pub fn check_connect(config: &Config) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let topics = config.named_topics();
+    let findings = runtime.block_on(crate::forward::probe::check_connect(&config.kafka, &topics));
+    println!();
+    println!("# connection check");
+    for f in &findings {
+        let mark = if f.ok { "ok  " } else { "FAIL" };
+        println!("# {mark} {}: {}", f.subject, f.detail);
+    }
+    if topics.is_empty() {
+        println!("# (the config names no topics: producers name them in their frames)");
+    }
+    if findings.iter().all(|f| f.ok) {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}

@@ -468,6 +468,34 @@ impl Config {
     }
 
     /// The effective configuration as TOML (no secrets exist yet to redact).
+    /// The Kafka topics this config names: route destinations, the topics
+    /// of `lines` listeners (routed), the dead-letter and loss topics.
+    /// Topics that producers name in their frames are not known here.
+    pub fn named_topics(&self) -> Vec<String> {
+        let router = crate::forward::route::Router::new(&self.routes);
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |t: &str| {
+            if !t.contains('*') && !out.iter().any(|o| o == t) {
+                out.push(t.to_string());
+            }
+        };
+        for r in &self.routes {
+            r.to.iter().for_each(|t| add(t));
+        }
+        for l in &self.listeners {
+            if let Some(t) = &l.topic {
+                router.for_each_destination(t, &mut add);
+            }
+        }
+        for t in [&self.kafka.dead_letter_topic, &self.kafka.loss_topic]
+            .into_iter()
+            .flatten()
+        {
+            add(t);
+        }
+        out
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

@@ -219,6 +219,7 @@ async fn start_metrics(
                     stats.clone(),
                     outbox.clone(),
                     config.node_id.clone(),
+                    m.health_includes_kafka,
                     shutdown.clone(),
                 ));
             }

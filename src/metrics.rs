@@ -28,6 +28,10 @@ pub struct MetricsConfig {
     pub listen: String,
     /// node_exporter textfile to write (atomically) every 15 s; empty: none.
     pub textfile: String,
+    /// `/health` also fails while Kafka is unreachable (the uplink is down),
+    /// with the last error as the reason. Off: a gateway with a flaky
+    /// uplink is healthy while it buffers.
+    pub health_includes_kafka: bool,
 }
 
 impl Default for MetricsConfig {
@@ -35,6 +39,7 @@ impl Default for MetricsConfig {
         Self {
             listen: "127.0.0.1:9464".into(),
             textfile: String::new(),
+            health_includes_kafka: false,
         }
     }
 }
@@ -205,12 +210,15 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
     out
 }
 
-/// Healthy when the outbox writer answers and the forwarder loop is alive.
-pub async fn health(stats: &Stats, outbox: &Outbox) -> (bool, String) {
+/// Healthy when the outbox writer answers and the forwarder loop is alive
+/// (and, with `include_kafka`, the uplink is up).
+pub async fn health(stats: &Stats, outbox: &Outbox, include_kafka: bool) -> (bool, String) {
     let writer_ok = outbox.ping(Duration::from_secs(2)).await;
     let wedged = stats.forward_wedged_for();
     let forward_ok = wedged.is_none();
-    let ok = writer_ok && forward_ok;
+    let uplink_up = stats.uplink_up.load(Relaxed);
+    let kafka_ok = !include_kafka || uplink_up;
+    let ok = writer_ok && forward_ok && kafka_ok;
     let mut why = Vec::new();
     if !writer_ok {
         why.push("the outbox writer does not answer (storage stuck?)".to_string());
@@ -221,11 +229,21 @@ pub async fn health(stats: &Stats, outbox: &Outbox) -> (bool, String) {
             wedged.unwrap_or(0) / 1000
         ));
     }
+    if !kafka_ok {
+        let last = stats
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "no broker reached yet".into());
+        why.push(format!("Kafka is unreachable: {last}"));
+    }
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unhealthy" },
         "outbox_writable": writer_ok,
         "forwarder_alive": forward_ok,
-        "uplink_up": stats.uplink_up.load(Relaxed),
+        "uplink_up": uplink_up,
+        "kafka_checked": include_kafka,
         "why": why,
     });
     (ok, body.to_string())
@@ -237,6 +255,7 @@ pub async fn serve(
     stats: Arc<Stats>,
     outbox: Outbox,
     node_id: String,
+    include_kafka: bool,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -256,7 +275,9 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (stats, outbox, node_id) = (stats.clone(), outbox.clone(), node_id.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(respond(req, &stats, &outbox, &node_id).await)
+                    Ok::<_, std::convert::Infallible>(
+                        respond(req, &stats, &outbox, &node_id, include_kafka).await,
+                    )
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -272,6 +293,7 @@ async fn respond(
     stats: &Stats,
     outbox: &Outbox,
     node_id: &str,
+    include_kafka: bool,
 ) -> Response<Full<Bytes>> {
     let reply = |code: StatusCode, kind: &str, body: String| {
         Response::builder()
@@ -294,7 +316,7 @@ async fn respond(
             render(stats, node_id),
         ),
         "/health" => {
-            let (ok, body) = health(stats, outbox).await;
+            let (ok, body) = health(stats, outbox, include_kafka).await;
             let code = if ok {
                 StatusCode::OK
             } else {

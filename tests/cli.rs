@@ -167,3 +167,53 @@ fn a_closed_stdout_pipe_ends_printing_quietly() {
         out.status
     );
 }
+
+/// `check-config --connect` reaches each broker and looks up the topics the
+/// config names; what fails is named with what to check, and exits 1.
+#[test]
+fn check_config_connect_reports_each_broker_and_topic() {
+    let c = common::cluster(1, &[("present", 2)]);
+    let refused = format!("127.0.0.1:{}", common::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[[route]]\npattern = \"in\"\nto = [\"present\", \"absent\"]\n\n[kafka]\nbrokers = [\"{}\", \"{refused}\"]\nconnect_timeout = \"2s\"\n",
+            dir.path().display(),
+            c.bootstrap_servers()
+        ),
+    )
+    .unwrap();
+    let path = cfg.to_str().unwrap();
+    let (code, out, err) = ferry(&["check-config", "-c", path, "--connect"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in:\n{out}"))
+            .to_string()
+    };
+    assert!(
+        line(&format!("# ok   broker {}", c.bootstrap_servers())).contains("connected (plaintext)")
+    );
+    assert!(line(&format!("# FAIL broker {refused}")).contains("refused"));
+    assert!(line("# ok   topic present").contains("2 partitions"));
+    assert!(line("# FAIL topic absent").contains("does not exist"));
+    // The check created nothing.
+    let (code, out, _) = ferry(&["check-config", "-c", path, "--connect"], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("# FAIL topic absent"), "{out}");
+    // Everything reachable: exit 0.
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[kafka]\nbrokers = [\"{}\"]\ndead_letter_topic = \"present\"\n",
+            dir.path().display(),
+            c.bootstrap_servers()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = ferry(&["check-config", "-c", path, "--connect"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use ferry::forward::partitioner::partition_for_key;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 8;
 
@@ -803,6 +803,39 @@ fn metrics_and_health_over_http_and_textfile() {
     assert!(body.contains("outbox writer does not answer"), "{body}");
     db.execute_batch("ROLLBACK").unwrap();
     let _ = sender.join();
+}
+
+/// With `health_includes_kafka`, /health fails while no broker can be
+/// reached, saying why, and recovers once the uplink is up.
+#[test]
+fn health_can_include_kafka_reachability() {
+    let topics = [("hk", 1)];
+    let c = cluster(1, &topics);
+    let proxy = common::proxy::Proxy::start(&c.bootstrap_servers());
+    proxy.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut f = Ferry::new(
+        dir.path(),
+        &proxy.bootstrap,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nhealth_includes_kafka = true\n"),
+    );
+    f.start();
+    assert_eq!(f.cli(&["send", "-t", "hk", "x"], None).0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = http_get(port, "/health");
+        if code == 503 && body.contains("Kafka is unreachable") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{code} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("\"kafka_checked\":true"), "{body}");
+    proxy.set_down(false);
+    f.wait_status(Duration::from_secs(60), "sent", |s| s.sent == 1);
+    let (code, body) = http_get(port, "/health");
+    assert_eq!(code, 200, "{body}");
 }
 
 #[test]

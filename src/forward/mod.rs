@@ -27,6 +27,7 @@ pub mod lane;
 pub mod parking;
 pub mod partitioner;
 pub mod plan;
+pub mod probe;
 mod recovery;
 pub mod route;
 pub mod schedule;
