@@ -12,6 +12,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
+# Gateways run older C libraries than the build machine (Raspberry Pi OS
+# bullseye has glibc 2.31, buster 2.28). With cargo-zigbuild and zig (PyPI:
+# ziglang) the ARM binaries link against glibc 2.28's symbols; without
+# them the plain cargo path builds against the cross toolchain's glibc
+# (2.36 here), and the .deb's Depends says so.
+GLIBC_FLOOR=${GLIBC_FLOOR:-2.28}
+zigbuild=no
+if [ "$CARGO" = cargo ] && command -v cargo-zigbuild >/dev/null &&
+    { command -v zig >/dev/null || python3 -m ziglang version >/dev/null 2>&1; }; then
+    zigbuild=yes
+fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 out=target/dist
 rm -rf "$out" && mkdir -p "$out"
@@ -21,7 +32,11 @@ build() { # target deb-arch strip-tool
     if [ "$target" = host ]; then
         $CARGO build --release --locked
         bin=target/release/ferry
+    elif [ "$zigbuild" = yes ]; then
+        cargo zigbuild --release --locked --target "$target.$GLIBC_FLOOR"
+        bin=target/$target/release/ferry
     else
+        echo "build-release: no cargo-zigbuild/zig: $target links against this machine's glibc" >&2
         $CARGO build --release --locked --target "$target"
         bin=target/$target/release/ferry
     fi
