@@ -132,8 +132,14 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        config.apply_env(env)?;
-        config = config.apply_env_paths(env)?;
+        // Errors in environment overrides name the variable, and the file
+        // whose value it overrides.
+        let in_file = |mut e: ConfigError| {
+            e.file = file.map(Path::to_path_buf);
+            e
+        };
+        config.apply_env(env).map_err(in_file)?;
+        config = config.apply_env_paths(env).map_err(in_file)?;
         config.fill_defaults();
         config.validate().map_err(|(key, message)| ConfigError {
             file: file.map(Path::to_path_buf),
