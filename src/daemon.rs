@@ -290,7 +290,12 @@ fn status_line(stats: &Stats) -> String {
     format!(
         "STATUS=uplink {}, breaker {}, backlog {} events ({:.1} MiB){}",
         if s.uplink_up { "up" } else { "down" },
-        s.forward.breaker,
+        // Empty until the forwarder first says (right after start).
+        if s.forward.breaker.is_empty() {
+            "closed"
+        } else {
+            &s.forward.breaker
+        },
         s.backlog_events,
         s.backlog_bytes as f64 / 1048576.0,
         s.oldest_age_s
