@@ -65,6 +65,12 @@ fn sighup_reloads_routes_refuses_a_bad_config_and_loses_nothing() {
     assert!(f.is_running(), "ferry died on SIGHUP:\n{log}");
     let during: Vec<String> = (0..100).map(|i| format!("during|{i}")).collect();
     send(&f, &during);
+    // Routes apply when an event is planned, not when it is stored: let
+    // these go out under the running routes before the next reload.
+    let stored_so_far = 200 + load.acked_so_far() as u64;
+    f.wait_status(Duration::from_secs(30), "during sent", |s| {
+        s.sent >= stored_so_far
+    });
 
     // A good config: the route moves at once; a changed outbox cap is
     // named as needing a restart.

@@ -279,7 +279,8 @@ impl Forwarder {
             || old.connect_timeout != k.connect_timeout
             || old.request_timeout != k.request_timeout
             || old.allow_auto_create_topics != k.allow_auto_create_topics
-            || format!("{:?}{:?}", old.tls, old.sasl) != format!("{:?}{:?}", k.tls, k.sasl);
+            || old.tls != k.tls
+            || old.sasl != k.sasl;
         if reconnect {
             info!("reload: broker connection settings changed; new connections use them");
             self.cluster = None;
