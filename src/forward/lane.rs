@@ -1,10 +1,12 @@
 //! One lane's delivery attempt: its remaining batches, built straight from
 //! the decompressed outbox blocks into record batches (no allocation per
-//! record) and produced to the partition leader with up to
-//! [`MAX_IN_FLIGHT`] requests pipelined, answers taken in order. The lane
-//! stops at the first batch that is not delivered; what it achieved goes
-//! back to the forwarder, which decides what happens next.
+//! record) and produced to the partition leader pipelined, each request
+//! holding one of the partition's slots (see [`super::flight`]), answers
+//! taken in order. The lane stops at the first batch that is not
+//! delivered; what it achieved goes back to the forwarder, which decides
+//! what happens next.
 
+use super::flight::{HandOver, Predecessor, Slot, Ticket};
 use super::plan::{Batch, Item};
 use crate::clock::{Reading, SystemClock, Timestamp};
 use crate::kafka::connection::{Connection, Pending};
@@ -22,7 +24,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 
 /// The header every record carries: `<node-id>:<outbox-seq>`.
 pub const FERRY_ID_HEADER: &str = "ferry-id";
@@ -32,10 +34,6 @@ pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
 /// On events recorded with an unsynchronised clock that could not be
 /// corrected (clock still unsynchronised, or recorded in an earlier boot).
 pub const TS_UNSYNCED_HEADER: &str = "ferry-ts-unsynced";
-
-/// Requests in flight per partition: Kafka keeps order with idempotence
-/// for up to five.
-pub const MAX_IN_FLIGHT: usize = 5;
 
 /// What a lane attempt achieved.
 #[derive(Debug, Default)]
@@ -75,44 +73,78 @@ pub struct LaneJob {
     pub timeout_ms: i32,
     /// Record writers shared by all lanes (see [`WriterPool`]).
     pub writers: WriterPool,
-    /// Start only once the previous lane of this partition has finished.
-    pub after: Option<oneshot::Receiver<bool>>,
-    /// Tell the next lane of this partition whether this one finished.
-    pub finished: Option<oneshot::Sender<bool>>,
+    /// Start only once the previous lane of this partition has sent its
+    /// batches (and learn how it ended when an answer is an error).
+    pub after: Option<Predecessor>,
+    /// Tell the next lane of this partition how this one gets on.
+    pub hand_over: Option<HandOver>,
+    /// The partition's request slots, shared with its other lanes.
+    pub slots: Arc<Semaphore>,
+    /// This lane's place in what the forwarder's loop watches.
+    pub ticket: Ticket,
 }
 
 impl LaneJob {
     pub async fn run(mut self) -> LaneOutcome {
-        let finished = self.finished.take();
-        let ready = match self.after.take() {
-            Some(after) => after.await == Ok(true),
+        let hand_over = self.hand_over.take();
+        let mut after = self.after.take();
+        let ready = match after.as_mut() {
+            Some(after) => after.sent().await,
             None => true,
         };
         let out = if ready {
-            self.produce_all().await
+            self.produce_all(hand_over.as_ref(), after.as_mut()).await
         } else {
-            LaneOutcome {
-                failure: Some(Failure::transient(format!(
-                    "{}/{}: an earlier batch of this partition was not delivered",
-                    self.topic, self.partition
-                ))),
-                gave_up: true,
-                ..LaneOutcome::default()
-            }
+            self.gave_up(LaneOutcome::default())
         };
-        if let Some(finished) = finished {
-            let _ = finished.send(out.failure.is_none() && out.acked == self.batches.len());
+        self.ticket.all_sent();
+        if let Some(h) = hand_over {
+            h.finished(out.failure.is_none() && out.acked == self.batches.len());
         }
         out
     }
 
-    async fn produce_all(&self) -> LaneOutcome {
+    /// The lane before it (same partition) did not deliver everything, so
+    /// what this lane sent after it could not be written either.
+    fn gave_up(&self, out: LaneOutcome) -> LaneOutcome {
+        LaneOutcome {
+            failure: Some(Failure::transient(format!(
+                "{}/{}: an earlier batch of this partition was not delivered",
+                self.topic, self.partition
+            ))),
+            gave_up: true,
+            ..out
+        }
+    }
+
+    async fn produce_all(
+        &mut self,
+        hand_over: Option<&HandOver>,
+        mut after: Option<&mut Predecessor>,
+    ) -> LaneOutcome {
         let mut out = LaneOutcome::default();
         let name = producer::topic_name(&self.topic);
-        let mut inflight: VecDeque<(usize, Pending<ProduceRequest>, Instant)> = VecDeque::new();
+        let mut inflight: VecDeque<(usize, Pending<ProduceRequest>, Instant, Slot)> =
+            VecDeque::new();
         let clock = self.clock.read();
         loop {
-            while inflight.len() < MAX_IN_FLIGHT && out.sent < self.batches.len() {
+            while out.sent < self.batches.len() {
+                // A slot of the partition: wait for one only with nothing
+                // of this lane's own in flight (its answers free slots).
+                let slot = match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) if !inflight.is_empty() => break,
+                    Err(_) => match self.slots.clone().acquire_owned().await {
+                        Ok(slot) => slot,
+                        Err(_) => {
+                            out.failure = Some(Failure::transient(format!(
+                                "produce to {}/{}: the partition's request slots are closed",
+                                self.topic, self.partition
+                            )));
+                            return out;
+                        }
+                    },
+                };
                 let i = out.sent;
                 let batch = self.writers.with(&self.node_id, |w| {
                     w.batch(
@@ -134,18 +166,25 @@ impl LaneJob {
                 )
                 .await
                 {
-                    Ok(p) => inflight.push_back((i, p, Instant::now())),
+                    Ok(p) => inflight.push_back((i, p, Instant::now(), slot)),
                     Err(f) => {
                         out.failure = Some(self.context(f));
                         return out;
                     }
                 }
                 out.sent += 1;
+                if out.sent == self.batches.len() {
+                    self.ticket.all_sent();
+                    if let Some(h) = hand_over {
+                        h.all_sent();
+                    }
+                }
             }
-            let Some((i, pending, started)) = inflight.pop_front() else {
+            let Some((i, pending, started, slot)) = inflight.pop_front() else {
                 return out;
             };
             let answer = producer::answer(&self.conn, pending, &name, self.partition).await;
+            drop(slot);
             self.stats.produce_latency.observe(started.elapsed());
             let answer = match answer {
                 Ok(a) => a,
@@ -183,6 +222,14 @@ impl LaneJob {
                 self.stats.sent.fetch_add(batch.len as u64, Relaxed);
                 self.stats.beat_forward();
                 continue;
+            }
+            // An error while the lane before this one has failed: most
+            // likely the gap it left (OUT_OF_ORDER_SEQUENCE_NUMBER), which
+            // is no sign of lost producer state. Delivered again in order.
+            if let Some(after) = after.as_deref_mut()
+                && !after.finished().await
+            {
+                return self.gave_up(out);
             }
             let context = format!("produce to {}/{}", self.topic, self.partition);
             let f =

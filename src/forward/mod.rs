@@ -23,6 +23,7 @@
 //! so other topics go on.
 
 pub mod config;
+pub mod flight;
 pub mod lane;
 pub mod parking;
 pub mod partitioner;
@@ -54,6 +55,7 @@ use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use config::{Compression, KafkaConfig};
+use flight::{Flight, Predecessor, Slots, Ticket};
 use lane::{LaneJob, LaneOutcome, WriterPool};
 use log::{debug, error, info, warn};
 use parking::{ParkedTopics, Parking};
@@ -64,10 +66,11 @@ use route::Router;
 use schedule::Schedule;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use streams::{Idempotence, Streams};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// How much of the outbox one delivery window takes on: with two in flight,
@@ -77,6 +80,18 @@ const WINDOW_EVENTS: usize = 12_500;
 const WINDOW_RAW_BYTES: usize = 1024 * 1024;
 /// Delivery windows in flight at once (see the module comment).
 const WINDOWS_IN_FLIGHT: usize = 2;
+/// On a distant uplink, up to this many: one more than a partition has
+/// request slots, as a window holds about one batch per partition.
+const MAX_WINDOWS_IN_FLIGHT: usize = flight::SLOTS_PER_PARTITION + 1;
+/// A window whose requests are all on the wire and still unanswered after
+/// this long is on a distant (or slow) link: another window may go.
+/// Loopback and LAN answers come within a few milliseconds.
+const LONG_LINK: Duration = Duration::from_millis(40);
+/// Windows read for a distant link are this many times larger (without a
+/// bandwidth cap): a partition's five slots then carry batches large
+/// enough to fill a long round trip. Memory in flight grows with it (about
+/// 4 MiB of decoded events per window); only a distant link pays that.
+const LONG_LINK_WINDOW_SCALE: usize = 3;
 /// Per-record overhead counted against `max_batch_bytes`.
 const RECORD_OVERHEAD: usize = 64;
 /// How long in-flight requests may finish after shutdown is requested.
@@ -138,12 +153,15 @@ impl Window {
 struct Running {
     window: Window,
     tasks: JoinSet<(usize, LaneOutcome)>,
+    launched: Instant,
+    /// Its lanes still running.
+    left: Arc<AtomicUsize>,
 }
 
 /// The last lane started for each destination partition: the next lane of
-/// that partition waits for it, which keeps order per partition across
-/// windows. The value is whether that lane finished all its events.
-type Chain = HashMap<(String, i32), oneshot::Receiver<bool>>;
+/// that partition follows it (see [`flight`]), which keeps order per
+/// partition across windows.
+type Chain = HashMap<(String, i32), Predecessor>;
 
 pub use crate::stats::ForwardState;
 
@@ -195,6 +213,10 @@ pub struct Forwarder {
     window_raw_bytes: usize,
     /// Configs reloaded while running (SIGHUP).
     reloads: watch::Receiver<Option<Arc<Reload>>>,
+    /// Each partition's request slots, shared by its lanes of all windows.
+    slots: Slots,
+    /// What the main loop watches of the lanes in flight.
+    flight: Arc<Flight>,
 }
 
 /// The record-batch codec `kafka` asks for.
@@ -257,6 +279,8 @@ impl Forwarder {
             uplink: Arc::new(Uplink::new(cap)),
             window_raw_bytes: window_raw_bytes(cap),
             reloads,
+            slots: Slots::default(),
+            flight: Arc::new(Flight::default()),
         }
     }
 
@@ -330,6 +354,10 @@ impl Forwarder {
         let mut released = true;
         let mut running: VecDeque<Running> = VecDeque::new();
         let mut chain: Chain = HashMap::new();
+        // The windows in flight wait on a distant link: one more may go.
+        let mut widen = false;
+        // The last window to finish took longer than [`LONG_LINK`].
+        let mut long_link = false;
         self.publish_state(None);
         // Windows planned (and maybe sent) before a crash go first, as planned.
         let recovered = self.recover_plans().await;
@@ -354,6 +382,7 @@ impl Forwarder {
             self.take_reload();
             if running.is_empty() {
                 chain.clear();
+                self.slots.trim();
                 if !self.wait_for_breaker(&mut shutdown).await {
                     break;
                 }
@@ -366,15 +395,28 @@ impl Forwarder {
             // A half-open breaker lets one window through as its probe. A
             // parked topic due for a retry lets the windows in flight finish
             // first; then the outbox is read from the start (above).
+            let limit = if widen {
+                MAX_WINDOWS_IN_FLIGHT
+            } else {
+                WINDOWS_IN_FLIGHT
+            };
             let room = running.is_empty()
-                || (running.len() < WINDOWS_IN_FLIGHT
-                    && self.breaker.state(Instant::now()) == State::Closed);
+                || (running.len() < limit && self.breaker.state(Instant::now()) == State::Closed);
             let mut window = None;
             if room && !self.unpark_due() {
                 let skip = self.parked_sources();
                 let order = schedule.order();
+                let (events, raw) =
+                    if (widen || long_link) && self.window_raw_bytes == WINDOW_RAW_BYTES {
+                        (
+                            WINDOW_EVENTS * LONG_LINK_WINDOW_SCALE,
+                            WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE,
+                        )
+                    } else {
+                        (WINDOW_EVENTS, self.window_raw_bytes)
+                    };
                 let blocks = tokio::select! {
-                    r = self.outbox.read_by_priority(cursors, order, WINDOW_EVENTS, self.window_raw_bytes, skip) => r,
+                    r = self.outbox.read_by_priority(cursors, order, events, raw, skip) => r,
                     _ = shutdown.recv() => break,
                 };
                 match blocks {
@@ -399,7 +441,7 @@ impl Forwarder {
             if let Some(mut window) = window {
                 self.breaker.try_acquire(Instant::now());
                 match self.launch(&mut window, Some(&mut chain)).await {
-                    Ok(tasks) => {
+                    Ok((tasks, left)) => {
                         // Only a window that went counts against its
                         // priority's share (not one read while the uplink
                         // was down).
@@ -407,7 +449,13 @@ impl Forwarder {
                         schedule.charge(&order, priority, raw);
                         cursors[priority as usize] = window.last();
                         released = false;
-                        running.push_back(Running { window, tasks });
+                        widen = false;
+                        running.push_back(Running {
+                            window,
+                            tasks,
+                            launched: Instant::now(),
+                            left,
+                        });
                         continue;
                     }
                     // Not started: it is read again after the recovery
@@ -425,7 +473,19 @@ impl Forwarder {
                     }
                 }
             }
-            let Some(Running { mut window, tasks }) = running.pop_front() else {
+            // (Once widened, a window that was not launched means the
+            // outbox had nothing more: then wait for the oldest.)
+            if !widen && self.link_is_long(&running, long_link, &mut shutdown).await {
+                widen = true;
+                continue;
+            }
+            let Some(Running {
+                mut window,
+                tasks,
+                launched,
+                ..
+            }) = running.pop_front()
+            else {
                 if !self.idle(&mut shutdown, &mut released).await {
                     break;
                 }
@@ -440,7 +500,10 @@ impl Forwarder {
                 break;
             };
             match result {
-                Ok(()) => self.complete(window).await,
+                Ok(()) => {
+                    long_link = launched.elapsed() >= LONG_LINK;
+                    self.complete(window).await
+                }
                 Err(f) => match self
                     .recover(Some(window), &mut running, f, &mut shutdown)
                     .await
@@ -462,10 +525,55 @@ impl Forwarder {
         info!("forwarder stopped");
     }
 
+    /// Before waiting for the oldest window in flight: whether the link
+    /// shows it is distant — every lane in flight has sent all its batches
+    /// and the oldest window is still unanswered after [`LONG_LINK`] — so
+    /// that one more window may go. Returns `false` as soon as the oldest
+    /// window has finished (or with no room for another, or at shutdown).
+    /// `known`: the last window to finish already took longer than that.
+    async fn link_is_long(
+        &self,
+        running: &VecDeque<Running>,
+        known: bool,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let Some(oldest) = running.front() else {
+            return false;
+        };
+        if running.len() >= MAX_WINDOWS_IN_FLIGHT
+            || self.breaker.state(Instant::now()) != State::Closed
+        {
+            return false;
+        }
+        let due = if known {
+            oldest.launched
+        } else {
+            oldest.launched + LONG_LINK
+        };
+        loop {
+            if oldest.left.load(Relaxed) == 0 || shutdown.is_shutdown() {
+                return false;
+            }
+            let all_sent = self.flight.unsent() == 0;
+            if all_sent && Instant::now() >= due {
+                return true;
+            }
+            // Woken by any lane sending its last batch or ending, or when
+            // the oldest window has waited long enough.
+            tokio::select! {
+                _ = self.flight.changed() => {}
+                _ = tokio::time::sleep_until(due.into()), if all_sent => {}
+                _ = shutdown.recv() => return false,
+            }
+        }
+    }
+
     /// At shutdown: let a running window's lanes finish for a moment, and
     /// if that delivered all of it, record it.
     async fn settle_at_shutdown(&mut self, r: Running) {
-        let Running { mut window, tasks } = r;
+        let Running {
+            mut window, tasks, ..
+        } = r;
         let collected =
             tokio::time::timeout(SHUTDOWN_GRACE, self.collect(&mut window, tasks)).await;
         if matches!(collected, Ok(Ok(()))) {
@@ -514,7 +622,10 @@ impl Forwarder {
             self.on_failure(&failure);
         }
         let mut windows: Vec<Window> = collected.into_iter().collect();
-        for Running { mut window, tasks } in running.drain(..) {
+        for Running {
+            mut window, tasks, ..
+        } in running.drain(..)
+        {
             // Their own failures are retried below; what they finished counts.
             let _ = self
                 .collect_until_shutdown(&mut window, tasks, shutdown)
@@ -873,7 +984,7 @@ impl Forwarder {
 
     /// One delivery attempt of what is left of `window`.
     async fn attempt(&mut self, window: &mut Window) -> Result<(), Failure> {
-        let tasks = self.launch(window, None).await?;
+        let (tasks, _) = self.launch(window, None).await?;
         self.collect(window, tasks).await
     }
 
@@ -986,7 +1097,7 @@ impl Forwarder {
         &mut self,
         window: &mut Window,
         mut chain: Option<&mut Chain>,
-    ) -> Result<JoinSet<(usize, LaneOutcome)>, Failure> {
+    ) -> Result<(JoinSet<(usize, LaneOutcome)>, Arc<AtomicUsize>), Failure> {
         let blocks = window.blocks.clone();
         self.ensure_topics(&blocks).await?;
         if window.lanes.is_none() {
@@ -1052,12 +1163,13 @@ impl Forwarder {
         }
         let lanes = window.lanes.as_ref().expect("set above");
         let mut set = JoinSet::new();
+        let left = Arc::new(AtomicUsize::new(0));
         let timeout_ms = self.produce_timeout_ms();
         for (i, conn, version) in leaders {
             let lane = &lanes[i];
-            let (after, finished) = match chain.as_deref_mut() {
+            let (after, hand_over) = match chain.as_deref_mut() {
                 Some(chain) => {
-                    let (tx, rx) = oneshot::channel();
+                    let (tx, rx) = flight::hand_over();
                     let after = chain.insert((lane.topic.clone(), lane.partition), rx);
                     (after, Some(tx))
                 }
@@ -1087,14 +1199,16 @@ impl Forwarder {
                 timeout_ms,
                 writers: self.writers.clone(),
                 after,
-                finished,
+                hand_over,
+                slots: self.slots.of(&lane.topic, lane.partition),
+                ticket: Ticket::new(&self.flight, &left),
             };
             set.spawn(async move {
                 let out = job.run().await;
                 (i, out)
             });
         }
-        Ok(set)
+        Ok((set, left))
     }
 
     /// Cut the lanes that need it into numbered batches and, if anything

@@ -22,6 +22,9 @@ fn main() {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod latency;
+
+#[cfg(target_arch = "x86_64")]
 mod bench {
     use ferry::backoff::SplitMix64;
     use ferry::ingest::frame;
@@ -45,9 +48,11 @@ mod bench {
         runs: usize,
         events: usize,
         out: PathBuf,
-        /// Only this part (`e2e`, `kcat`, `drain` or `codecs`), printed, no
-        /// report.
+        /// Only this part (`e2e`, `kcat`, `drain`, `rtt`, `tcp` or `codecs`),
+        /// printed, no report.
         only: Option<String>,
+        /// The round trip of the distant uplink (`rtt` part).
+        rtt: Duration,
     }
 
     fn args() -> Args {
@@ -56,6 +61,7 @@ mod bench {
             events: 1_000_000,
             out: PathBuf::from("BENCHMARKS.md"),
             only: None,
+            rtt: Duration::from_millis(200),
         };
         let v: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -66,8 +72,9 @@ mod bench {
                 "--events" => a.events = next.parse().expect("--events N"),
                 "--out" => a.out = PathBuf::from(next),
                 "--only" => a.only = Some(next),
+                "--rtt-ms" => a.rtt = Duration::from_millis(next.parse().expect("--rtt-ms N")),
                 other => panic!(
-                    "unknown argument {other}; use --runs N --events N --out FILE --only e2e|kcat|drain|codecs"
+                    "unknown argument {other}; use --runs N --events N --out FILE --rtt-ms N --only e2e|kcat|drain|rtt|tcp|codecs"
                 ),
             }
             i += 2;
@@ -212,20 +219,56 @@ mod bench {
         (t(11) + t(12)) / 100.0
     }
 
-    /// All frames of the data set, encoded once.
-    fn encode_frames(data: &[(String, String)]) -> Vec<u8> {
+    /// All frames of the data set, encoded once (with their keys, or
+    /// without).
+    fn encode_frames(data: &[(String, String)], keyed: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(data.len() * 240);
         for (k, v) in data {
             frame::encode_event(
                 &mut out,
                 TOPIC_FERRY,
-                Some(k.as_bytes()),
+                keyed.then_some(k.as_bytes()),
                 &[],
                 v.as_bytes(),
                 None,
             );
         }
         out
+    }
+
+    /// The data set's values as `\n`-terminated lines (lines carry no key).
+    fn encode_lines(data: &[(String, String)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() * 200);
+        for (_, v) in data {
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// A free loopback port for a `tcp` listener.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// Listeners: the unix frames socket (status, frames) and a tcp lines
+    /// listener on `port` for the bench topic.
+    fn tcp_listener_config(dir: &Path, port: u16) -> String {
+        format!(
+            "[[listener]]\ntype = \"unix\"\nformat = \"frames\"\npath = \"{}\"\n\n[[listener]]\ntype = \"tcp\"\nformat = \"lines\"\naddress = \"127.0.0.1:{port}\"\ntopic = \"{TOPIC_FERRY}\"\n",
+            dir.join("data/ferry.sock").display()
+        )
+    }
+
+    /// Write `lines` to ferry's tcp listener; lines are not acknowledged.
+    fn send_lines(port: u16, lines: &[u8]) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect tcp");
+        for chunk in lines.chunks(256 * 1024) {
+            stream.write_all(chunk).expect("write lines");
+        }
     }
 
     /// Stream `frames` (holding `n` events) into ferry; returns when all are acked.
@@ -277,6 +320,13 @@ mod bench {
     struct Run {
         e2e_relaxed: f64,
         e2e_fsync: f64,
+        /// Over the distant uplink: ferry (relaxed) and kcat.
+        rtt_ferry: f64,
+        rtt_kcat: f64,
+        rtt_peak_rss_kib: u64,
+        /// Keyless events: lines over tcp, frames over the unix socket.
+        tcp_lines: f64,
+        keyless_frames: f64,
         kcat_rate: f64,
         ingest_rate: f64,
         drain_rate: f64,
@@ -391,7 +441,9 @@ mod bench {
         let data = dataset(a.events);
         let raw_per_event =
             data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as f64 / a.events as f64;
-        let frames = encode_frames(&data);
+        let frames = encode_frames(&data, true);
+        let keyless = encode_frames(&data, false);
+        let lines = encode_lines(&data);
         let work = tempfile::tempdir().unwrap();
         let data_file = work.path().join("data.txt");
         {
@@ -465,6 +517,59 @@ mod bench {
                 r.kcat_peak_rss_kib = rss;
                 r.kcat_cpu_per_m = cpu;
             }
+            // Over a distant uplink: the same runs through a proxy that
+            // adds the round trip, ferry first, then kcat.
+            if part("rtt") {
+                let link = crate::latency::LatencyProxy::start(&bootstrap, a.rtt);
+                let dir = tempfile::tempdir_in(work.path()).unwrap();
+                let f = Ferry::start(&bin, dir.path(), &link.bootstrap, "relaxed", "");
+                let before = end_offsets(&consumer, TOPIC_FERRY);
+                let t = Instant::now();
+                send_frames(&f.socket(), &frames, n);
+                wait_offsets(&consumer, TOPIC_FERRY, before + n as i64);
+                r.rtt_ferry = n as f64 / t.elapsed().as_secs_f64();
+                r.rtt_peak_rss_kib = proc_field(f.pid(), "status", "VmHWM:");
+                f.stop();
+                r.rtt_kcat = kcat(&data_file, &link.bootstrap, n, &consumer).0;
+                eprintln!(
+                    "  over a {} ms round trip: ferry {:.0}/s (peak {} KiB), kcat {:.0}/s",
+                    a.rtt.as_millis(),
+                    r.rtt_ferry,
+                    r.rtt_peak_rss_kib,
+                    r.rtt_kcat
+                );
+            }
+
+            // Lines over tcp against frames over the unix socket, the same
+            // keyless events (lines carry no key).
+            if part("tcp") {
+                let dir = tempfile::tempdir_in(work.path()).unwrap();
+                let port = free_port();
+                let listeners = tcp_listener_config(dir.path(), port);
+                let f = Ferry::start(&bin, dir.path(), &bootstrap, "relaxed", &listeners);
+                let before = end_offsets(&consumer, TOPIC_FERRY);
+                let t = Instant::now();
+                send_lines(port, &lines);
+                wait_offsets(&consumer, TOPIC_FERRY, before + n as i64);
+                r.tcp_lines = n as f64 / t.elapsed().as_secs_f64();
+                f.stop();
+                let dir = tempfile::tempdir_in(work.path()).unwrap();
+                let f = Ferry::start(&bin, dir.path(), &bootstrap, "relaxed", "");
+                let before = end_offsets(&consumer, TOPIC_FERRY);
+                let t = Instant::now();
+                send_frames(&f.socket(), &keyless, n);
+                wait_offsets(&consumer, TOPIC_FERRY, before + n as i64);
+                r.keyless_frames = n as f64 / t.elapsed().as_secs_f64();
+                f.stop();
+                eprintln!(
+                    "  keyless: lines over tcp {:.0}/s, frames over unix {:.0}/s",
+                    r.tcp_lines, r.keyless_frames
+                );
+            }
+            if a.only.as_deref().is_some_and(|o| o == "rtt" || o == "tcp") {
+                continue;
+            }
+
             if !part("drain") {
                 eprintln!(
                     "  e2e relaxed {:.0}/s, fsync {:.0}/s, peak {} KiB, idle {} KiB, cpu {:.2} s/M; kcat {:.0}/s",
@@ -614,6 +719,29 @@ mod bench {
                 "",
             ),
             (
+                "end-to-end over a distant uplink (`relaxed`)",
+                format!(
+                    "{:.0} ev/s = {:.2}× librdkafka over the same ({:.0} ev/s); ferry's peak RSS {:.1} MiB",
+                    m(|r| r.rtt_ferry),
+                    m(|r| r.rtt_ferry) / m(|r| r.rtt_kcat),
+                    m(|r| r.rtt_kcat),
+                    mib(m(|r| r.rtt_peak_rss_kib as f64))
+                ),
+                "≥ 1.0×",
+                verdict(m(|r| r.rtt_ferry) / m(|r| r.rtt_kcat) >= 1.0),
+            ),
+            (
+                "keyless events: `lines` over a `tcp` listener / frames over the unix socket",
+                format!(
+                    "{:.0} / {:.0} ev/s = {:.2}×",
+                    m(|r| r.tcp_lines),
+                    m(|r| r.keyless_frames),
+                    m(|r| r.tcp_lines) / m(|r| r.keyless_frames)
+                ),
+                "≥ 0.9×",
+                verdict(m(|r| r.tcp_lines) / m(|r| r.keyless_frames) >= 0.9),
+            ),
+            (
                 "ingest only (no broker), `relaxed`",
                 format!("{:.0} ev/s", m(|r| r.ingest_rate)),
                 "≥ 500 000 ev/s",
@@ -709,6 +837,7 @@ mod bench {
         runs.len(),
         size as f64 / 1048576.0
     ));
+        md.push_str(&format!("- Distant uplink: a proxy in front of the broker holds every Kafka frame for half of a {} ms round trip in each direction (pipelined, Metadata rewritten so every connection passes through it), for ferry and kcat alike.\n", a.rtt.as_millis()));
         md.push_str("- End-to-end: from the first frame written to ferry's unix socket until the broker's end offsets account for every event; kcat: from exec until the same.\n");
         md.push_str("- Allocations: a `count-allocs` build of ferry; ingest includes per-batch work (buffers, channels), which is amortised over the events of a read, and runs with the forwarder held back by a 30–60 s retry delay so its connection attempts to the unreachable broker are not counted; forward counts everything from reading the stored blocks to the broker's answers (plans, record batches, requests, responses), divided by the events.\n\n");
         md.push_str("| figure | measured | target (performance issue) | |\n|---|---|---|---|\n");
