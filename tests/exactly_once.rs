@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::proxy::Proxy;
 use common::tansu::Tansu;
 use common::*;
 use std::time::Duration;
@@ -76,4 +77,69 @@ fn twenty_kill_9_cycles_under_full_load_deliver_exactly_once() {
         "only {replays} restarts found windows in flight:\n{}",
         f.log_text()
     );
+}
+
+/// A distant link that keeps cutting connections: answers come slowly, so
+/// the forwarder widens to several windows in flight and starts a
+/// partition's next lane before the one before it is answered; cuts then
+/// lose requests of several windows at once, the broker refuses what
+/// follows a gap, and the windows are sent again one after another with
+/// the same sequences. Every event arrives once, per-key order kept.
+#[test]
+fn distant_link_that_cuts_connections_delivers_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(&dir.path().join("tansu"));
+    broker.create_topic("far", 4);
+    // The backlog first, with no broker: ~40 windows of ~1 MiB.
+    let mut filler = Ferry::new(dir.path(), "127.0.0.1:1", "");
+    filler.start();
+    let mut client = FrameClient::connect(&filler.socket()).unwrap();
+    let mut acked = Vec::new();
+    // (In chunks: a client that writes without reading its acks stalls.)
+    for chunk in 0..40 {
+        for i in chunk * 2_000..(chunk + 1) * 2_000 {
+            // Long keys: windows fill by bytes, as telemetry does.
+            let key = format!("k{:02}{:->500}", i % 8, "");
+            let value = format!("{key}|{i}");
+            client
+                .send_event("far", Some(key.as_bytes()), &[], value.as_bytes())
+                .unwrap();
+            acked.push(value);
+        }
+        assert_eq!(client.answers_for(2_000), Ok((2_000, vec![])));
+    }
+    drop(client);
+    assert_eq!(filler.terminate().0, Some(0));
+    let proxy = Proxy::start(&broker.bootstrap());
+    // Each answer held 30 ms (one after another): a window's answers take
+    // longer than the forwarder's 40 ms mark for a distant link.
+    proxy.set_delay(Duration::from_millis(30));
+    proxy.set_cut_after(600 * 1024);
+    let mut f = Ferry::new(dir.path(), &proxy.bootstrap, "");
+    f.start();
+    f.wait_status(Duration::from_secs(240), "backlog delivered", |s| {
+        s.backlog_events == 0
+    });
+    assert!(f.log_text().contains("exactly-once"), "{}", f.log_text());
+    assert!(proxy.cuts() >= 3, "the proxy did cut connections");
+    assert!(
+        f.log_text().contains("the uplink is distant"),
+        "the forwarder widened its windows in flight:\n{}",
+        f.log_text()
+    );
+    assert!(
+        !f.log_text()
+            .contains("starts afresh with a new producer id"),
+        "a batch refused behind a gap is not lost producer state:\n{}",
+        f.log_text()
+    );
+    let got = broker.records("far");
+    let dups = check_delivery(&acked, &got);
+    eprintln!(
+        "distant cutting link: {} events, {} cuts, {} produce errors, {dups} duplicates",
+        acked.len(),
+        proxy.cuts(),
+        f.status().produce_errors
+    );
+    assert_eq!(dups, 0, "resent batches were dropped by the broker");
 }

@@ -22,6 +22,7 @@ fn main() {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[path = "../../tests/common/latency.rs"]
 mod latency;
 
 #[cfg(target_arch = "x86_64")]

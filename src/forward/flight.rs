@@ -12,6 +12,10 @@
 //! that gap: it waits to learn how the lane before ended and then gives up
 //! (the windows are delivered again one after another) instead of taking
 //! the broker's OUT_OF_ORDER_SEQUENCE_NUMBER for lost producer state.
+//! This is the idempotent producer's guarantee (Kafka refuses a batch whose
+//! sequence leaves a gap), so without a producer id (a broker without
+//! idempotence) a lane waits for the one before it to be acknowledged and
+//! keeps one request in flight.
 
 use std::collections::HashMap;
 use std::sync::Arc;

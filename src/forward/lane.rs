@@ -88,8 +88,12 @@ impl LaneJob {
     pub async fn run(mut self) -> LaneOutcome {
         let hand_over = self.hand_over.take();
         let mut after = self.after.take();
+        // Without idempotence the broker cannot refuse a batch that
+        // overtakes a failed one: then one request per partition at a time,
+        // and a lane waits for the one before it to be acknowledged.
         let ready = match after.as_mut() {
-            Some(after) => after.sent().await,
+            Some(after) if self.producer.is_some() => after.sent().await,
+            Some(after) => after.finished().await,
             None => true,
         };
         let out = if ready {
@@ -129,6 +133,9 @@ impl LaneJob {
         let clock = self.clock.read();
         loop {
             while out.sent < self.batches.len() {
+                if self.producer.is_none() && !inflight.is_empty() {
+                    break;
+                }
                 // A slot of the partition: wait for one only with nothing
                 // of this lane's own in flight (its answers free slots).
                 let slot = match self.slots.clone().try_acquire_owned() {

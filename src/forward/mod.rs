@@ -358,6 +358,8 @@ impl Forwarder {
         let mut widen = false;
         // The last window to finish took longer than [`LONG_LINK`].
         let mut long_link = false;
+        // Said once in the log: the link looks distant.
+        let mut said_distant = false;
         self.publish_state(None);
         // Windows planned (and maybe sent) before a crash go first, as planned.
         let recovered = self.recover_plans().await;
@@ -476,6 +478,14 @@ impl Forwarder {
             // (Once widened, a window that was not launched means the
             // outbox had nothing more: then wait for the oldest.)
             if !widen && self.link_is_long(&running, long_link, &mut shutdown).await {
+                if !said_distant {
+                    said_distant = true;
+                    info!(
+                        "the uplink is distant (answers take over {} ms): up to {MAX_WINDOWS_IN_FLIGHT} delivery windows of up to {} MiB in flight",
+                        LONG_LINK.as_millis(),
+                        WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE / (1024 * 1024)
+                    );
+                }
                 widen = true;
                 continue;
             }

@@ -560,6 +560,7 @@ impl Cursor<'_> {
     }
 }
 
+pub mod latency;
 pub mod proxy;
 pub mod tansu;
 
