@@ -90,26 +90,9 @@ fn distant_link_that_cuts_connections_delivers_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start(&dir.path().join("tansu"));
     broker.create_topic("far", 4);
-    // The backlog first, with no broker: ~40 windows of ~1 MiB.
-    let mut filler = Ferry::new(dir.path(), "127.0.0.1:1", "");
-    filler.start();
-    let mut client = FrameClient::connect(&filler.socket()).unwrap();
-    let mut acked = Vec::new();
-    // (In chunks: a client that writes without reading its acks stalls.)
-    for chunk in 0..40 {
-        for i in chunk * 2_000..(chunk + 1) * 2_000 {
-            // Long keys: windows fill by bytes, as telemetry does.
-            let key = format!("k{:02}{:->500}", i % 8, "");
-            let value = format!("{key}|{i}");
-            client
-                .send_event("far", Some(key.as_bytes()), &[], value.as_bytes())
-                .unwrap();
-            acked.push(value);
-        }
-        assert_eq!(client.answers_for(2_000), Ok((2_000, vec![])));
-    }
-    drop(client);
-    assert_eq!(filler.terminate().0, Some(0));
+    // The backlog first, with no broker: ~40 windows of ~1 MiB (long
+    // keys: windows fill by bytes, as telemetry does).
+    let acked = store_backlog(dir.path(), "far", 80_000, 8, 500);
     let proxy = Proxy::start(&broker.bootstrap());
     // Each answer held 30 ms (one after another): a window's answers take
     // longer than the forwarder's 40 ms mark for a distant link.

@@ -143,25 +143,8 @@ fn backlog_drains_through_errors_with_windows_in_flight_in_order() {
     let c = cluster(1, &topics);
     let bootstrap = c.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    // Store the backlog with no broker at all, so no breaker state carries
-    // over: 120 000 events, about ten windows of 12 500.
-    let mut filler = Ferry::new(dir.path(), "127.0.0.1:1", "");
-    filler.start();
-    let mut client = FrameClient::connect(&filler.socket()).unwrap();
-    let mut acked = Vec::new();
-    for chunk in 0..12 {
-        for i in chunk * 10_000..(chunk + 1) * 10_000 {
-            let key = format!("k{:02}", i % KEYS);
-            let value = format!("{key}|{i}");
-            client
-                .send_event("backlog", Some(key.as_bytes()), &[], value.as_bytes())
-                .unwrap();
-            acked.push(value);
-        }
-        assert_eq!(client.answers_for(10_000), Ok((10_000, vec![])));
-    }
-    drop(client);
-    assert_eq!(filler.terminate().0, Some(0));
+    // 120 000 events, about ten windows of 12 500.
+    let acked = store_backlog(dir.path(), "backlog", 120_000, KEYS, 0);
     use RDKafkaRespErr::{
         RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION as NOT_LEADER,
         RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT as TIMED_OUT,

@@ -646,6 +646,41 @@ impl Load {
 /// Every acknowledged value arrived; per key, after dropping duplicates by
 /// `ferry-id`, values arrive in the order they were sent. Returns the
 /// number of duplicate records.
+/// Store a backlog of `events` keyed events (`keys` keys, each padded with
+/// `key_pad` dashes so windows can fill by bytes) in the outbox under
+/// `dir`, with no broker at all (so no breaker state carries over); the
+/// values (`<key>|<n>`) in the order they were acknowledged.
+pub fn store_backlog(
+    dir: &Path,
+    topic: &str,
+    events: usize,
+    keys: usize,
+    key_pad: usize,
+) -> Vec<String> {
+    let mut filler = Ferry::new(dir, "127.0.0.1:1", "");
+    filler.start();
+    let mut client = FrameClient::connect(&filler.socket()).unwrap();
+    let mut acked = Vec::new();
+    // In chunks: a client that writes without reading its acks stalls.
+    const CHUNK: usize = 2_000;
+    for chunk in 0..events.div_ceil(CHUNK) {
+        let range = chunk * CHUNK..((chunk + 1) * CHUNK).min(events);
+        let n = range.len() as u32;
+        for i in range {
+            let key = format!("k{:02}{:->key_pad$}", i % keys, "");
+            let value = format!("{key}|{i}");
+            client
+                .send_event(topic, Some(key.as_bytes()), &[], value.as_bytes())
+                .unwrap();
+            acked.push(value);
+        }
+        assert_eq!(client.answers_for(n), Ok((n, vec![])));
+    }
+    drop(client);
+    assert_eq!(filler.terminate().0, Some(0));
+    acked
+}
+
 pub fn check_delivery(acked: &[String], got: &[Got]) -> usize {
     let values = by_value(got);
     let missing: Vec<&String> = acked.iter().filter(|v| !values.contains_key(*v)).collect();
