@@ -325,6 +325,8 @@ mod bench {
         rtt_ferry: f64,
         rtt_kcat: f64,
         rtt_peak_rss_kib: u64,
+        /// kcat as an idempotent producer (as ferry is), same link.
+        rtt_kcat_idempotent: f64,
         /// Keyless events: lines over tcp, frames over the unix socket.
         tcp_lines: f64,
         keyless_frames: f64,
@@ -352,12 +354,24 @@ mod bench {
         n: usize,
         consumer: &BaseConsumer,
     ) -> (f64, u64, f64) {
+        kcat_with(data_file, bootstrap, n, consumer, &[])
+    }
+
+    /// kcat with extra librdkafka settings (`-X name=value`).
+    fn kcat_with(
+        data_file: &Path,
+        bootstrap: &str,
+        n: usize,
+        consumer: &BaseConsumer,
+        extra: &[&str],
+    ) -> (f64, u64, f64) {
         let before = end_offsets(consumer, TOPIC_KCAT);
         let t = Instant::now();
         let child = Command::new("kcat")
             .args([
                 "-P", "-b", bootstrap, "-t", TOPIC_KCAT, "-z", "lz4", "-K", "|", "-l",
             ])
+            .args(extra.iter().flat_map(|x| ["-X", x]))
             .arg(data_file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -532,12 +546,21 @@ mod bench {
                 r.rtt_peak_rss_kib = proc_field(f.pid(), "status", "VmHWM:");
                 f.stop();
                 r.rtt_kcat = kcat(&data_file, &link.bootstrap, n, &consumer).0;
+                r.rtt_kcat_idempotent = kcat_with(
+                    &data_file,
+                    &link.bootstrap,
+                    n,
+                    &consumer,
+                    &["enable.idempotence=true"],
+                )
+                .0;
                 eprintln!(
-                    "  over a {} ms round trip: ferry {:.0}/s (peak {} KiB), kcat {:.0}/s",
+                    "  over a {} ms round trip: ferry {:.0}/s (peak {} KiB), kcat {:.0}/s, kcat idempotent {:.0}/s",
                     a.rtt.as_millis(),
                     r.rtt_ferry,
                     r.rtt_peak_rss_kib,
-                    r.rtt_kcat
+                    r.rtt_kcat,
+                    r.rtt_kcat_idempotent
                 );
             }
 
@@ -730,6 +753,16 @@ mod bench {
                 ),
                 "≥ 1.0×",
                 verdict(m(|r| r.rtt_ferry) / m(|r| r.rtt_kcat) >= 1.0),
+            ),
+            (
+                "the same, librdkafka as an idempotent producer (as ferry is; `-X enable.idempotence=true`)",
+                format!(
+                    "{:.0} ev/s; ferry = {:.2}× it",
+                    m(|r| r.rtt_kcat_idempotent),
+                    m(|r| r.rtt_ferry) / m(|r| r.rtt_kcat_idempotent)
+                ),
+                "(context)",
+                "",
             ),
             (
                 "keyless events: `lines` over a `tcp` listener / frames over the unix socket",
