@@ -1448,8 +1448,22 @@ impl Forwarder {
 
     /// Assign every event of the window to its destination partitions.
     fn plan(&mut self, blocks: &[Block], keep: &[bool]) -> Vec<Lane> {
-        let mut index: HashMap<(&str, i32), usize> = HashMap::new();
-        let mut sticky: HashMap<&str, i32> = HashMap::new();
+        /// A destination topic of this window: its partition count, the
+        /// partition its keyless events stick to (chosen on first use) and
+        /// the lane of each partition (`u32::MAX`: none yet).
+        struct Destination<'a> {
+            topic: &'a str,
+            partitions: i32,
+            sticky: Option<i32>,
+            lanes: Vec<u32>,
+        }
+        let mut destinations: Vec<Destination> = Vec::new();
+        let mut by_topic: HashMap<&str, usize> = HashMap::new();
+        // The source topic last routed and its destinations: routes (glob
+        // patterns) and partition counts are looked up when the source
+        // topic changes, not for every event (a block holds one topic).
+        let mut source: Option<&str> = None;
+        let mut routed: Vec<usize> = Vec::new();
         let mut lanes: Vec<Lane> = Vec::new();
         let cluster = self.cluster.as_ref();
         for (b, block) in blocks.iter().enumerate() {
@@ -1462,20 +1476,44 @@ impl Forwarder {
                     offset: offset as u32,
                     seq,
                 };
-                self.router.for_each_destination(event.topic, |topic| {
-                    let n = cluster.and_then(|c| c.partition_count(topic)).unwrap_or(1);
-                    let partition = match event.key {
-                        Some(k) => partition_for_key(k, n),
-                        None => *sticky
-                            .entry(topic)
-                            .or_insert_with(|| self.sticky.next_batch(n)),
-                    };
-                    let lane = *index.entry((topic, partition)).or_insert_with(|| {
-                        lanes.push(Lane::new(topic.to_string(), partition));
-                        lanes.len() - 1
+                if source != Some(event.topic) {
+                    routed.clear();
+                    self.router.for_each_destination(event.topic, |topic| {
+                        let d = *by_topic.entry(topic).or_insert_with(|| {
+                            let partitions = cluster
+                                .and_then(|c| c.partition_count(topic))
+                                .unwrap_or(1)
+                                .max(1);
+                            destinations.push(Destination {
+                                topic,
+                                partitions,
+                                sticky: None,
+                                lanes: vec![u32::MAX; partitions as usize],
+                            });
+                            destinations.len() - 1
+                        });
+                        routed.push(d);
                     });
-                    lanes[lane].items.push(item);
-                });
+                    source = Some(event.topic);
+                }
+                for &d in &routed {
+                    let dest = &mut destinations[d];
+                    let partition = match event.key {
+                        Some(k) => partition_for_key(k, dest.partitions),
+                        None => *dest
+                            .sticky
+                            .get_or_insert_with(|| self.sticky.next_batch(dest.partitions)),
+                    };
+                    // (Both choices are below the count; kept in range
+                    // regardless, as an event left out would be lost.)
+                    let partition = partition.rem_euclid(dest.partitions);
+                    let slot = &mut dest.lanes[partition as usize];
+                    if *slot == u32::MAX {
+                        lanes.push(Lane::new(dest.topic.to_string(), partition));
+                        *slot = (lanes.len() - 1) as u32;
+                    }
+                    lanes[*slot as usize].items.push(item);
+                }
             }
         }
         debug!(
