@@ -69,11 +69,14 @@ fn twenty_kill_9_cycles_under_full_load_deliver_exactly_once() {
         "{dups} records delivered twice, e.g. {:?}",
         &twice[..twice.len().min(5)]
     );
-    // Windows were in flight (planned, maybe sent) at most of the kills:
-    // each restart that found one says so.
+    // Windows were in flight (planned, maybe sent) at many of the kills:
+    // each restart that found one says so. (9–13 of the 24 in five runs on
+    // the development machine after lanes began to follow each other once
+    // sent rather than acknowledged, 10 being the bar before; a third of
+    // the kills is the bar now.)
     let replays = f.log_text().matches("sent again first").count();
     assert!(
-        replays >= 10,
+        replays >= 8,
         "only {replays} restarts found windows in flight:\n{}",
         f.log_text()
     );

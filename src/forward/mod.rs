@@ -87,10 +87,12 @@ const MAX_WINDOWS_IN_FLIGHT: usize = flight::SLOTS_PER_PARTITION + 1;
 /// this long is on a distant (or slow) link: another window may go.
 /// Loopback and LAN answers come within a few milliseconds.
 const LONG_LINK: Duration = Duration::from_millis(40);
-/// Windows read for a distant link are this many times larger (without a
-/// bandwidth cap): a partition's five slots then carry batches large
-/// enough to fill a long round trip. Memory in flight grows with it (about
-/// 4 MiB of decoded events per window); only a distant link pays that.
+/// Windows read for a distant link are this many times larger: a
+/// partition's five slots then carry batches large enough to fill a long
+/// round trip. Memory in flight grows with it (about 3 MiB of decoded
+/// events per window); only a distant link pays that. Under a bandwidth
+/// cap none of this applies: the cap bounds the rate anyway, and more or
+/// larger windows in flight would make a higher priority wait longer.
 const LONG_LINK_WINDOW_SCALE: usize = 3;
 /// Per-record overhead counted against `max_batch_bytes`.
 const RECORD_OVERHEAD: usize = 64;
@@ -408,15 +410,15 @@ impl Forwarder {
             if room && !self.unpark_due() {
                 let skip = self.parked_sources();
                 let order = schedule.order();
-                let (events, raw) =
-                    if (widen || long_link) && self.window_raw_bytes == WINDOW_RAW_BYTES {
-                        (
-                            WINDOW_EVENTS * LONG_LINK_WINDOW_SCALE,
-                            WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE,
-                        )
-                    } else {
-                        (WINDOW_EVENTS, self.window_raw_bytes)
-                    };
+                let (events, raw) = if (widen || long_link) && self.config.max_bytes_per_second == 0
+                {
+                    (
+                        WINDOW_EVENTS * LONG_LINK_WINDOW_SCALE,
+                        WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE,
+                    )
+                } else {
+                    (WINDOW_EVENTS, self.window_raw_bytes)
+                };
                 let blocks = tokio::select! {
                     r = self.outbox.read_by_priority(cursors, order, events, raw, skip) => r,
                     _ = shutdown.recv() => break,
@@ -551,6 +553,7 @@ impl Forwarder {
             return false;
         };
         if running.len() >= MAX_WINDOWS_IN_FLIGHT
+            || self.config.max_bytes_per_second > 0
             || self.breaker.state(Instant::now()) != State::Closed
         {
             return false;
