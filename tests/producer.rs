@@ -197,7 +197,8 @@ fn duplicate_header_names_arrive_as_sent() {
 }
 
 /// The broker forgets ferry's producer, or says its sequences or epoch are
-/// wrong: ferry takes a new producer id and loses nothing.
+/// wrong: ferry goes on under the next epoch (a new producer id when the
+/// epoch is fenced) and loses nothing.
 #[test]
 fn producer_state_errors_take_a_new_producer_id_and_lose_nothing() {
     use RDKafkaRespErr::*;
@@ -233,10 +234,16 @@ fn producer_state_errors_take_a_new_producer_id_and_lose_nothing() {
     let got = reader.collect_values(&acked, Duration::from_secs(30));
     check_delivery(&acked, &got);
     let log = f.log_text();
+    // A fenced epoch takes a new id; the others the next epoch of the id.
     assert_eq!(
         log.matches("for streams that start afresh").count(),
-        3,
-        "one new producer id per error:\n{log}"
+        1,
+        "one new producer id, for INVALID_PRODUCER_EPOCH:\n{log}"
+    );
+    assert_eq!(
+        log.matches("the next epoch of its producer id").count(),
+        2,
+        "the next epoch for UNKNOWN_PRODUCER_ID and OUT_OF_ORDER_SEQUENCE_NUMBER:\n{log}"
     );
     assert!(
         log.contains("UNKNOWN_PRODUCER_ID") && log.contains("INVALID_PRODUCER_EPOCH"),

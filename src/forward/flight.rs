@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 /// Produce requests of one partition in flight at once, over all windows.
@@ -252,5 +253,66 @@ mod tests {
         drop(held);
         slots.trim();
         assert!(!Arc::ptr_eq(&slots.of("t", 0), &a), "forgotten when idle");
+    }
+}
+
+/// How long a partition's last acknowledgement vouches for the broker
+/// still holding ferry's producer state there. Kafka forgets a producer
+/// idle for `producer.id.expiration.ms` (24 h since Kafka 3.4; before, the
+/// transactional id expiry, 7 days); a broker may be set lower. Well
+/// inside both, and a probe costs one round trip.
+pub const STATE_TRUSTED_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// When each partition last acknowledged a batch, and under which
+/// producer id. A broker without state for a producer takes any sequence
+/// (Kafka 2.5+, KIP-360), so batches pipelined behind a refused first one
+/// would be written out of turn: a lane sends its first batch alone until
+/// its partition has acknowledged one under that producer recently.
+#[derive(Default)]
+pub struct Confirmed(HashMap<String, Vec<Option<(i64, Instant)>>>);
+
+impl Confirmed {
+    pub fn acknowledged(&mut self, topic: &str, partition: i32, producer_id: i64, now: Instant) {
+        let Ok(p) = usize::try_from(partition) else {
+            return;
+        };
+        if !self.0.contains_key(topic) {
+            self.0.insert(topic.to_string(), Vec::new());
+        }
+        if let Some(slots) = self.0.get_mut(topic) {
+            if slots.len() <= p {
+                slots.resize(p + 1, None);
+            }
+            slots[p] = Some((producer_id, now));
+        }
+    }
+
+    /// The partition acknowledged a batch of `producer_id` within
+    /// [`STATE_TRUSTED_FOR`].
+    pub fn recently(&self, topic: &str, partition: i32, producer_id: i64, now: Instant) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.0.get(topic)?.get(p).copied().flatten())
+            .is_some_and(|(id, at)| id == producer_id && now.duration_since(at) < STATE_TRUSTED_FOR)
+    }
+}
+
+#[cfg(test)]
+mod confirmed_tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_trusted_for_its_producer_for_a_while() {
+        let mut c = Confirmed::default();
+        let t0 = Instant::now();
+        assert!(!c.recently("t", 3, 7, t0));
+        c.acknowledged("t", 3, 7, t0);
+        assert!(c.recently("t", 3, 7, t0 + Duration::from_secs(60)));
+        // Another producer id, another partition, or too long ago: no.
+        assert!(!c.recently("t", 3, 8, t0));
+        assert!(!c.recently("t", 2, 7, t0));
+        assert!(!c.recently("u", 3, 7, t0));
+        assert!(!c.recently("t", 3, 7, t0 + STATE_TRUSTED_FOR));
+        assert!(!c.recently("t", -1, 7, t0));
     }
 }

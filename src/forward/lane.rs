@@ -2,9 +2,15 @@
 //! the decompressed outbox blocks into record batches (no allocation per
 //! record) and produced to the partition leader pipelined, each request
 //! holding one of the partition's slots (see [`super::flight`]), answers
-//! taken in order. The lane stops at the first batch that is not
-//! delivered; what it achieved goes back to the forwarder, which decides
-//! what happens next.
+//! taken in order. The lane stops sending at the first batch that is not
+//! delivered, but takes the answers of the batches already on the wire
+//! behind it: a broker that holds no state for the producer (a new one,
+//! or expired) writes them at any sequence, and they must not be sent
+//! again. A lane whose partition has not yet acknowledged a batch under
+//! its producer sends its first batch alone (a probe), so that the broker
+//! holds the producer's state before batches are pipelined, and a refused
+//! batch leaves no later one written out of turn. What the lane achieved
+//! goes back to the forwarder, which decides what happens next.
 
 use super::flight::{HandOver, Predecessor, Slot, Ticket};
 use super::plan::{Batch, Item};
@@ -51,7 +57,15 @@ pub struct LaneOutcome {
     pub failure: Option<Failure>,
     /// The lane before it (same partition) did not finish: nothing tried.
     pub gave_up: bool,
+    /// Batches after the first undelivered one that the broker wrote all
+    /// the same (indexes into the attempt's batches): their events are
+    /// delivered; the rest of the lane goes under a new producer epoch.
+    pub written_out_of_turn: Vec<usize>,
 }
+
+/// A batch on the wire: its index, the answer to wait for, when it was
+/// sent, and the partition slot it holds.
+type InFlight = (usize, Pending<ProduceRequest>, Instant, Slot);
 
 /// The remaining batches of one lane, and what they need.
 pub struct LaneJob {
@@ -82,6 +96,9 @@ pub struct LaneJob {
     pub slots: Arc<Semaphore>,
     /// This lane's place in what the forwarder's loop watches.
     pub ticket: Ticket,
+    /// Send the first batch alone and wait for its answer before the rest
+    /// (see the module comment).
+    pub probe: bool,
 }
 
 impl LaneJob {
@@ -128,12 +145,13 @@ impl LaneJob {
     ) -> LaneOutcome {
         let mut out = LaneOutcome::default();
         let name = producer::topic_name(&self.topic);
-        let mut inflight: VecDeque<(usize, Pending<ProduceRequest>, Instant, Slot)> =
-            VecDeque::new();
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let clock = self.clock.read();
         loop {
             while out.sent < self.batches.len() {
-                if self.producer.is_none() && !inflight.is_empty() {
+                if (self.producer.is_none() || (self.probe && out.acked == 0))
+                    && !inflight.is_empty()
+                {
                     break;
                 }
                 // A slot of the partition: wait for one only with nothing
@@ -236,6 +254,7 @@ impl LaneJob {
             if let Some(after) = after.as_deref_mut()
                 && !after.finished().await
             {
+                self.take_answers(&mut out, &mut inflight, &name).await;
                 return self.gave_up(out);
             }
             let context = format!("produce to {}/{}", self.topic, self.partition);
@@ -262,7 +281,41 @@ impl LaneJob {
                 }
             }
             out.failure = Some(f);
+            self.take_answers(&mut out, &mut inflight, &name).await;
             return out;
+        }
+    }
+
+    /// After an undelivered batch: the answers of the batches already on
+    /// the wire behind it. Those the broker wrote (a broker without state
+    /// for the producer takes any sequence) are noted, so they are not
+    /// sent again; nothing more is sent.
+    async fn take_answers(
+        &self,
+        out: &mut LaneOutcome,
+        inflight: &mut VecDeque<InFlight>,
+        name: &kafka_protocol::messages::TopicName,
+    ) {
+        while let Some((i, pending, _, slot)) = inflight.pop_front() {
+            let answer = producer::answer(&self.conn, pending, name, self.partition).await;
+            drop(slot);
+            match answer {
+                Ok(a) if a.error_code == 0 || a.error_code == DUPLICATE_SEQUENCE_NUMBER => {
+                    log::warn!(
+                        "{}/{}: the broker wrote the batch at sequence {} after an earlier one failed (it held no state for ferry's producer); its events count as delivered, the rest go under a new producer epoch",
+                        self.topic,
+                        self.partition,
+                        self.batches[i].base_sequence
+                    );
+                    self.stats
+                        .sent
+                        .fetch_add(self.batches[i].len as u64, Relaxed);
+                    out.written_out_of_turn.push(i);
+                }
+                Ok(_) => {}
+                // The connection failed: the others' answers are lost too.
+                Err(_) => return,
+            }
         }
     }
 

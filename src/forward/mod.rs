@@ -55,7 +55,7 @@ use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use config::{Compression, KafkaConfig};
-use flight::{Flight, Predecessor, Slots, Ticket};
+use flight::{Confirmed, Flight, Predecessor, Slots, Ticket};
 use lane::{LaneJob, LaneOutcome, WriterPool};
 use log::{debug, error, info, warn};
 use parking::{ParkedTopics, Parking};
@@ -103,6 +103,9 @@ const RECONNECT_AFTER_FAILURES: u32 = 3;
 /// Configuration problems are logged at most this often (per topic).
 const LOUD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The name of a failure of ferry's own storage (not of the uplink).
+const LOCAL_STORAGE: &str = "OUTBOX";
+
 /// The loop shows it is alive at least this often while it waits.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -126,6 +129,12 @@ struct Window {
     saved: bool,
     dead: Vec<NewDeadLetter>,
     first_attempt_ms: i64,
+    /// The cluster id its plan's producer ids belong to (`None`: not
+    /// planned yet, or stored by a ferry that did not record it).
+    cluster: Option<String>,
+    /// Its planned batches go to another cluster than they were planned
+    /// for, under new producer ids: at least once.
+    at_least_once: bool,
 }
 
 impl Window {
@@ -137,6 +146,8 @@ impl Window {
             saved: false,
             dead: Vec::new(),
             first_attempt_ms: now_ms(),
+            cluster: None,
+            at_least_once: false,
         }
     }
 
@@ -219,6 +230,14 @@ pub struct Forwarder {
     slots: Slots,
     /// What the main loop watches of the lanes in flight.
     flight: Arc<Flight>,
+    /// The cluster id the producer ids in `streams` came from (see
+    /// [`Forwarder::bind_cluster`]).
+    streams_cluster: Option<String>,
+    /// Why delivery is at least once for now (said in `ferry status`).
+    at_least_once: Option<String>,
+    /// When each partition last acknowledged a batch: a lane of a
+    /// partition without a recent one sends its first batch alone.
+    confirmed: Confirmed,
 }
 
 /// The record-batch codec `kafka` asks for.
@@ -283,6 +302,9 @@ impl Forwarder {
             reloads,
             slots: Slots::default(),
             flight: Arc::new(Flight::default()),
+            streams_cluster: None,
+            at_least_once: None,
+            confirmed: Confirmed::default(),
         }
     }
 
@@ -380,6 +402,12 @@ impl Forwarder {
                 }
             }
         }
+        // A stored producer id only replays the windows stored with it: new
+        // events go under a producer id obtained in this run. Two gateways
+        // started from copies of one data dir (a cloned SD card) would
+        // otherwise number different events with the same id and
+        // sequences, and the broker would drop one gateway's as duplicates.
+        self.streams.reset();
         loop {
             self.stats.beat_forward();
             self.account_uplink();
@@ -795,6 +823,10 @@ impl Forwarder {
         );
         self.on_success();
         self.account_uplink();
+        if window.at_least_once {
+            self.at_least_once = None;
+            self.publish_state(None);
+        }
         let held = self.held_blocks(&window.blocks, window.lanes.as_deref().unwrap_or(&[]));
         let finished: Vec<i64> = window
             .blocks
@@ -820,6 +852,52 @@ impl Forwarder {
         }
     }
 
+    /// Producer ids and sequences belong to one cluster (KIP-98: the
+    /// broker keeps producer state per cluster). When the brokers now name
+    /// another cluster id than the streams were numbered for (a reload to
+    /// other brokers, a cluster rebuilt, a data dir moved), the streams
+    /// start afresh with ids of this cluster, and planned lanes are cut and
+    /// numbered again: their events go at least once, and ferry says so.
+    fn bind_cluster(&mut self, window: &mut Window) {
+        let Some(current) = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.cluster_id())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        if let Some(old) = self
+            .streams_cluster
+            .as_deref()
+            .filter(|old| *old != current)
+        {
+            warn!(
+                "the brokers now belong to Kafka cluster {current}, not {old}: ferry takes new producer ids there; events planned for {old} and not yet acknowledged are sent again at least once"
+            );
+            self.streams.reset();
+            self.at_least_once = Some(format!("events planned for cluster {old}"));
+        }
+        self.streams_cluster = Some(current.clone());
+        match window.cluster.as_deref() {
+            Some(planned) if planned != current => {
+                if let Some(lanes) = window.lanes.as_mut() {
+                    for lane in lanes.iter_mut().filter(|l| !l.settled()) {
+                        lane.replan = true;
+                    }
+                }
+                warn!(
+                    "a delivery window planned for Kafka cluster {planned} goes to cluster {current} under new producer ids: its events are sent at least once"
+                );
+                self.at_least_once = Some(format!("events planned for cluster {planned}"));
+                window.at_least_once = true;
+            }
+            _ => {}
+        }
+        window.cluster = Some(current);
+        self.publish_state(None);
+    }
+
     fn on_success(&mut self) {
         if self.failures > 0 {
             info!("uplink to Kafka is working again");
@@ -832,6 +910,14 @@ impl Forwarder {
     }
 
     fn on_failure(&mut self, f: &Failure) {
+        if f.name == LOCAL_STORAGE {
+            // The outbox, not the uplink, failed: no breaker trip, no
+            // reconnect; the backoff alone spaces the retries.
+            self.stats.retries.fetch_add(1, Relaxed);
+            self.log.error(&format!("{} (retrying)", f.message));
+            self.publish_state(Some(f));
+            return;
+        }
         self.failures += 1;
         self.stats.produce_errors.fetch_add(1, Relaxed);
         self.stats.retries.fetch_add(1, Relaxed);
@@ -891,7 +977,10 @@ impl Forwarder {
             last_error_class: failure.map(|f| f.class.as_str().to_string()),
             parked_topics: self.parked.names(),
             delivery: match self.streams.idempotence {
-                Idempotence::On(_) => "exactly-once".into(),
+                Idempotence::On(_) => match &self.at_least_once {
+                    Some(why) => format!("exactly-once; at-least-once for {why}"),
+                    None => "exactly-once".into(),
+                },
                 Idempotence::Off => "at-least-once".into(),
                 Idempotence::Unknown => "not connected yet".into(),
             },
@@ -1113,6 +1202,7 @@ impl Forwarder {
     ) -> Result<(JoinSet<(usize, LaneOutcome)>, Arc<AtomicUsize>), Failure> {
         let blocks = window.blocks.clone();
         self.ensure_topics(&blocks).await?;
+        self.bind_cluster(window);
         if window.lanes.is_none() {
             // Connecting may have taken a while: leave out blocks the outbox
             // dropped by policy meanwhile (they are counted and announced).
@@ -1215,6 +1305,14 @@ impl Forwarder {
                 hand_over,
                 slots: self.slots.of(&lane.topic, lane.partition),
                 ticket: Ticket::new(&self.flight, &left),
+                probe: lane.producer.is_some_and(|p| {
+                    !self.confirmed.recently(
+                        &lane.topic,
+                        lane.partition,
+                        p.producer_id,
+                        Instant::now(),
+                    )
+                }),
             };
             set.spawn(async move {
                 let out = job.run().await;
@@ -1273,6 +1371,7 @@ impl Forwarder {
                 id: window.id(),
                 blocks: blocks.iter().map(|b| b.seq_first).collect(),
                 plan: plan::encode(lanes),
+                cluster: self.streams_cluster.clone(),
             },
             streams: self.streams.stored(advanced),
             producer: ProducerMeta {
@@ -1284,7 +1383,7 @@ impl Forwarder {
         self.outbox.save_plan(save).await.map_err(|e| {
             Failure::new(
                 Class::Transient,
-                "OUTBOX",
+                LOCAL_STORAGE,
                 format!("cannot store the delivery plan before sending: {e}"),
             )
         })?;
@@ -1318,6 +1417,22 @@ impl Forwarder {
             let lane = &mut lanes[i];
             let done = lane.done();
             let acked_before = lane.acked;
+            // Events of batches the broker wrote after an earlier one failed.
+            let written: HashSet<i64> = out
+                .written_out_of_turn
+                .iter()
+                .filter_map(|&r| lane.batches.get(acked_before + r))
+                .flat_map(|b| &lane.items[b.start as usize..(b.start + b.len) as usize])
+                .map(|item| item.seq)
+                .collect();
+            if let Some(p) = lane.producer.filter(|_| out.acked > 0) {
+                self.confirmed.acknowledged(
+                    &lane.topic,
+                    lane.partition,
+                    p.producer_id,
+                    Instant::now(),
+                );
+            }
             lane.acked += out.acked;
             lane.sent_before = lane.sent_before.max(acked_before + out.sent);
             if !out.refused.is_empty() || out.halve {
@@ -1369,8 +1484,17 @@ impl Forwarder {
                 // written: the stream starts afresh, the lane is cut again.
                 lane.replan = true;
                 self.streams.start_afresh(&lane.topic, lane.partition);
+                if !written.is_empty() {
+                    lane.drop_written(&written);
+                }
                 refused.get_or_insert(f);
                 continue;
+            }
+            if !written.is_empty() {
+                // A hole in the partition's sequence: what follows it goes
+                // under a new epoch, without what was written already.
+                lane.drop_written(&written);
+                self.streams.start_afresh(&lane.topic, lane.partition);
             }
             match out.failure {
                 None => {}
@@ -1384,13 +1508,27 @@ impl Forwarder {
                 }
                 Some(f) => {
                     if f.class == Class::ProducerState {
+                        lane.replan = true;
+                        // Fenced (a newer epoch of ferry's producer id is
+                        // known there): a new id. Otherwise the next epoch.
+                        let fenced =
+                            f.name == "INVALID_PRODUCER_EPOCH" || f.name == "PRODUCER_FENCED";
                         // Rare (each needs a broker error) and worth a line each.
                         warn!(
-                            "{} [{}]: the broker no longer accepts ferry's producer for this partition; it starts afresh with a new producer id, and batches in flight then may arrive twice",
-                            f.message, f.name
+                            "{} [{}]: the broker no longer accepts ferry's producer state for this partition; it starts afresh under {}, and batches in flight then may arrive twice",
+                            f.message,
+                            f.name,
+                            if fenced {
+                                "a new producer id"
+                            } else {
+                                "the next epoch of its producer id"
+                            }
                         );
-                        lane.replan = true;
-                        self.streams.start_afresh(&lane.topic, lane.partition);
+                        if fenced {
+                            self.streams.start_with_new_id(&lane.topic, lane.partition);
+                        } else {
+                            self.streams.start_afresh(&lane.topic, lane.partition);
+                        }
                     }
                     // Look the leader up afresh next time.
                     if let Some(c) = self.cluster.as_mut() {

@@ -98,6 +98,17 @@ impl Lane {
         self.acked = 0;
     }
 
+    /// Leave out the items (by sequence number) whose batches the broker
+    /// wrote after an earlier batch of the lane failed: they are
+    /// delivered. What is left is cut and numbered again.
+    pub fn drop_written(&mut self, written: &std::collections::HashSet<i64>) {
+        self.compact();
+        self.items.retain(|item| !written.contains(&item.seq));
+        self.batches.clear();
+        self.sent_before = 0;
+        self.replan = true;
+    }
+
     /// Cut the remaining items into batches of at most `max_events` events
     /// and `max_bytes` bytes (`size` of each item), numbering them from
     /// `next_sequence` (advanced past them; -1 stays -1).

@@ -67,6 +67,11 @@ impl Forwarder {
             }
             let mut window = Window::new(blocks[0].seq_first - 1, blocks);
             window.saved = true;
+            window.cluster = stored.cluster.clone();
+            // The streams were stored with the newest plan: their cluster.
+            if trusted.is_some() && stored.cluster.is_some() {
+                self.streams_cluster = stored.cluster.clone();
+            }
             window.lanes = self.restore_lanes(&window.blocks, &stored, trusted.is_some());
             windows.push(window);
         }
@@ -141,7 +146,9 @@ impl Forwarder {
                     lane.partition,
                     lane.items.len()
                 );
-                self.streams.start_afresh(&lane.topic, lane.partition);
+                // A new id, not the next epoch: a stored id may be shared
+                // with gateways cloned from this card.
+                self.streams.start_with_new_id(&lane.topic, lane.partition);
             }
             if !lane.items.is_empty() {
                 out.push(lane);

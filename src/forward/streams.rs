@@ -4,12 +4,13 @@
 //! started afresh, so that lanes planned in an older generation are cut and
 //! numbered again before they are sent.
 //!
-//! A stream starts afresh (with a producer id never used on that partition)
-//! when its planned batches can no longer be sent as planned: a record
-//! Kafka refused for good, a topic parked, or the broker forgetting ferry's
-//! producer. Batches are never renumbered under the same producer id, so a
-//! sequence number always means one batch. Pure: the caller asks the
-//! broker for producer ids.
+//! A stream starts afresh (its producer id under the next epoch, from
+//! sequence 0) when its planned batches can no longer be sent as planned:
+//! a record Kafka refused for good, a topic parked, a hole in its
+//! sequence, or the broker forgetting ferry's producer. Batches are never
+//! renumbered under the same producer id and epoch, so a sequence number
+//! always means one batch. Pure: the caller asks the broker for producer
+//! ids.
 
 use crate::kafka::producer::ProducerIdentity;
 use crate::outbox::plan::Stream as StoredStream;
@@ -76,6 +77,16 @@ impl Streams {
         s
     }
 
+    /// Forget every stream and the producer id: the next batch of any
+    /// partition waits for a producer id obtained now. Generations keep
+    /// counting up, so every lane planned so far is cut and numbered again.
+    pub fn reset(&mut self) {
+        self.idempotence = Idempotence::Unknown;
+        self.map.clear();
+        self.fresh.clear();
+        self.next_generation += 1;
+    }
+
     fn generation(&mut self) -> u64 {
         self.next_generation += 1;
         self.next_generation
@@ -139,6 +150,27 @@ impl Streams {
     pub fn start_afresh(&mut self, topic: &str, partition: i32) {
         let key = (topic.to_string(), partition);
         match self.idempotence {
+            // As Kafka's Java client does since 2.5 (KIP-360): the same
+            // producer id under the next epoch, from sequence 0, decided
+            // here without asking the broker. Kafka takes a higher epoch at
+            // sequence 0 and fences the old one on this partition; a new id
+            // only when the epoch would overflow.
+            Idempotence::On(_)
+                if self
+                    .map
+                    .get(&key)
+                    .and_then(|s| s.producer)
+                    .is_some_and(|p| p.epoch < i16::MAX - 1) =>
+            {
+                let generation = self.generation();
+                if let Some(s) = self.map.get_mut(&key)
+                    && let Some(p) = s.producer.as_mut()
+                {
+                    p.epoch += 1;
+                    s.next_sequence = 0;
+                    s.generation = generation;
+                }
+            }
             Idempotence::On(_) => {
                 self.fresh.insert(key.clone());
                 let generation = self.generation();
@@ -153,6 +185,16 @@ impl Streams {
                 }
             }
         }
+    }
+
+    /// Start this partition's stream afresh under a new producer id (the
+    /// broker fenced the epoch): asked for before its next batch.
+    pub fn start_with_new_id(&mut self, topic: &str, partition: i32) {
+        let key = (topic.to_string(), partition);
+        if let Some(s) = self.map.get_mut(&key) {
+            s.producer = None;
+        }
+        self.start_afresh(topic, partition);
     }
 
     /// The stored form of these partitions' streams.
@@ -213,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_start_takes_a_new_id_and_leaves_other_partitions_alone() {
+    fn a_fresh_start_bumps_the_epoch_and_leaves_other_partitions_alone() {
         let mut s = Streams::default();
         s.producer_id_received(Some(A));
         s.get("t", 0).next_sequence = 10;
@@ -221,14 +263,55 @@ mod tests {
         let old = s.generation_of("t", 0).unwrap();
         s.start_afresh("t", 0);
         assert_ne!(s.generation_of("t", 0), Some(old));
+        // No round trip to the broker: the same id, the next epoch, from 0.
+        assert!(!s.needs_producer_id("t", 0) && !s.needs_producer_id("t", 1));
+        let st = *s.get("t", 0);
+        let bumped = ProducerIdentity {
+            producer_id: A.producer_id,
+            epoch: A.epoch + 1,
+        };
+        assert_eq!((st.producer, st.next_sequence), (Some(bumped), 0));
+        let other = *s.get("t", 1);
+        assert_eq!((other.producer, other.next_sequence), (Some(A), 20));
+    }
+
+    #[test]
+    fn an_epoch_at_its_limit_takes_a_new_id() {
+        let worn = ProducerIdentity {
+            producer_id: 1,
+            epoch: i16::MAX - 1,
+        };
+        let mut s = Streams::default();
+        s.producer_id_received(Some(worn));
+        s.get("t", 0).next_sequence = 10;
+        s.start_afresh("t", 0);
         assert!(s.needs_producer_id("t", 0) && !s.needs_producer_id("t", 1));
         s.producer_id_received(Some(B));
         let st = *s.get("t", 0);
         assert_eq!((st.producer, st.next_sequence), (Some(B), 0));
-        let other = *s.get("t", 1);
-        assert_eq!((other.producer, other.next_sequence), (Some(A), 20));
         // A partition seen for the first time now takes the newest id.
         assert_eq!(s.get("u", 0).producer, Some(B));
+    }
+
+    #[test]
+    fn a_reset_asks_for_a_new_id_and_never_reuses_a_generation() {
+        let stored = vec![StoredStream {
+            topic: "t".into(),
+            partition: 0,
+            producer_id: 1,
+            epoch: 0,
+            next_sequence: 500,
+        }];
+        let mut s = Streams::restore(A, &stored);
+        let before = s.generation_of("t", 0).unwrap();
+        s.reset();
+        assert_eq!(s.idempotence, Idempotence::Unknown);
+        assert!(s.needs_producer_id("t", 0));
+        assert_eq!(s.generation_of("t", 0), None);
+        s.producer_id_received(Some(B));
+        let st = *s.get("t", 0);
+        assert_eq!((st.producer, st.next_sequence), (Some(B), 0));
+        assert!(st.generation > before);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Cluster {
     /// Rotates which bootstrap address is tried first.
     next_bootstrap: usize,
     topics: HashMap<String, Topic>,
+    /// The cluster id the last Metadata answer named (brokers before
+    /// Kafka 0.10.1 name none). Producer ids belong to one cluster.
+    cluster_id: Option<String>,
 }
 
 impl Cluster {
@@ -50,7 +53,13 @@ impl Cluster {
             any: None,
             next_bootstrap: 0,
             topics: HashMap::new(),
+            cluster_id: None,
         }
+    }
+
+    /// The id of the cluster the brokers belong to, once Metadata named it.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
     }
 
     /// Forget every connection and all metadata (after repeated failures).
@@ -143,6 +152,9 @@ impl Cluster {
                 return Err(f);
             }
         };
+        if let Some(id) = answer.cluster_id.as_ref().filter(|id| !id.is_empty()) {
+            self.cluster_id = Some(id.as_str().to_string());
+        }
         for b in &answer.brokers {
             let addr = format!("{}:{}", b.host.as_str(), b.port);
             let id = b.node_id.0;

@@ -16,6 +16,7 @@
 //!     hot        the append path's prepared statements
 //!     schema     migrations and the meta counters
 //!     plan dead_letter loss   producer state and plans, dead letters, loss markers
+//!     reserve    disk space held back so the drain can write on a full disk
 //!     command    what the handles send the writer; errors and options
 //!       block      the stored block: compression, checksum, verification
 //!       config     the [outbox] section
@@ -29,6 +30,7 @@ mod handle;
 mod hot;
 pub mod loss;
 pub mod plan;
+mod reserve;
 mod schema;
 mod writer;
 

@@ -6,7 +6,10 @@
 //! - one row per delivery window in flight: its blocks and its plan (which
 //!   events go to which partition in which batch, with which base
 //!   sequence), written before any of it is sent and removed with the
-//!   window's blocks once it is delivered.
+//!   window's blocks once it is delivered. Plans load in the order their
+//!   windows were first launched (a partition's sequences follow that
+//!   order, not block order: a window of a higher priority may be newer),
+//!   each with the id of the cluster its producer ids came from.
 //!
 //! The plan itself is the forwarder's encoding; here it is opaque bytes.
 
@@ -30,6 +33,9 @@ pub struct SavedWindow {
     /// Its blocks (first sequence numbers), in order.
     pub blocks: Vec<i64>,
     pub plan: Vec<u8>,
+    /// The cluster id of the brokers the plan's producer ids came from
+    /// (`None`: not known, as in plans stored before schema 4).
+    pub cluster: Option<String>,
 }
 
 /// Everything written before a window (or a re-planned one) is sent.
@@ -63,13 +69,18 @@ pub struct Saved {
 
 pub fn save(conn: &Connection, s: &PlanSave) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
+    // A re-planned window keeps its place in launch order.
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO window_plans (id, blocks, plan) VALUES (?1, ?2, ?3)",
+        "INSERT INTO window_plans (id, blocks, plan, cluster, launched) \
+         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(launched), 0) + 1 FROM window_plans)) \
+         ON CONFLICT (id) DO UPDATE SET blocks = excluded.blocks, plan = excluded.plan, \
+         cluster = excluded.cluster",
     )?
     .execute(params![
         s.window.id,
         encode_ids(&s.window.blocks),
-        s.window.plan
+        s.window.plan,
+        s.window.cluster
     ])?;
     upsert_streams(&tx, &s.streams)?;
     set_producer(&tx, &s.producer)?;
@@ -145,13 +156,15 @@ pub fn load(conn: &Connection) -> rusqlite::Result<Saved> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut stmt = conn.prepare("SELECT id, blocks, plan FROM window_plans ORDER BY id")?;
+    let mut stmt =
+        conn.prepare("SELECT id, blocks, plan, cluster FROM window_plans ORDER BY launched, id")?;
     let windows = stmt
         .query_map([], |r| {
             Ok(SavedWindow {
                 id: r.get(0)?,
                 blocks: decode_ids(&r.get::<_, Vec<u8>>(1)?),
                 plan: r.get(2)?,
+                cluster: r.get(3)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -211,6 +224,7 @@ mod tests {
             id: 11,
             blocks: vec![11, 40],
             plan: vec![1, 2, 3],
+            cluster: Some("c-1".into()),
         };
         save(
             &conn,
@@ -224,7 +238,33 @@ mod tests {
         let got = load(&conn).unwrap();
         assert_eq!(got.producer, Some(producer));
         assert_eq!(got.streams, vec![stream]);
-        assert_eq!(got.windows, vec![window]);
+        assert_eq!(got.windows, vec![window.clone()]);
+        // A window launched later with older blocks (a lower priority's)
+        // loads after it; re-planning the first keeps its place.
+        let older = SavedWindow {
+            id: 3,
+            blocks: vec![3],
+            plan: vec![9],
+            cluster: None,
+        };
+        let again = SavedWindow {
+            plan: vec![4, 5],
+            ..window.clone()
+        };
+        for w in [&older, &again] {
+            save(
+                &conn,
+                &PlanSave {
+                    window: w.clone(),
+                    streams: Vec::new(),
+                    producer,
+                },
+            )
+            .unwrap();
+        }
+        let got = load(&conn).unwrap();
+        assert_eq!(got.windows, vec![again, older]);
+        delete(&conn, &[3]).unwrap();
         delete(&conn, &[11]).unwrap();
         assert!(load(&conn).unwrap().windows.is_empty());
         forget_producer(&conn).unwrap();

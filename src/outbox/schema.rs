@@ -73,6 +73,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX blocks_by_priority ON blocks (priority, seq_first);
      INSERT INTO meta (key, value) VALUES
          ('uplink_day', 0), ('uplink_today', 0), ('uplink_total', 0);",
+    // 3 -> 4: each stored plan's place in launch order (a partition's
+    // sequences follow launch order, which differs from block order across
+    // priorities) and the Kafka cluster id its producer ids came from.
+    "ALTER TABLE window_plans ADD COLUMN launched INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE window_plans ADD COLUMN cluster TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,6 +8,7 @@ use super::command::{Command, Options, Pending, StoreError, Waiting};
 use super::config::{Durability, OutboxConfig, WhenFull};
 use super::dead_letter::{self, NewDeadLetter};
 use super::hot::{self, HotStatements};
+use super::reserve::{self, Reserve};
 use super::{loss, plan, schema};
 use crate::event::Event;
 use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
@@ -65,6 +66,8 @@ pub(super) struct Writer {
     committed: Arc<Notify>,
     /// Side records waiting (shared with the handles).
     waiting: Arc<Waiting>,
+    /// Disk space held back for the drain's writes.
+    reserve: Reserve,
 }
 
 /// A block under construction: events of one topic, encoded back to back.
@@ -111,6 +114,7 @@ impl Writer {
             .query_row("SELECT count(*) FROM loss_markers", [], |r| r.get(0))
             .map_err(|e| format!("outbox {}: {e}", path.display()))?;
         waiting.loss_markers.store(markers as u64, Relaxed);
+        let path_for_reserve = path.clone();
         let hot = HotStatements::prepare(&conn)
             .map_err(|e| format!("outbox {}: cannot prepare statements: {e}", path.display()))?;
         let mut w = Self {
@@ -128,6 +132,7 @@ impl Writer {
             blocks_by_priority: [0; PRIORITY_LEVELS],
             committed,
             waiting,
+            reserve: Reserve::open(&path_for_reserve),
         };
         {
             // One pass over the small (priority, sequence) index.
@@ -219,12 +224,16 @@ impl Writer {
                 reply,
             } => {
                 let r = self
-                    .finish(&delivered, &dead, &plans)
+                    .drain_write(|w| w.finish(&delivered, &dead, &plans))
                     .map_err(|e| e.to_string());
+                if r.is_ok() {
+                    self.reserve.retake();
+                }
                 let _ = reply.send(r);
             }
             Command::SavePlan { save, reply } => {
-                let _ = reply.send(plan::save(&self.conn, &save).map_err(|e| e.to_string()));
+                let r = self.drain_write(|w| plan::save(&w.conn, &save));
+                let _ = reply.send(r.map_err(|e| e.to_string()));
             }
             Command::LoadPlans { reply } => {
                 let _ = reply.send(plan::load(&self.conn).map_err(|e| e.to_string()));
@@ -273,6 +282,19 @@ impl Writer {
         }
     }
 
+    /// A write the drain needs (a plan, a delete): when the disk is full,
+    /// the space reserved for draining is given to SQLite and the write
+    /// tried once more (see [`super::reserve`]).
+    fn drain_write<T>(
+        &mut self,
+        mut write: impl FnMut(&mut Self) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        match write(self) {
+            Err(e) if reserve::is_disk_full(&e) && self.reserve.release() => write(self),
+            r => r,
+        }
+    }
+
     /// Give back the block buffers (each up to a few hundred KiB) and
     /// SQLite's page cache; both come back on the next busy moment.
     fn release_memory(&mut self) {
@@ -309,7 +331,14 @@ impl Writer {
                     self.path.display(),
                     group.len()
                 );
-                StoreError::Storage(e.to_string())
+                if reserve::is_disk_full(&e) {
+                    StoreError::Storage(format!(
+                        "the disk holding the outbox ({}) is full; space frees as stored events are delivered, or free some on that disk",
+                        self.path.display()
+                    ))
+                } else {
+                    StoreError::Storage(e.to_string())
+                }
             })
         };
         let stored = result.is_ok();

@@ -560,6 +560,7 @@ impl Cursor<'_> {
     }
 }
 
+pub mod kafka_model;
 pub mod latency;
 pub mod proxy;
 pub mod tansu;
@@ -727,4 +728,81 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Send `n` keyed events to `topic` over ferry's socket, in acknowledged
+/// groups of 100: values `<prefix>-<k>|<i>` over `keys` keys (so
+/// `check_delivery` checks per-key order). Returns the acknowledged values.
+pub fn send_keyed(socket: &Path, topic: &str, prefix: &str, keys: usize, n: usize) -> Vec<String> {
+    let mut c = FrameClient::connect(socket).expect("connect to ferry");
+    let mut acked = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let group: Vec<String> = (i..(i + 100).min(n))
+            .map(|j| format!("{prefix}-{}|{}", j % keys, j / keys))
+            .collect();
+        for v in &group {
+            let key = v.split_once('|').unwrap().0;
+            c.send_event(topic, Some(key.as_bytes()), &[], v.as_bytes())
+                .expect("send");
+        }
+        let (ok, errors) = c.answers_for(group.len() as u32).expect("answers");
+        assert_eq!(ok as usize, group.len(), "refused: {errors:?}");
+        i += group.len();
+        acked.extend(group);
+    }
+    acked
+}
+
+/// Copy a stopped gateway's data dir (outbox and all) to `to`, as an SD
+/// card image is copied to make more gateways; the socket is left behind.
+pub fn clone_data_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The cloned-card fleet: gateway A (in `a_dir`) sends `first` events to
+/// topic `fleet` and stops cleanly; its data dir is copied to B (`b_dir`,
+/// node id `gw-b`); both run at once and send `each` events of their own.
+/// Returns every acknowledged value; both end with an empty backlog.
+pub fn cloned_fleet_run(
+    a_dir: &Path,
+    b_dir: &Path,
+    bootstrap: &str,
+    first: usize,
+    each: usize,
+) -> Vec<String> {
+    let mut a = Ferry::new(a_dir, bootstrap, "");
+    a.env.push(("FERRY_NODE_ID".into(), "gw-a".into()));
+    a.start();
+    let mut acked = send_keyed(&a.socket(), "fleet", "first", 4, first);
+    a.wait_status(Duration::from_secs(60), "A's first events delivered", |s| {
+        s.backlog_events == 0
+    });
+    assert_eq!(a.terminate().0, Some(0));
+    clone_data_dir(&a_dir.join("data"), &b_dir.join("data"));
+    let mut b = Ferry::new(b_dir, bootstrap, "");
+    b.env.push(("FERRY_NODE_ID".into(), "gw-b".into()));
+    a.start();
+    b.start();
+    let (sa, sb) = (a.socket(), b.socket());
+    let ta = std::thread::spawn(move || send_keyed(&sa, "fleet", "a", 4, each));
+    let tb = std::thread::spawn(move || send_keyed(&sb, "fleet", "b", 4, each));
+    acked.extend(ta.join().unwrap());
+    acked.extend(tb.join().unwrap());
+    for (name, g) in [("A", &a), ("B", &b)] {
+        g.wait_status(Duration::from_secs(60), "backlog delivered", |s| {
+            s.backlog_events == 0
+        });
+        let log = g.log_text();
+        assert!(log.contains("exactly-once"), "gateway {name}:\n{log}");
+    }
+    assert_eq!(a.terminate().0, Some(0));
+    assert_eq!(b.terminate().0, Some(0));
+    acked
 }
