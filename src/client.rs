@@ -317,6 +317,9 @@ pub fn status(config: &Config, json: bool) -> i32 {
             "uplink data: {} bytes today (UTC), {} in total; {cap}",
             snap.uplink_bytes_today, snap.uplink_bytes_total
         );
+        if let Some(side) = &snap.forward.side_records {
+            println!("side topics: {side}");
+        }
         if !snap.forward.delivery.is_empty() {
             println!("delivery:    {}", snap.forward.delivery);
         }

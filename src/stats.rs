@@ -164,6 +164,9 @@ pub struct ForwardState {
     /// "exactly-once" (idempotent producer) or "at-least-once".
     #[serde(default)]
     pub delivery: String,
+    /// Loss markers or dead letters waiting for their side topics, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side_records: Option<String>,
 }
 
 /// Upper bounds (seconds) of the produce latency histogram buckets.

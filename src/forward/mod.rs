@@ -238,6 +238,8 @@ pub struct Forwarder {
     /// When each partition last acknowledged a batch: a lane of a
     /// partition without a recent one sends its first batch alone.
     confirmed: Confirmed,
+    /// Loss markers and dead letters to their topics: their own backoff.
+    side: side::SideRetry,
 }
 
 /// The record-batch codec `kafka` asks for.
@@ -305,6 +307,7 @@ impl Forwarder {
             streams_cluster: None,
             at_least_once: None,
             confirmed: Confirmed::default(),
+            side: side::SideRetry::new(config.retry, seed.rotate_left(29)),
         }
     }
 
@@ -976,6 +979,7 @@ impl Forwarder {
                 .map(|u| u.saturating_duration_since(now).as_secs_f64()),
             last_error_class: failure.map(|f| f.class.as_str().to_string()),
             parked_topics: self.parked.names(),
+            side_records: self.side.problem.clone(),
             delivery: match self.streams.idempotence {
                 Idempotence::On(_) => match &self.at_least_once {
                     Some(why) => format!("exactly-once; at-least-once for {why}"),

@@ -1,6 +1,11 @@
 //! Side records, produced best effort between windows and without
 //! idempotence (at-least-once): loss markers to the loss topic and dead
 //! letters to the DLQ topic, each with the headers the contract names.
+//!
+//! They never hold up the data: after a failure (a side topic missing, its
+//! leader away) they wait out a backoff of their own, each attempt is
+//! bounded by [`SIDE_BUDGET`], and what waits and why is in `ferry status`
+//! and, rate-limited, in the log.
 
 use super::lane::RecordWriter;
 use super::partitioner::partition_for_key;
@@ -11,16 +16,64 @@ use crate::kafka::producer;
 use crate::kafka::record_batch::ProducerFields;
 use crate::stats::now_ms;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// At most this long for one side-record request, awaited between windows.
+const SIDE_BUDGET: Duration = Duration::from_secs(5);
+
+/// When side records may be tried next, and why they wait.
+pub(super) struct SideRetry {
+    backoff: crate::backoff::Backoff,
+    next_try: Option<Instant>,
+    /// What failed last (shown in `ferry status` while records wait).
+    pub problem: Option<String>,
+}
+
+impl SideRetry {
+    pub(super) fn new(retry: &crate::backoff::RetryConfig, seed: u64) -> Self {
+        Self {
+            backoff: crate::backoff::Backoff::new(retry, seed),
+            next_try: None,
+            problem: None,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.next_try.is_none_or(|t| now >= t)
+    }
+
+    fn failed(&mut self, problem: String, now: Instant) {
+        self.next_try = Some(now + self.backoff.next_delay());
+        self.problem = Some(problem);
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff.reset();
+        self.next_try = None;
+        self.problem = None;
+    }
+}
 
 impl Forwarder {
     /// Best effort, once per loop: loss markers to the loss topic and dead
     /// letters to the DLQ topic. What fails stays queued for next time; a
     /// dead letter the DLQ topic refuses for good is marked so and left.
     pub(super) async fn deliver_side_records(&mut self) {
-        if self.breaker.state(Instant::now()) != State::Closed || self.cluster.is_none() {
+        let now = Instant::now();
+        if self.breaker.state(now) != State::Closed
+            || self.cluster.is_none()
+            || !self.side.due(now)
+        {
             return;
         }
+        let had_problem = self.side.problem.is_some();
+        self.side_records().await;
+        if had_problem != self.side.problem.is_some() {
+            self.publish_state(None);
+        }
+    }
+
+    async fn side_records(&mut self) {
         if let Some(topic) = self.config.loss_topic.clone() {
             if self.outbox.waiting.loss_markers.load(Relaxed) > 0 {
                 if let Ok(markers) = self.outbox.loss_pending().await {
@@ -147,19 +200,28 @@ impl Forwarder {
         let node_id = self.node_id.clone();
         let known = match self.cluster() {
             Ok(cluster) => {
-                if cluster.partition_count(topic).is_none()
-                    && cluster.refresh(&[topic.to_string()]).await.is_err()
-                {
-                    return Side::Failed;
+                if cluster.partition_count(topic).is_none() {
+                    let asked =
+                        tokio::time::timeout(SIDE_BUDGET, cluster.refresh(&[topic.to_string()]))
+                            .await;
+                    if let Err(why) = asked.map_err(|_| "no answer".to_string()).and_then(|r| {
+                        r.map_err(|f| f.message)
+                    }) {
+                        self.side_failed(topic, &format!("metadata of {topic}: {why}"));
+                        return Side::Failed;
+                    }
                 }
                 cluster.partition_count(topic)
             }
-            Err(_) => return Side::Failed,
+            Err(f) => {
+                self.side_failed(topic, &f.message);
+                return Side::Failed;
+            }
         };
         let Some(n) = known else {
-            self.loud(
+            self.side_failed(
                 topic,
-                &format!("topic {topic} (side topic for loss markers/dead letters) does not exist; create it"),
+                &format!("topic {topic} (side topic for loss markers/dead letters) does not exist or is not authorised: create it, or allow ferry to write to it"),
             );
             return Side::Failed;
         };
@@ -169,14 +231,37 @@ impl Forwarder {
             return Side::Failed;
         };
         let name = producer::topic_name(topic);
-        let result = async {
+        let attempt = async {
             let conn = cluster.leader(topic, partition).await?;
             let version = producer::produce_version(&conn, codec)?;
             let pending =
                 producer::send_batch(&conn, version, &name, partition, batch, timeout_ms).await?;
             producer::answer(&conn, pending, &name, partition).await
+        };
+        // The answer of a request cut off here is dropped when it comes;
+        // the records are sent again (side records are at-least-once).
+        let result = tokio::time::timeout(SIDE_BUDGET, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::transient(format!(
+                    "no answer within {} s",
+                    SIDE_BUDGET.as_secs()
+                )))
+            });
+        let outcome = self.side_outcome(topic, partition, result);
+        match outcome {
+            Side::Failed => {}
+            Side::Delivered | Side::Refused => self.side.succeeded(),
         }
-        .await;
+        outcome
+    }
+
+    fn side_outcome(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        result: Result<producer::PartitionAnswer, Failure>,
+    ) -> Side {
         match result {
             Ok(a) if a.error_code == 0 => Side::Delivered,
             Ok(a) => {
@@ -185,21 +270,30 @@ impl Forwarder {
                     &format!("produce to {topic}/{partition}"),
                     a.error_message.as_deref(),
                 );
-                self.log.warn(&format!("{}; will retry", f.message));
                 if f.class == Class::PermanentRecord {
+                    self.log.warn(&f.message);
                     Side::Refused
                 } else {
+                    self.side_failed(topic, &format!("{} [{}]", f.message, f.name));
                     Side::Failed
                 }
             }
             Err(f) => {
-                self.log.warn(&format!(
-                    "produce to {topic} failed: {}; will retry",
-                    f.message
-                ));
+                self.side_failed(topic, &format!("produce to {topic}: {}", f.message));
                 Side::Failed
             }
         }
+    }
+
+    /// A side topic could not take its records now: back off, say so.
+    fn side_failed(&mut self, topic: &str, why: &str) {
+        let waiting = format!(
+            "{} loss marker(s), {} dead letter(s) wait for their side topics; last: {why}",
+            self.outbox.waiting.loss_markers.load(Relaxed),
+            self.outbox.waiting.dead_letters.load(Relaxed)
+        );
+        self.loud(&format!("side:{topic}"), &format!("{waiting}; retried later"));
+        self.side.failed(waiting, Instant::now());
     }
 }
 

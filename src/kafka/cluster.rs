@@ -10,6 +10,7 @@ use super::errors::{Class, Failure};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use super::wire::Request as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -152,6 +153,7 @@ impl Cluster {
                 return Err(f);
             }
         };
+        conn.throttled(MetadataRequest::KEY, version, answer.throttle_time_ms);
         if let Some(id) = answer.cluster_id.as_ref().filter(|id| !id.is_empty()) {
             self.cluster_id = Some(id.as_str().to_string());
         }

@@ -85,6 +85,11 @@ pub struct Pending<R: Request> {
 }
 
 impl<R: Request> Pending<R> {
+    /// The version the request was sent as.
+    pub fn version(&self) -> i16 {
+        self.version
+    }
+
     /// Wait for the answer (at most the request timeout; a timeout kills
     /// the connection, so no late answer can be mistaken for another).
     pub async fn wait(self) -> Result<R::Response, Failure> {
@@ -178,6 +183,14 @@ impl Connection {
     /// True once the connection broke (a new one is needed).
     pub fn is_closed(&self) -> bool {
         self.state.lock().map_or(true, |s| s.closed.is_some())
+    }
+
+    /// A throttled answer to request `api_key` sent as `version`: hold
+    /// off only where the client is to (see [`client_holds_off`]).
+    pub fn throttled(&self, api_key: i16, version: i16, ms: i32) {
+        if client_holds_off(api_key, version) {
+            self.throttle(ms);
+        }
     }
 
     /// The broker asked us to hold off (`throttle_time_ms`): the next
@@ -621,5 +634,34 @@ mod tests {
         let f = Connection::connect(&addr, &config()).await.err().unwrap();
         assert_eq!(f.name, "NOT_KAFKA");
         assert!(f.message.contains("TLS"), "{}", f.message);
+    }
+}
+
+/// KIP-219 (Kafka 2.0): from these request versions a throttled request is
+/// answered at once and the client holds off for `throttle_time_ms`. To
+/// older versions a broker before 2.0 held the answer back itself, and a
+/// broker from 2.0 holds back the connection's next request: waiting again
+/// would double the pause. (Produce 6, Metadata 6, InitProducerId 1, as in
+/// Kafka's `shouldClientThrottle`.)
+pub fn client_holds_off(api_key: i16, version: i16) -> bool {
+    const PRODUCE: i16 = 0;
+    const METADATA: i16 = 3;
+    const INIT_PRODUCER_ID: i16 = 22;
+    match api_key {
+        PRODUCE | METADATA => version >= 6,
+        INIT_PRODUCER_ID => version >= 1,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::client_holds_off;
+
+    #[test]
+    fn old_versions_were_throttled_by_the_broker_already() {
+        assert!(!client_holds_off(0, 5) && client_holds_off(0, 6));
+        assert!(!client_holds_off(3, 5) && client_holds_off(3, 12));
+        assert!(!client_holds_off(22, 0) && client_holds_off(22, 1));
     }
 }

@@ -2,7 +2,8 @@
 //! (InitProducerId) and Produce requests for one partition's record batch,
 //! answered with what the broker said of that partition. Throttling is
 //! honoured here: a throttled answer is a success, and the connection holds
-//! the next request back for `throttle_time_ms`.
+//! the next request back for `throttle_time_ms` (from the versions where
+//! the client is to; to older ones the broker already held the answer).
 
 use super::connection::{Connection, Pending};
 use super::errors::{Class, Failure};
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use super::wire::Request as _;
 
 /// Produce versions ferry asks with: from v3 (record batches), up to v12
 /// (v13 names topics by id).
@@ -34,7 +36,7 @@ pub async fn init_producer_id(conn: &Connection) -> Result<Option<ProducerIdenti
         .with_transactional_id(None)
         .with_transaction_timeout_ms(i32::MAX);
     let answer = conn.request(&request, version).await?;
-    conn.throttle(answer.throttle_time_ms);
+    conn.throttled(InitProducerIdRequest::KEY, version, answer.throttle_time_ms);
     match answer.error_code {
         0 => Ok(Some(ProducerIdentity {
             producer_id: answer.producer_id.0,
@@ -123,8 +125,9 @@ pub async fn answer(
     topic: &TopicName,
     partition: i32,
 ) -> Result<PartitionAnswer, Failure> {
+    let version = pending.version();
     let response = pending.wait().await?;
-    conn.throttle(response.throttle_time_ms);
+    conn.throttled(ProduceRequest::KEY, version, response.throttle_time_ms);
     let found = response
         .responses
         .iter()

@@ -96,6 +96,8 @@ impl Reserve {
         // Only when the file system has room to spare: a write bound to
         // fail would wear an SD card for nothing.
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        // (The counts are 32-bit on armv7: the casts are needed there.)
+        #[allow(clippy::unnecessary_cast)]
         let free = nix::sys::statvfs::statvfs(dir)
             .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
             .unwrap_or(0);

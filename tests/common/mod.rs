@@ -582,6 +582,19 @@ impl Load {
         batch: usize,
         pause: Duration,
     ) -> Self {
+        Self::start_prefixed(socket, topic, "key", keys, batch, pause)
+    }
+
+    /// As [`Load::start`], with keys `<prefix>-<k>` (loads of several
+    /// topics then never share a key).
+    pub fn start_prefixed(
+        socket: PathBuf,
+        topic: &'static str,
+        prefix: &'static str,
+        keys: usize,
+        batch: usize,
+        pause: Duration,
+    ) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked_n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (s, a) = (stop.clone(), acked_n.clone());
@@ -604,7 +617,7 @@ impl Load {
                 let mut values = Vec::with_capacity(batch);
                 let mut ok = true;
                 for _ in 0..batch {
-                    let key = format!("key-{k}");
+                    let key = format!("{prefix}-{k}");
                     let v = format!("{key}|{}", next[k]);
                     next[k] += 1;
                     k = (k + 1) % keys;
