@@ -109,7 +109,11 @@ fn a_record_refused_in_a_new_producers_first_batch_leaves_no_duplicates() {
     assert_eq!(f.status().dead_letters, 1);
     let delivered: Vec<String> = acked.iter().filter(|v| **v != bad).cloned().collect();
     let got = model.records("r");
-    assert_eq!(check_delivery(&delivered, &got), 0, "a record arrived twice");
+    assert_eq!(
+        check_delivery(&delivered, &got),
+        0,
+        "a record arrived twice"
+    );
     assert_eq!(got.len(), delivered.len());
     let c = model.counters();
     assert_eq!(c.invalid_record, 1, "{c:?}");
@@ -154,6 +158,65 @@ fn a_broker_before_2_5_that_forgot_the_producer_loses_nothing() {
     assert_eq!(f.terminate().0, Some(0));
 }
 
+/// Windows in flight at a `kill -9`, and ferry down for longer than a
+/// broker keeps an idle producer's state (the stored plans are dated back
+/// two days; the model forgets the producer): the resend is accepted at
+/// any sequence and may be written again. ferry says so, in the log and in
+/// `ferry status`, and loses nothing.
+#[test]
+fn a_resend_after_the_producer_state_expired_is_said_to_be_at_least_once() {
+    let model = KafkaModel::start(1);
+    model.create_topic("exp", 1);
+    model.set_answer_delay(Duration::from_millis(400));
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &model.bootstrap(),
+        "[kafka]\nlinger_ms = 2\nmax_batch_events = 100\n",
+    );
+    f.start();
+    let acked = send_keyed(&f.socket(), "exp", "e", 4, 2_000);
+    let db = rusqlite::Connection::open(dir.path().join("data").join("outbox.db")).unwrap();
+    let planned = || -> i64 {
+        db.query_row("SELECT count(*) FROM window_plans", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while planned() == 0 || model.counters().appended_batches == 0 {
+        assert!(Instant::now() < deadline, "no window went out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.kill9();
+    let dated = db
+        .execute(
+            "UPDATE window_plans SET saved_ms = saved_ms - 2 * 86400000",
+            [],
+        )
+        .unwrap();
+    drop(db);
+    assert!(dated > 0, "windows were planned (and in flight) at the kill");
+    model.expire_producers();
+    model.set_answer_delay(Duration::ZERO);
+    f.start();
+    f.wait_status(Duration::from_secs(60), "delivered", |s| {
+        s.backlog_events == 0
+    });
+    let got = model.records("exp");
+    let values = by_value(&got);
+    assert!(acked.iter().all(|v| values.contains_key(v)), "nothing lost");
+    let log = f.log_text();
+    assert!(
+        log.contains("longer than Kafka keeps an idle producer's state"),
+        "{log}"
+    );
+    let s = f.status();
+    assert!(
+        s.forward.delivery.contains("producer state may have expired"),
+        "{s:?}"
+    );
+    assert_eq!(f.terminate().0, Some(0));
+}
+
 /// A reload points ferry at brokers of another cluster while windows are
 /// planned: the cluster id differs, so the old producer ids mean nothing
 /// there. New producer ids, the planned windows sent at least once, and
@@ -177,11 +240,17 @@ fn a_reload_to_another_cluster_takes_new_producer_ids_and_says_so() {
     acked.extend(send_keyed(&f.socket(), "moved", "b", 4, 500));
     std::thread::sleep(Duration::from_millis(500));
     let config = std::fs::read_to_string(&f.config).unwrap();
-    std::fs::write(&f.config, config.replace(&old.bootstrap(), &new.bootstrap())).unwrap();
+    std::fs::write(
+        &f.config,
+        config.replace(&old.bootstrap(), &new.bootstrap()),
+    )
+    .unwrap();
     f.hangup();
-    f.wait_status(Duration::from_secs(60), "delivered to the new cluster", |s| {
-        s.backlog_events == 0
-    });
+    f.wait_status(
+        Duration::from_secs(60),
+        "delivered to the new cluster",
+        |s| s.backlog_events == 0,
+    );
     let mut got = old.records("moved");
     got.extend(new.records("moved"));
     check_delivery(&acked, &got);
@@ -232,9 +301,11 @@ fn side_records_for_a_missing_topic_wait_visibly_without_holding_up_data() {
     model.set_down(false);
     let t0 = Instant::now();
     let acked = send_keyed(&f.socket(), "data", "new", 2, 300);
-    f.wait_status(Duration::from_secs(30), "the newest events delivered", |s| {
-        s.backlog_events == 0
-    });
+    f.wait_status(
+        Duration::from_secs(30),
+        "the newest events delivered",
+        |s| s.backlog_events == 0,
+    );
     // The data flows: the newest events (never the ones dropped) arrive.
     let got = model.records("data");
     let values = by_value(&got);
@@ -354,7 +425,11 @@ fn run_schedule(seed: u64) {
     model.create_topic("plain", 2);
     let dir = tempfile::tempdir().unwrap();
     let batch_events = 20 + rng.below(300);
-    let durability = if rng.below(2) == 0 { "fsync" } else { "relaxed" };
+    let durability = if rng.below(2) == 0 {
+        "fsync"
+    } else {
+        "relaxed"
+    };
     let mut f = Ferry::new(
         dir.path(),
         &model.bootstrap(),
@@ -371,10 +446,22 @@ fn run_schedule(seed: u64) {
     f.start();
     let pause = Duration::from_millis(3 + rng.below(10));
     let loads = [
-        ("hi", Load::start_prefixed(f.socket(), "hi", "h", 5, 50, pause)),
-        ("lo", Load::start_prefixed(f.socket(), "lo", "l", 5, 50, pause)),
-        ("fan", Load::start_prefixed(f.socket(), "fan", "f", 5, 50, pause)),
-        ("plain", Load::start_prefixed(f.socket(), "plain", "p", 5, 50, pause)),
+        (
+            "hi",
+            Load::start_prefixed(f.socket(), "hi", "h", 5, 50, pause),
+        ),
+        (
+            "lo",
+            Load::start_prefixed(f.socket(), "lo", "l", 5, 50, pause),
+        ),
+        (
+            "fan",
+            Load::start_prefixed(f.socket(), "fan", "f", 5, 50, pause),
+        ),
+        (
+            "plain",
+            Load::start_prefixed(f.socket(), "plain", "p", 5, 50, pause),
+        ),
     ];
     let mut steps = Vec::new();
     let mut undo: Vec<Box<dyn FnOnce(&KafkaModel)>> = Vec::new();
@@ -468,7 +555,10 @@ fn run_schedule(seed: u64) {
         }
         // (More than acknowledged: events stored before a kill whose ack
         // never reached the client; never one ferry-id twice, above.)
-        assert!(got.len() >= expected.len(), "schedule {seed}: {topic}; {repro}");
+        assert!(
+            got.len() >= expected.len(),
+            "schedule {seed}: {topic}; {repro}"
+        );
         total += expected.len();
     }
     eprintln!(

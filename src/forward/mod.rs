@@ -103,6 +103,12 @@ const RECONNECT_AFTER_FAILURES: u32 = 3;
 /// Configuration problems are logged at most this often (per topic).
 const LOUD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long a broker keeps the state of an idle producer: Kafka's
+/// `producer.id.expiration.ms`, 24 h by default since Kafka 3.4 (before,
+/// the transactional id expiry, 7 days). A batch resent after longer may
+/// be written again: the broker no longer knows it had it.
+const PRODUCER_STATE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
 /// The name of a failure of ferry's own storage (not of the uplink).
 const LOCAL_STORAGE: &str = "OUTBOX";
 
@@ -132,9 +138,9 @@ struct Window {
     /// The cluster id its plan's producer ids belong to (`None`: not
     /// planned yet, or stored by a ferry that did not record it).
     cluster: Option<String>,
-    /// Its planned batches go to another cluster than they were planned
-    /// for, under new producer ids: at least once.
-    at_least_once: bool,
+    /// Said once: it was first sent longer ago than a broker keeps an
+    /// idle producer's state (see [`PRODUCER_STATE_EXPIRY`]).
+    expiry_said: bool,
 }
 
 impl Window {
@@ -147,7 +153,7 @@ impl Window {
             dead: Vec::new(),
             first_attempt_ms: now_ms(),
             cluster: None,
-            at_least_once: false,
+            expiry_said: false,
         }
     }
 
@@ -233,7 +239,8 @@ pub struct Forwarder {
     /// The cluster id the producer ids in `streams` came from (see
     /// [`Forwarder::bind_cluster`]).
     streams_cluster: Option<String>,
-    /// Why delivery is at least once for now (said in `ferry status`).
+    /// Why some deliveries of this run were at least once (in `ferry
+    /// status` until ferry restarts).
     at_least_once: Option<String>,
     /// When each partition last acknowledged a batch: a lane of a
     /// partition without a recent one sends its first batch alone.
@@ -826,10 +833,6 @@ impl Forwarder {
         );
         self.on_success();
         self.account_uplink();
-        if window.at_least_once {
-            self.at_least_once = None;
-            self.publish_state(None);
-        }
         let held = self.held_blocks(&window.blocks, window.lanes.as_deref().unwrap_or(&[]));
         let finished: Vec<i64> = window
             .blocks
@@ -893,7 +896,6 @@ impl Forwarder {
                     "a delivery window planned for Kafka cluster {planned} goes to cluster {current} under new producer ids: its events are sent at least once"
                 );
                 self.at_least_once = Some(format!("events planned for cluster {planned}"));
-                window.at_least_once = true;
             }
             _ => {}
         }
@@ -982,7 +984,7 @@ impl Forwarder {
             side_records: self.side.problem.clone(),
             delivery: match self.streams.idempotence {
                 Idempotence::On(_) => match &self.at_least_once {
-                    Some(why) => format!("exactly-once; at-least-once for {why}"),
+                    Some(why) => format!("exactly-once; at-least-once this run for {why}"),
                     None => "exactly-once".into(),
                 },
                 Idempotence::Off => "at-least-once".into(),
@@ -1088,8 +1090,36 @@ impl Forwarder {
         }
     }
 
+    /// Say so when `window` is resent after longer than a broker keeps an
+    /// idle producer's state: if its batches reached the broker before,
+    /// they may be written again (at least once).
+    fn note_expiry(&mut self, window: &mut Window) {
+        let age_ms = now_ms().saturating_sub(window.first_attempt_ms);
+        if window.expiry_said || age_ms < PRODUCER_STATE_EXPIRY.as_millis() as i64 {
+            return;
+        }
+        let resent = window.lanes.as_ref().is_some_and(|lanes| {
+            lanes
+                .iter()
+                .any(|l| !l.settled() && l.sent_before > l.acked)
+        });
+        if !resent {
+            return;
+        }
+        window.expiry_said = true;
+        let hours = age_ms / 3_600_000;
+        warn!(
+            "a delivery window first sent {hours} h ago is sent again: longer than Kafka keeps an idle producer's state (producer.id.expiration.ms, 24 h by default), so batches the broker had may be written again (at least once; consumers can drop them by the ferry-id header)"
+        );
+        self.at_least_once = Some(format!(
+            "a window resent after {hours} h (producer state may have expired)"
+        ));
+        self.publish_state(None);
+    }
+
     /// One delivery attempt of what is left of `window`.
     async fn attempt(&mut self, window: &mut Window) -> Result<(), Failure> {
+        self.note_expiry(window);
         let (tasks, _) = self.launch(window, None).await?;
         self.collect(window, tasks).await
     }
@@ -1376,6 +1406,7 @@ impl Forwarder {
                 blocks: blocks.iter().map(|b| b.seq_first).collect(),
                 plan: plan::encode(lanes),
                 cluster: self.streams_cluster.clone(),
+                saved_ms: window.first_attempt_ms,
             },
             streams: self.streams.stored(advanced),
             producer: ProducerMeta {

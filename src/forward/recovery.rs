@@ -68,6 +68,9 @@ impl Forwarder {
             let mut window = Window::new(blocks[0].seq_first - 1, blocks);
             window.saved = true;
             window.cluster = stored.cluster.clone();
+            if stored.saved_ms > 0 {
+                window.first_attempt_ms = stored.saved_ms;
+            }
             // The streams were stored with the newest plan: their cluster.
             if trusted.is_some() && stored.cluster.is_some() {
                 self.streams_cluster = stored.cluster.clone();

@@ -60,9 +60,7 @@ impl Forwarder {
     /// dead letter the DLQ topic refuses for good is marked so and left.
     pub(super) async fn deliver_side_records(&mut self) {
         let now = Instant::now();
-        if self.breaker.state(now) != State::Closed
-            || self.cluster.is_none()
-            || !self.side.due(now)
+        if self.breaker.state(now) != State::Closed || self.cluster.is_none() || !self.side.due(now)
         {
             return;
         }
@@ -204,9 +202,10 @@ impl Forwarder {
                     let asked =
                         tokio::time::timeout(SIDE_BUDGET, cluster.refresh(&[topic.to_string()]))
                             .await;
-                    if let Err(why) = asked.map_err(|_| "no answer".to_string()).and_then(|r| {
-                        r.map_err(|f| f.message)
-                    }) {
+                    if let Err(why) = asked
+                        .map_err(|_| "no answer".to_string())
+                        .and_then(|r| r.map_err(|f| f.message))
+                    {
                         self.side_failed(topic, &format!("metadata of {topic}: {why}"));
                         return Side::Failed;
                     }
@@ -292,7 +291,10 @@ impl Forwarder {
             self.outbox.waiting.loss_markers.load(Relaxed),
             self.outbox.waiting.dead_letters.load(Relaxed)
         );
-        self.loud(&format!("side:{topic}"), &format!("{waiting}; retried later"));
+        self.loud(
+            &format!("side:{topic}"),
+            &format!("{waiting}; retried later"),
+        );
         self.side.failed(waiting, Instant::now());
     }
 }

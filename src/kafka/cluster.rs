@@ -7,10 +7,10 @@
 
 use super::connection::{Connection, ConnectionConfig};
 use super::errors::{Class, Failure};
+use super::wire::Request as _;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use super::wire::Request as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -8,11 +8,11 @@
 use super::connection::{Connection, Pending};
 use super::errors::{Class, Failure};
 use super::record_batch::{Codec, ZSTD_MIN_PRODUCE_VERSION};
+use super::wire::Request as _;
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use super::wire::Request as _;
 
 /// Produce versions ferry asks with: from v3 (record batches), up to v12
 /// (v13 names topics by id).

@@ -36,6 +36,9 @@ pub struct SavedWindow {
     /// The cluster id of the brokers the plan's producer ids came from
     /// (`None`: not known, as in plans stored before schema 4).
     pub cluster: Option<String>,
+    /// When it was first stored (ms since the epoch; kept when the window
+    /// is planned again; 0 for plans stored before schema 4).
+    pub saved_ms: i64,
 }
 
 /// Everything written before a window (or a re-planned one) is sent.
@@ -71,8 +74,8 @@ pub fn save(conn: &Connection, s: &PlanSave) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
     // A re-planned window keeps its place in launch order.
     tx.prepare_cached(
-        "INSERT INTO window_plans (id, blocks, plan, cluster, launched) \
-         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(launched), 0) + 1 FROM window_plans)) \
+        "INSERT INTO window_plans (id, blocks, plan, cluster, saved_ms, launched) \
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(launched), 0) + 1 FROM window_plans)) \
          ON CONFLICT (id) DO UPDATE SET blocks = excluded.blocks, plan = excluded.plan, \
          cluster = excluded.cluster",
     )?
@@ -80,7 +83,8 @@ pub fn save(conn: &Connection, s: &PlanSave) -> rusqlite::Result<()> {
         s.window.id,
         encode_ids(&s.window.blocks),
         s.window.plan,
-        s.window.cluster
+        s.window.cluster,
+        s.window.saved_ms
     ])?;
     upsert_streams(&tx, &s.streams)?;
     set_producer(&tx, &s.producer)?;
@@ -156,8 +160,9 @@ pub fn load(conn: &Connection) -> rusqlite::Result<Saved> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut stmt =
-        conn.prepare("SELECT id, blocks, plan, cluster FROM window_plans ORDER BY launched, id")?;
+    let mut stmt = conn.prepare(
+        "SELECT id, blocks, plan, cluster, saved_ms FROM window_plans ORDER BY launched, id",
+    )?;
     let windows = stmt
         .query_map([], |r| {
             Ok(SavedWindow {
@@ -165,6 +170,7 @@ pub fn load(conn: &Connection) -> rusqlite::Result<Saved> {
                 blocks: decode_ids(&r.get::<_, Vec<u8>>(1)?),
                 plan: r.get(2)?,
                 cluster: r.get(3)?,
+                saved_ms: r.get(4)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -225,6 +231,7 @@ mod tests {
             blocks: vec![11, 40],
             plan: vec![1, 2, 3],
             cluster: Some("c-1".into()),
+            saved_ms: 1_000,
         };
         save(
             &conn,
@@ -246,12 +253,18 @@ mod tests {
             blocks: vec![3],
             plan: vec![9],
             cluster: None,
+            saved_ms: 2_000,
         };
+        // Planned again later: it keeps its place and its first time.
         let again = SavedWindow {
             plan: vec![4, 5],
             ..window.clone()
         };
-        for w in [&older, &again] {
+        let later = SavedWindow {
+            saved_ms: 9_000,
+            ..again.clone()
+        };
+        for w in [&older, &later] {
             save(
                 &conn,
                 &PlanSave {

@@ -75,9 +75,12 @@ const MIGRATIONS: &[&str] = &[
          ('uplink_day', 0), ('uplink_today', 0), ('uplink_total', 0);",
     // 3 -> 4: each stored plan's place in launch order (a partition's
     // sequences follow launch order, which differs from block order across
-    // priorities) and the Kafka cluster id its producer ids came from.
+    // priorities), the Kafka cluster id its producer ids came from, and
+    // when it was first stored (a resend after the broker's producer-state
+    // expiry may be written twice: ferry says so).
     "ALTER TABLE window_plans ADD COLUMN launched INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE window_plans ADD COLUMN cluster TEXT;",
+     ALTER TABLE window_plans ADD COLUMN cluster TEXT;
+     ALTER TABLE window_plans ADD COLUMN saved_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
