@@ -194,7 +194,10 @@ fn a_resend_after_the_producer_state_expired_is_said_to_be_at_least_once() {
         )
         .unwrap();
     drop(db);
-    assert!(dated > 0, "windows were planned (and in flight) at the kill");
+    assert!(
+        dated > 0,
+        "windows were planned (and in flight) at the kill"
+    );
     model.expire_producers();
     model.set_answer_delay(Duration::ZERO);
     f.start();
@@ -211,7 +214,9 @@ fn a_resend_after_the_producer_state_expired_is_said_to_be_at_least_once() {
     );
     let s = f.status();
     assert!(
-        s.forward.delivery.contains("producer state may have expired"),
+        s.forward
+            .delivery
+            .contains("producer state may have expired"),
         "{s:?}"
     );
     assert_eq!(f.terminate().0, Some(0));
@@ -377,6 +382,9 @@ impl Rng {
     }
 }
 
+/// What ends a lasting fault (at the next step).
+type Undo = Box<dyn FnOnce(&KafkaModel)>;
+
 /// One step of a schedule.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -464,7 +472,7 @@ fn run_schedule(seed: u64) {
         ),
     ];
     let mut steps = Vec::new();
-    let mut undo: Vec<Box<dyn FnOnce(&KafkaModel)>> = Vec::new();
+    let mut undo: Vec<Undo> = Vec::new();
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
         // A fault lasts until the next step.
