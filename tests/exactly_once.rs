@@ -145,9 +145,9 @@ fn two_gateways_cloned_from_one_card_deliver_every_event_once() {
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let mut acked = cloned_fleet_run(&a_dir, &b_dir, &broker.bootstrap(), 500, 2_000);
+    let (acked, delivery) = cloned_fleet_run(&a_dir, &b_dir, &broker.bootstrap(), 500, 2_000);
     let got = broker.records("fleet");
-    acked.sort();
     assert_eq!(check_delivery(&acked, &got), 0, "a record arrived twice");
     assert_eq!(got.len(), acked.len());
+    assert!(delivery.iter().all(|d| d == "exactly-once"), "{delivery:?}");
 }

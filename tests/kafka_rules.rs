@@ -23,10 +23,11 @@ fn two_gateways_cloned_from_one_card_deliver_every_event_once() {
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let acked = cloned_fleet_run(&a_dir, &b_dir, &model.bootstrap(), 500, 2_000);
+    let (acked, delivery) = cloned_fleet_run(&a_dir, &b_dir, &model.bootstrap(), 500, 2_000);
     let got = model.records("fleet");
     assert_eq!(check_delivery(&acked, &got), 0, "a record arrived twice");
     assert_eq!(got.len(), acked.len());
+    assert!(delivery.iter().all(|d| d == "exactly-once"), "{delivery:?}");
     // A's first run, A's second and B each had an id of their own.
     let c = model.counters();
     assert!(c.producer_ids.len() >= 3, "{c:?}");
@@ -80,6 +81,70 @@ fn kill_9_with_two_priorities_in_flight_into_one_topic_over_a_slow_link() {
         model.counters()
     );
     assert!(replays >= 3, "windows were in flight at the kills");
+}
+
+/// The same, made certain: an older low-priority window is launched after
+/// a newer high-priority one into the same partition, so its sequences
+/// follow the newer window's; a stalled broker has processed neither when
+/// ferry is killed. After the restart the stored windows must go in the
+/// order they were launched: in block order, the low-priority window comes
+/// first, out of sequence, and (before) was taken as delivered and lost.
+#[test]
+fn stored_windows_are_replayed_in_launch_order_not_block_order() {
+    let model = KafkaModel::start(1);
+    model.create_topic("dest", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &model.bootstrap(),
+        "[outbox]\ndurability = \"fsync\"\n\n\
+         [[route]]\npattern = \"hi\"\nto = [\"dest\"]\npriority = 8\n\
+         [[route]]\npattern = \"lo\"\nto = [\"dest\"]\npriority = 2\n\
+         [kafka]\nlinger_ms = 2\nmax_batch_events = 100\n",
+    );
+    f.start();
+    // The broker knows ferry's producer on the partition.
+    let mut acked = send_keyed(&f.socket(), "hi", "warm", 2, 100);
+    f.wait_status(Duration::from_secs(30), "warm-up delivered", |s| {
+        s.backlog_events == 0
+    });
+    // Older low-priority events, then newer high-priority ones, stored
+    // while the broker is away.
+    model.set_down(true);
+    acked.extend(send_keyed(&f.socket(), "lo", "l", 3, 3_000));
+    acked.extend(send_keyed(&f.socket(), "hi", "h", 3, 3_000));
+    model.hold_produce(true);
+    model.set_down(false);
+    let db = rusqlite::Connection::open(dir.path().join("data").join("outbox.db")).unwrap();
+    let planned = || -> i64 {
+        db.query_row("SELECT count(*) FROM window_plans", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while planned() < 2 || model.held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "two windows planned, produce held: {} plans, {} held\n{}",
+            planned(),
+            model.held(),
+            f.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.kill9();
+    model.discard_held();
+    f.start();
+    f.wait_status(Duration::from_secs(60), "backlog delivered", |s| {
+        s.backlog_events == 0
+    });
+    let got = model.records("dest");
+    assert_eq!(check_delivery(&acked, &got), 0, "a record arrived twice");
+    assert!(
+        f.log_text().contains("sent again first"),
+        "{}",
+        f.log_text()
+    );
+    assert_eq!(f.terminate().0, Some(0));
 }
 
 /// A record refused in the first batch of a new producer id, with more

@@ -351,6 +351,11 @@ struct State {
     refuse: Option<Vec<u8>>,
     cuts_left: u32,
     answer_delay: Duration,
+    /// Produce requests wait, unprocessed, while set (a stalled broker).
+    hold_produce: bool,
+    /// Held requests are dropped unprocessed and their connections closed.
+    discard_held: bool,
+    held: u64,
     down: bool,
     counters: Counters,
     answers: Vec<(String, i32, i16)>,
@@ -427,6 +432,9 @@ impl KafkaModel {
                 refuse: None,
                 cuts_left: 0,
                 answer_delay: Duration::ZERO,
+                hold_produce: false,
+                discard_held: false,
+                held: 0,
                 down: false,
                 counters: Counters::default(),
                 answers: Vec::new(),
@@ -548,6 +556,31 @@ impl KafkaModel {
     /// then their connection is closed before the answer is written.
     pub fn cut_after_append(&self, n: u32) {
         self.shared.lock().cuts_left = n;
+    }
+
+    /// Hold Produce requests as they arrive, neither appended nor answered
+    /// (a stalled broker), until `hold_produce(false)` processes them or
+    /// [`KafkaModel::discard_held`] drops them.
+    pub fn hold_produce(&self, hold: bool) {
+        self.shared.lock().hold_produce = hold;
+    }
+
+    /// Produce requests held right now.
+    pub fn held(&self) -> u64 {
+        self.shared.lock().held
+    }
+
+    /// Drop the held Produce requests unprocessed (nothing appended) and
+    /// close their connections, as a broker that never got to them before
+    /// the client went away; then stop holding.
+    pub fn discard_held(&self) {
+        self.shared.lock().discard_held = true;
+        while self.held() > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut s = self.shared.lock();
+        s.discard_held = false;
+        s.hold_produce = false;
     }
 
     /// Write each answer this long after handling its request.
@@ -708,6 +741,24 @@ fn serve(shared: Arc<Shared>, broker: i32, mut stream: TcpStream, id: u64) {
                 break;
             }
         };
+        // A Produce request (api key 0) waits while produce is held.
+        if frame.len() >= 2 && frame[..2] == [0, 0] && shared.lock().hold_produce {
+            shared.lock().held += 1;
+            let discarded = loop {
+                std::thread::sleep(Duration::from_millis(5));
+                let s = shared.lock();
+                if s.discard_held {
+                    break true;
+                }
+                if !s.hold_produce {
+                    break false;
+                }
+            };
+            shared.lock().held -= 1;
+            if discarded {
+                break;
+            }
+        }
         match handle(&shared, broker, frame) {
             Ok(Outcome::Answer(bytes)) => {
                 let delay = shared.lock().answer_delay;
