@@ -3,13 +3,14 @@
 //! sending, deletes after), producers are refused with a clear error
 //! meanwhile, the backlog reaches the broker, and the space the drain
 //! frees is used again for new events. The outbox lives on a real tmpfs
-//! of 16 MiB (mounted by the test: root, as in CI); the peer is
-//! librdkafka's mock cluster behind the fault proxy.
+//! of 16 MiB (mounted by the test: root, as in CI); the peer is the Kafka
+//! model (tests/common/kafka_model.rs), which keeps every record (the mock
+//! cluster keeps 5 MiB per partition) and judges exactly-once.
 #![cfg(target_arch = "x86_64")]
 
 mod common;
 
-use common::proxy::Proxy;
+use common::kafka_model::KafkaModel;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,15 +57,14 @@ fn value(n: usize, seed: &mut u64) -> String {
 
 #[test]
 fn a_full_disk_never_stops_the_drain() {
-    let topics = [("full", 2)];
-    let c = cluster(1, &topics);
-    let proxy = Proxy::start(&c.bootstrap_servers());
-    proxy.set_down(true);
+    let model = KafkaModel::start(1);
+    model.create_topic("full", 2);
+    model.set_down(true);
     let dir = tempfile::tempdir().unwrap();
     let _tmpfs = Tmpfs::mount(&dir.path().join("data"), "16m");
     let mut f = Ferry::new(
         dir.path(),
-        &proxy.bootstrap,
+        &model.bootstrap(),
         "[outbox]\ndurability = \"fsync\"\nmax_bytes = 0\n",
     );
     f.start();
@@ -88,11 +88,20 @@ fn a_full_disk_never_stops_the_drain() {
                 .send_event("full", Some(key.as_bytes()), &[], v.as_bytes())
                 .unwrap();
         }
-        let (ok, errors) = client.answers_for(group.len() as u32).unwrap();
-        // Acks come in order: the first `ok` were stored.
-        acked.extend(group.into_iter().take(ok as usize));
-        if let Some(e) = errors.first() {
-            refusal = e.clone();
+        // Replies come in order, each for the next `k` events.
+        let mut next = 0;
+        while next < group.len() {
+            match client.answer() {
+                Answer::Ack(k) => {
+                    acked.extend(group[next..next + k as usize].iter().cloned());
+                    next += k as usize;
+                }
+                Answer::Error(k, message) => {
+                    refusal = message;
+                    next += k as usize;
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
     eprintln!("disk full after {} events: {refusal}", acked.len());
@@ -103,9 +112,8 @@ fn a_full_disk_never_stops_the_drain() {
     assert!(acked.len() > 3_000, "only {} events stored", acked.len());
     // The uplink returns: the whole backlog drains, without the breaker
     // taking the full disk for an uplink failure.
-    let reader = Reader::start(&c.bootstrap_servers(), &topics);
     let log_before = f.log_text().len();
-    proxy.set_down(false);
+    model.set_down(false);
     let back = Instant::now();
     f.wait_status(Duration::from_secs(90), "backlog drained", |s| {
         s.backlog_events == 0
@@ -135,7 +143,7 @@ fn a_full_disk_never_stops_the_drain() {
     });
     let mut all = acked.clone();
     all.extend(more);
-    let got = reader.collect_values(&all, Duration::from_secs(60));
+    let got = model.records("full");
     assert_eq!(check_delivery(&all, &got), 0, "a record arrived twice");
     assert_eq!(f.terminate().0, Some(0));
 }
