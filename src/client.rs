@@ -317,6 +317,12 @@ pub fn status(config: &Config, json: bool) -> i32 {
             "uplink data: {} bytes today (UTC), {} in total; {cap}",
             snap.uplink_bytes_today, snap.uplink_bytes_total
         );
+        if !snap.forward.waiting_for_leader.is_empty() {
+            println!(
+                "no leader:   {} (their events wait; other partitions go on)",
+                snap.forward.waiting_for_leader.join(", ")
+            );
+        }
         if let Some(side) = &snap.forward.side_records {
             println!("side topics: {side}");
         }

@@ -164,6 +164,9 @@ pub struct ForwardState {
     /// "exactly-once" (idempotent producer) or "at-least-once".
     #[serde(default)]
     pub delivery: String,
+    /// Partitions without a leader whose events wait (the others go on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_leader: Vec<String>,
     /// Loss markers or dead letters waiting for their side topics, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub side_records: Option<String>,

@@ -147,6 +147,75 @@ fn stored_windows_are_replayed_in_launch_order_not_block_order() {
     assert_eq!(f.terminate().0, Some(0));
 }
 
+/// A partition without a leader holds up only its own events: the other
+/// partitions of its topic and the other topics flow meanwhile, also
+/// across a `kill -9` (the windows put aside are stored plans), and once
+/// the partition has a leader again everything arrives once, in order.
+#[test]
+fn a_partition_without_a_leader_holds_up_only_itself() {
+    let model = KafkaModel::start(1);
+    model.create_topic("p3", 3);
+    model.create_topic("other", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &model.bootstrap(),
+        "[outbox]\ndurability = \"fsync\"\n[kafka]\nlinger_ms = 2\nmax_batch_events = 200\n",
+    );
+    f.start();
+    let keyed = Load::start_prefixed(f.socket(), "p3", "k", 12, 50, Duration::from_millis(5));
+    let other = Load::start_prefixed(f.socket(), "other", "o", 3, 50, Duration::from_millis(5));
+    std::thread::sleep(Duration::from_secs(1));
+    model.set_offline("p3", 1, true);
+    std::thread::sleep(Duration::from_secs(1));
+    let count = |topic: &str, partition: i32| {
+        model
+            .records(topic)
+            .iter()
+            .filter(|g| g.partition == partition)
+            .count()
+    };
+    let before = [count("p3", 0), count("p3", 2), count("other", 0)];
+    let stuck = count("p3", 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let s = f.status();
+    assert!(
+        s.forward
+            .waiting_for_leader
+            .iter()
+            .any(|w| w.starts_with("p3/1")),
+        "status names the partition: {s:?}"
+    );
+    // Across a restart, the windows put aside are found and put aside again.
+    f.kill9();
+    f.start();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = [count("p3", 0), count("p3", 2), count("other", 0)];
+    for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+        assert!(
+            a > b,
+            "flow {i} went on while p3/1 had no leader: {before:?} then {after:?}\n{}",
+            f.log_text()
+        );
+    }
+    assert_eq!(
+        count("p3", 1),
+        stuck,
+        "nothing reached the leaderless partition"
+    );
+    model.set_offline("p3", 1, false);
+    std::thread::sleep(Duration::from_secs(1));
+    let acked_keyed = keyed.stop();
+    let acked_other = other.stop();
+    f.wait_status(Duration::from_secs(60), "backlog delivered", |s| {
+        s.backlog_events == 0 && s.forward.waiting_for_leader.is_empty()
+    });
+    assert_eq!(check_delivery(&acked_keyed, &model.records("p3")), 0);
+    assert_eq!(check_delivery(&acked_other, &model.records("other")), 0);
+    assert!(count("p3", 1) > stuck);
+    assert_eq!(f.terminate().0, Some(0));
+}
+
 /// A record refused in the first batch of a new producer id, with more
 /// batches of the partition ready behind it. A broker holding no state for
 /// a producer takes any sequence, so batches pipelined behind the refused

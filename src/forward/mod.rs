@@ -23,6 +23,7 @@
 //! so other topics go on.
 
 pub mod config;
+pub mod deferral;
 pub mod flight;
 pub mod lane;
 pub mod parking;
@@ -55,6 +56,7 @@ use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
 use config::{Compression, KafkaConfig};
+use deferral::{Deferral, PutAside};
 use flight::{Confirmed, Flight, Predecessor, Slots, Ticket};
 use lane::{LaneJob, LaneOutcome, WriterPool};
 use log::{debug, error, info, warn};
@@ -108,6 +110,9 @@ const LOUD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// the transactional id expiry, 7 days). A batch resent after longer may
 /// be written again: the broker no longer knows it had it.
 const PRODUCER_STATE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// The name of the failure of a partition without a leader.
+const NO_LEADER: &str = "LEADER_NOT_AVAILABLE";
 
 /// The name of a failure of ferry's own storage (not of the uplink).
 const LOCAL_STORAGE: &str = "OUTBOX";
@@ -247,6 +252,8 @@ pub struct Forwarder {
     confirmed: Confirmed,
     /// Loss markers and dead letters to their topics: their own backoff.
     side: side::SideRetry,
+    /// Partitions without a leader, and the windows put aside for them.
+    deferral: Deferral,
 }
 
 /// The record-batch codec `kafka` asks for.
@@ -315,6 +322,7 @@ impl Forwarder {
             at_least_once: None,
             confirmed: Confirmed::default(),
             side: side::SideRetry::new(config.retry, seed.rotate_left(29)),
+            deferral: Deferral::new(seed.rotate_left(41)),
         }
     }
 
@@ -417,7 +425,10 @@ impl Forwarder {
         // started from copies of one data dir (a cloned SD card) would
         // otherwise number different events with the same id and
         // sequences, and the broker would drop one gateway's as duplicates.
-        self.streams.reset();
+        // (Partitions with windows put aside go on under their stored id,
+        // behind those windows.)
+        let aside = self.deferral.partitions_aside();
+        self.streams.reset_except(&aside);
         loop {
             self.stats.beat_forward();
             self.account_uplink();
@@ -432,6 +443,12 @@ impl Forwarder {
                     // Their blocks were skipped: read from the start again.
                     cursors = [0; PRIORITY_LEVELS];
                 }
+                // Windows put aside for a partition without a leader, due
+                // for another look (once the windows in flight are done,
+                // so a partition's lanes keep their order).
+                if self.deferral.due(Instant::now()) && !self.retry_put_aside(&mut shutdown).await {
+                    break;
+                }
             }
             self.deliver_side_records().await;
             // A half-open breaker lets one window through as its probe. A
@@ -445,8 +462,9 @@ impl Forwarder {
             let room = running.is_empty()
                 || (running.len() < limit && self.breaker.state(Instant::now()) == State::Closed);
             let mut window = None;
-            if room && !self.unpark_due() {
+            if room && !self.unpark_due() && !self.deferral.due(Instant::now()) {
                 let skip = self.parked_sources();
+                let skip_blocks = self.deferral.blocks();
                 let order = schedule.order();
                 let (events, raw) = if (widen || long_link) && self.config.max_bytes_per_second == 0
                 {
@@ -458,7 +476,7 @@ impl Forwarder {
                     (WINDOW_EVENTS, self.window_raw_bytes)
                 };
                 let blocks = tokio::select! {
-                    r = self.outbox.read_by_priority(cursors, order, events, raw, skip) => r,
+                    r = self.outbox.read_by_priority(cursors, order, events, raw, skip, skip_blocks) => r,
                     _ = shutdown.recv() => break,
                 };
                 match blocks {
@@ -555,7 +573,7 @@ impl Forwarder {
                     self.complete(window).await
                 }
                 Err(f) => match self
-                    .recover(Some(window), &mut running, f, &mut shutdown)
+                    .recover_or_put_aside(window, &mut running, f, &mut shutdown)
                     .await
                 {
                     Some(Some(_)) => cursors = [0; PRIORITY_LEVELS],
@@ -699,12 +717,35 @@ impl Forwarder {
         Some(None)
     }
 
+    /// A collected window failed: if only lanes of partitions without a
+    /// leader are left, put it aside and go on; otherwise recover.
+    async fn recover_or_put_aside(
+        &mut self,
+        window: Window,
+        running: &mut VecDeque<Running>,
+        failure: Failure,
+        shutdown: &mut Shutdown,
+    ) -> Option<Option<i64>> {
+        let window = if only_deferred(&window) {
+            match self.put_aside(window).await {
+                Ok(()) => return Some(None),
+                Err(back) => *back,
+            }
+        } else {
+            window
+        };
+        self.recover(Some(window), running, failure, shutdown).await
+    }
+
     /// Nothing to send: wait for new events, a parked topic's retry time, or
     /// shutdown; then linger so a burst fills batches. After a quiet second
     /// the outbox is asked to release memory (once, `released`). False on
     /// shutdown.
     async fn idle(&mut self, shutdown: &mut Shutdown, released: &mut bool) -> bool {
-        let next_unpark = self.parked.next_due();
+        let next_unpark = match (self.parked.next_due(), self.deferral.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let until_unpark = next_unpark
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
@@ -811,6 +852,16 @@ impl Forwarder {
                     self.complete(window).await;
                     return Delivery::Done;
                 }
+                // Only lanes of partitions without a leader are left: they
+                // wait aside, the rest goes on.
+                Err(f) if only_deferred(&window) => match self.put_aside(window).await {
+                    Ok(()) => return Delivery::Done,
+                    Err(back) => {
+                        window = *back;
+                        self.on_failure(&f);
+                        failed = true;
+                    }
+                },
                 // A refused record is dead-lettered and its lane sent
                 // again at once: not a failure of the uplink.
                 Err(f) if f.class == Class::PermanentRecord => failed = false,
@@ -903,6 +954,187 @@ impl Forwarder {
         self.publish_state(None);
     }
 
+    /// Mark lane `i` of `window` as waiting for its partition.
+    fn defer_lane(window: &mut Window, i: usize) {
+        if let Some(lane) = window.lanes.as_mut().and_then(|l| l.get_mut(i)) {
+            lane.deferred = true;
+        }
+    }
+
+    /// Put `window` aside: only lanes of partitions without a leader are
+    /// left. Its plan is stored anew with just those lanes, its dead
+    /// letters are stored, and it leaves memory; its blocks stay in the
+    /// outbox, left out of reads (see [`deferral`]). If the plan cannot be
+    /// stored, the window comes back, to be retried in place (as before).
+    async fn put_aside(&mut self, mut window: Window) -> Result<(), Box<Window>> {
+        let Some(lanes) = window.lanes.as_ref() else {
+            return Err(Box::new(window));
+        };
+        let mut partitions: Vec<(String, i32)> = Vec::new();
+        let mut events = 0;
+        for lane in lanes.iter().filter(|l| !l.settled()) {
+            events += lane.items.len() - lane.done();
+            let key = (lane.topic.clone(), lane.partition);
+            if !partitions.contains(&key) {
+                partitions.push(key);
+            }
+        }
+        let saved = match self.producer_meta() {
+            Some(producer) => {
+                let save = PlanSave {
+                    window: SavedWindow {
+                        id: window.id(),
+                        blocks: window.blocks.iter().map(|b| b.seq_first).collect(),
+                        plan: plan::encode(lanes),
+                        cluster: window.cluster.clone(),
+                        saved_ms: window.first_attempt_ms,
+                    },
+                    streams: Vec::new(),
+                    producer,
+                };
+                self.outbox.save_plan(save).await
+            }
+            None => Err(crate::outbox::OutboxError::Closed),
+        };
+        if let Err(e) = saved {
+            self.log.error(&format!(
+                "cannot put a window aside for a partition without a leader ({e}); it is retried in place"
+            ));
+            return Err(Box::new(window));
+        }
+        let dead = std::mem::take(&mut window.dead);
+        if !dead.is_empty()
+            && let Err(e) = self.outbox.finish(Vec::new(), dead, Vec::new()).await
+        {
+            self.log.error(&format!(
+                "cannot store dead letters of a window put aside: {e}"
+            ));
+        }
+        let names: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        debug!(
+            "window {} put aside: {events} events wait for {}",
+            window.id(),
+            names.join(", ")
+        );
+        self.deferral.put_aside(
+            PutAside {
+                id: window.id(),
+                blocks: window.blocks.iter().map(|b| b.seq_first).collect(),
+                partitions,
+            },
+            Instant::now(),
+        );
+        self.publish_state(None);
+        Ok(())
+    }
+
+    /// The producer id and epoch new streams take, with this boot, for a
+    /// stored plan (`None` without idempotence).
+    fn producer_meta(&self) -> Option<ProducerMeta> {
+        match self.streams.idempotence {
+            Idempotence::On(current) => Some(ProducerMeta {
+                producer_id: current.producer_id,
+                epoch: current.epoch,
+                boot: i64::from(self.clock.read().boot),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Try the windows put aside again, in launch order, once each: each
+    /// is loaded from its stored plan (as after a restart), and what is
+    /// still waiting for a leader is put aside again. False on shutdown.
+    async fn retry_put_aside(&mut self, shutdown: &mut Shutdown) -> bool {
+        let started = Instant::now();
+        // Ask Kafka afresh about the partitions waiting for a leader.
+        if let Some(cluster) = self.cluster.as_mut() {
+            for (topic, _) in self.deferral.partitions_aside() {
+                cluster.forget_topic(&topic);
+            }
+        }
+        let aside = self.deferral.take_windows();
+        let saved = match self.outbox.load_plans().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.log
+                    .error(&format!("cannot read the plans of windows put aside: {e}"));
+                for w in aside {
+                    self.deferral.put_aside(w, Instant::now());
+                }
+                return true;
+            }
+        };
+        let mut pending = aside.into_iter();
+        while let Some(w) = pending.next() {
+            let Some(stored) = saved.windows.iter().find(|s| s.id == w.id) else {
+                error!(
+                    "the stored plan of window {} (put aside) is gone; its events are read again",
+                    w.id
+                );
+                continue;
+            };
+            let blocks = match self.outbox.read_blocks(stored.blocks.clone()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.log.error(&format!(
+                        "cannot read the blocks of a window put aside: {e}; retried later"
+                    ));
+                    self.deferral.put_aside(w, Instant::now());
+                    continue;
+                }
+            };
+            if blocks.is_empty() {
+                continue;
+            }
+            let mut window = Window::new(blocks[0].seq_first - 1, blocks);
+            window.saved = true;
+            window.cluster = stored.cluster.clone();
+            if stored.saved_ms > 0 {
+                window.first_attempt_ms = stored.saved_ms;
+            }
+            window.lanes = self.restore_lanes(&window.blocks, stored, true, false);
+            self.breaker.try_acquire(Instant::now());
+            let Some(result) = until_shutdown(self.attempt(&mut window), shutdown).await else {
+                self.complete_if_settled(window).await;
+                for rest in pending {
+                    self.deferral.put_aside(rest, Instant::now());
+                }
+                return false;
+            };
+            let failure = match result {
+                Ok(()) => {
+                    self.complete(window).await;
+                    continue;
+                }
+                Err(f) => f,
+            };
+            if !only_deferred(&window) && failure.class != Class::PermanentRecord {
+                self.on_failure(&failure);
+            }
+            if let Err(window) = self.put_aside(window).await {
+                // Its progress cannot be stored: delivered in place.
+                if matches!(
+                    self.deliver(*window, shutdown, true).await,
+                    Delivery::Shutdown
+                ) {
+                    for rest in pending {
+                        self.deferral.put_aside(rest, Instant::now());
+                    }
+                    return false;
+                }
+            }
+        }
+        self.deferral.settle(started);
+        let left = self.deferral.window_count();
+        if left == 0 {
+            info!("every window put aside for a partition without a leader is delivered");
+        } else {
+            debug!("{left} window(s) still put aside for partitions without a leader");
+        }
+        self.publish_state(None);
+        true
+    }
+
     fn on_success(&mut self) {
         if self.failures > 0 {
             info!("uplink to Kafka is working again");
@@ -981,6 +1213,7 @@ impl Forwarder {
                 .map(|u| u.saturating_duration_since(now).as_secs_f64()),
             last_error_class: failure.map(|f| f.class.as_str().to_string()),
             parked_topics: self.parked.names(),
+            waiting_for_leader: self.deferral.summary(),
             side_records: self.side.problem.clone(),
             delivery: match self.streams.idempotence {
                 Idempotence::On(_) => match &self.at_least_once {
@@ -1244,6 +1477,9 @@ impl Forwarder {
             window.lanes = Some(self.plan(&blocks, &keep));
         }
         let mut lanes = window.lanes.take().expect("planned above");
+        for lane in &mut lanes {
+            lane.deferred = false;
+        }
         // Lanes whose topic got parked since the window was read.
         self.hold_parked(&blocks, &mut lanes);
         // Lanes whose topic Kafka does not know (yet).
@@ -1285,11 +1521,32 @@ impl Forwarder {
             .filter(|(_, l)| !l.settled())
             .map(|(i, l)| (i, l.topic.clone(), l.partition))
             .collect();
+        // A partition without a leader holds up only its own lanes (when
+        // the window's plan is stored: it can be put aside, see
+        // [`deferral`]); so do partitions with lanes put aside already.
+        let may_defer = window.saved;
         for (i, topic, partition) in unsettled {
             self.stats.beat_forward();
+            if may_defer && self.deferral.waits(&topic, partition, Instant::now()) {
+                Self::defer_lane(window, i);
+                continue;
+            }
             let cluster = self.cluster()?;
             let conn = match cluster.leader(&topic, partition).await {
                 Ok(c) => c,
+                Err(f) if may_defer && f.name == NO_LEADER => {
+                    let delay = self.deferral.no_leader(&topic, partition, Instant::now());
+                    self.loud(
+                        &format!("leader:{topic}/{partition}"),
+                        &format!(
+                            "{}: its events wait (looked for again in {} ms); other partitions and topics go on",
+                            f.message,
+                            delay.as_millis()
+                        ),
+                    );
+                    Self::defer_lane(window, i);
+                    continue;
+                }
                 Err(f) => {
                     cluster.forget_topic(&topic);
                     return Err(f);
@@ -1699,6 +1956,15 @@ impl Forwarder {
         );
         lanes
     }
+}
+
+/// Every lane of `window` not yet settled waits for a partition without a
+/// leader (and there is one).
+fn only_deferred(window: &Window) -> bool {
+    window.lanes.as_ref().is_some_and(|lanes| {
+        let mut left = lanes.iter().filter(|l| !l.settled()).peekable();
+        left.peek().is_some() && left.all(|l| l.deferred)
+    })
 }
 
 /// `work`, unless shutdown comes first: then requests already on the wire

@@ -49,6 +49,9 @@ pub struct Lane {
     pub batch_limit: usize,
     /// The topic got parked: give up on this lane for this window.
     pub abandoned: bool,
+    /// Its partition has no leader (or lanes of it wait aside): not sent
+    /// in this attempt (see `forward::deferral`).
+    pub deferred: bool,
 }
 
 impl Lane {
@@ -65,6 +68,7 @@ impl Lane {
             replan: true,
             batch_limit: usize::MAX,
             abandoned: false,
+            deferred: false,
         }
     }
 

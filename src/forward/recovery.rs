@@ -75,19 +75,26 @@ impl Forwarder {
             if trusted.is_some() && stored.cluster.is_some() {
                 self.streams_cluster = stored.cluster.clone();
             }
-            window.lanes = self.restore_lanes(&window.blocks, &stored, trusted.is_some());
+            window.lanes = self.restore_lanes(&window.blocks, &stored, trusted.is_some(), true);
             windows.push(window);
         }
         windows
     }
 
     /// A stored plan's lanes, placed in `blocks`. Lanes of streams that
-    /// started afresh since (or whose events are gone) are planned again.
-    fn restore_lanes(
+    /// started afresh since (or whose events are gone) are planned again:
+    /// after a restart (`at_start`) under a new producer id (a stored id
+    /// may be shared with cloned gateways); for a window put aside while
+    /// ferry runs, on the partition's stream as it is now (its planned
+    /// batches were not written: it had no leader; if they might have
+    /// been, the stream started afresh for that reason, and they go again
+    /// at least once).
+    pub(super) fn restore_lanes(
         &mut self,
         blocks: &[Block],
         stored: &SavedWindow,
         trusted: bool,
+        at_start: bool,
     ) -> Option<Vec<Lane>> {
         let mut place: HashMap<i64, (u32, u32)> = HashMap::new();
         for (b, block) in blocks.iter().enumerate() {
@@ -141,6 +148,8 @@ impl Forwarder {
                     .unwrap_or(0);
                 lane.sent_before = lane.batches.len();
                 lane.replan = false;
+            } else if !at_start {
+                lane.replan = true;
             } else if !s.batches.is_empty() {
                 // Sent again under a stream that starts afresh: at least once.
                 warn!(

@@ -231,7 +231,13 @@ impl Forwarder {
         };
         let name = producer::topic_name(topic);
         let attempt = async {
-            let conn = cluster.leader(topic, partition).await?;
+            let conn = match cluster.leader(topic, partition).await {
+                Ok(c) => c,
+                Err(f) => {
+                    cluster.forget_topic(topic);
+                    return Err(f);
+                }
+            };
             let version = producer::produce_version(&conn, codec)?;
             let pending =
                 producer::send_batch(&conn, version, &name, partition, batch, timeout_ms).await?;

@@ -40,6 +40,9 @@ pub struct Streams {
     /// Partitions whose stream must start afresh before their next batch.
     fresh: HashSet<(String, i32)>,
     next_generation: u64,
+    /// The newest producer id is from an earlier run: a partition without
+    /// a stream waits for one obtained now.
+    stale: bool,
 }
 
 impl Default for Streams {
@@ -49,6 +52,7 @@ impl Default for Streams {
             map: HashMap::new(),
             fresh: HashSet::new(),
             next_generation: 1,
+            stale: false,
         }
     }
 }
@@ -81,10 +85,21 @@ impl Streams {
     /// partition waits for a producer id obtained now. Generations keep
     /// counting up, so every lane planned so far is cut and numbered again.
     pub fn reset(&mut self) {
-        self.idempotence = Idempotence::Unknown;
-        self.map.clear();
-        self.fresh.clear();
+        self.reset_except(&[]);
+    }
+
+    /// As [`Streams::reset`], but the streams of `keep` go on as they are
+    /// (their planned lanes still go as planned); every other partition
+    /// waits for a producer id obtained now.
+    pub fn reset_except(&mut self, keep: &[(String, i32)]) {
+        self.map.retain(|k, _| keep.contains(k));
+        self.fresh.retain(|k| keep.contains(k));
         self.next_generation += 1;
+        if self.map.is_empty() {
+            self.idempotence = Idempotence::Unknown;
+        } else {
+            self.stale = true;
+        }
     }
 
     fn generation(&mut self) -> u64 {
@@ -98,13 +113,17 @@ impl Streams {
         match self.idempotence {
             Idempotence::Unknown => true,
             Idempotence::Off => false,
-            Idempotence::On(_) => self.fresh.contains(&(topic.to_string(), partition)),
+            Idempotence::On(_) => {
+                let key = (topic.to_string(), partition);
+                self.fresh.contains(&key) || (self.stale && !self.map.contains_key(&key))
+            }
         }
     }
 
     /// The broker answered InitProducerId (`None`: no idempotence). Streams
     /// waiting to start afresh start with this id at sequence 0.
     pub fn producer_id_received(&mut self, producer: Option<ProducerIdentity>) {
+        self.stale = false;
         self.idempotence = match producer {
             Some(p) => Idempotence::On(p),
             None => Idempotence::Off,
@@ -312,6 +331,36 @@ mod tests {
         let st = *s.get("t", 0);
         assert_eq!((st.producer, st.next_sequence), (Some(B), 0));
         assert!(st.generation > before);
+    }
+
+    #[test]
+    fn a_reset_may_keep_some_streams_going() {
+        let stored = vec![
+            StoredStream {
+                topic: "t".into(),
+                partition: 0,
+                producer_id: 1,
+                epoch: 0,
+                next_sequence: 500,
+            },
+            StoredStream {
+                topic: "t".into(),
+                partition: 1,
+                producer_id: 1,
+                epoch: 0,
+                next_sequence: 70,
+            },
+        ];
+        let mut s = Streams::restore(A, &stored);
+        s.reset_except(&[("t".to_string(), 1)]);
+        // The kept stream needs nothing; any other waits for a new id.
+        assert!(!s.needs_producer_id("t", 1));
+        assert!(s.needs_producer_id("t", 0) && s.needs_producer_id("u", 0));
+        s.producer_id_received(Some(B));
+        assert_eq!(s.get("t", 1).next_sequence, 70);
+        assert_eq!(s.get("t", 1).producer, Some(A));
+        assert_eq!(s.get("t", 0).producer, Some(B));
+        assert_eq!(s.get("t", 0).next_sequence, 0);
     }
 
     #[test]

@@ -210,8 +210,9 @@ impl Cluster {
             .get(topic)
             .and_then(|t| t.leaders.get(partition as usize).copied())
             .unwrap_or(-1);
+        // (What is known of the topic stays: its other partitions may have
+        // leaders. The caller forgets it to ask again.)
         if leader < 0 {
-            self.topics.remove(topic);
             return Err(Failure::new(
                 Class::Transient,
                 "LEADER_NOT_AVAILABLE",

@@ -63,6 +63,9 @@ pub(super) enum Command {
         max_events: usize,
         max_raw_bytes: usize,
         skip_topics: Vec<String>,
+        /// Blocks to leave out (sorted): windows put aside (see
+        /// `forward::deferral`).
+        skip_blocks: std::sync::Arc<Vec<i64>>,
         reply: oneshot::Sender<Result<(u8, Vec<Block>), String>>,
     },
     Finish {

@@ -77,6 +77,7 @@ impl Outbox {
             max_events,
             max_raw_bytes,
             skip_topics,
+            Default::default(),
         )
         .await
         .map(|(_, blocks)| blocks)
@@ -85,8 +86,9 @@ impl Outbox {
     /// The next blocks of the first priority in `order` that has any after
     /// its cursor (`cursors[priority]`), in sequence order, up to
     /// `max_events` or `max_raw_bytes` (at least one), leaving out blocks
-    /// of `skip_topics`; and that priority. Each priority is read by the
-    /// `(priority, seq_first)` index, without a scan.
+    /// of `skip_topics` and the blocks `skip_blocks` (sorted); and that
+    /// priority. Each priority is read by the `(priority, seq_first)`
+    /// index, without a scan.
     pub async fn read_by_priority(
         &self,
         cursors: [i64; PRIORITY_LEVELS],
@@ -94,6 +96,7 @@ impl Outbox {
         max_events: usize,
         max_raw_bytes: usize,
         skip_topics: Vec<String>,
+        skip_blocks: std::sync::Arc<Vec<i64>>,
     ) -> Result<(u8, Vec<Block>), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -103,6 +106,7 @@ impl Outbox {
                 max_events,
                 max_raw_bytes,
                 skip_topics,
+                skip_blocks,
                 reply,
             })
             .await

@@ -276,7 +276,14 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
     append(&o, batch("other", &["o1"])).await.unwrap();
     let highest_first = std::array::from_fn(|i| (PRIORITY_LEVELS - 1 - i) as u8);
     let read = |order: [u8; PRIORITY_LEVELS]| {
-        o.read_by_priority([0; PRIORITY_LEVELS], order, 100, 1 << 20, vec![])
+        o.read_by_priority(
+            [0; PRIORITY_LEVELS],
+            order,
+            100,
+            1 << 20,
+            vec![],
+            Default::default(),
+        )
     };
     let (p, blocks) = read(highest_first).await.unwrap();
     assert_eq!((p, values(&blocks)), (8, vec![(3, "a1".into())]));
@@ -287,11 +294,31 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
         (p, values(&blocks)),
         (2, vec![(1, "b1".into()), (2, "b2".into())])
     );
+    // Blocks put aside are left out; the next ones of the priority come.
+    let (p, blocks) = o
+        .read_by_priority(
+            [0; PRIORITY_LEVELS],
+            lowest_first,
+            100,
+            1 << 20,
+            vec![],
+            Arc::new(vec![1]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((p, values(&blocks)), (5, vec![(4, "o1".into())]));
     // Past a priority's cursor there is nothing of it: the next one goes.
     let mut cursors = [0; PRIORITY_LEVELS];
     cursors[8] = 3;
     let (p, blocks) = o
-        .read_by_priority(cursors, highest_first, 100, 1 << 20, vec![])
+        .read_by_priority(
+            cursors,
+            highest_first,
+            100,
+            1 << 20,
+            vec![],
+            Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!((p, values(&blocks)), (5, vec![(4, "o1".into())]));
@@ -304,7 +331,14 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
     close(o, h);
     let (o, h) = start(&config, path, stats, options).unwrap();
     let (p, blocks) = o
-        .read_by_priority([0; PRIORITY_LEVELS], highest_first, 100, 1 << 20, vec![])
+        .read_by_priority(
+            [0; PRIORITY_LEVELS],
+            highest_first,
+            100,
+            1 << 20,
+            vec![],
+            Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!((p, values(&blocks)), (5, vec![(4, "o1".into())]));

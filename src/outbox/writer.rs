@@ -200,6 +200,7 @@ impl Writer {
                 max_events,
                 max_raw_bytes,
                 skip_topics,
+                skip_blocks,
                 reply,
             } => {
                 let mut found = Ok((order[0], Vec::new()));
@@ -208,7 +209,8 @@ impl Writer {
                         continue;
                     }
                     let after = cursors[p as usize];
-                    match self.read(p, after, max_events, max_raw_bytes, &skip_topics) {
+                    let skip = (&skip_topics[..], &skip_blocks[..]);
+                    match self.read(p, after, max_events, max_raw_bytes, skip) {
                         Ok(blocks) if blocks.is_empty() => continue,
                         Ok(blocks) => found = Ok((p, blocks)),
                         Err(e) => found = Err(e),
@@ -531,7 +533,7 @@ impl Writer {
         after: i64,
         max_events: usize,
         max_raw_bytes: usize,
-        skip_topics: &[String],
+        (skip_topics, skip_blocks): (&[String], &[i64]),
     ) -> Result<Vec<Block>, String> {
         let mut out = Vec::new();
         let mut corrupt = Vec::new();
@@ -552,6 +554,12 @@ impl Writer {
                 let topic = topic.as_str().map_err(|e| e.to_string())?;
                 if skip_topics.iter().any(|t| t == topic) {
                     continue;
+                }
+                if !skip_blocks.is_empty() {
+                    let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
+                    if skip_blocks.binary_search(&seq_first).is_ok() {
+                        continue;
+                    }
                 }
                 match stored_block(row, topic.to_string())? {
                     Ok(block) => {
