@@ -20,7 +20,11 @@
 //! which stops all attempts while open; a record Kafka refuses for good is
 //! dead-lettered (named by the broker, or found by halving its batch); a
 //! topic that is missing or not authorised is parked (its blocks skipped)
-//! so other topics go on.
+//! so other topics go on; a partition without a leader holds up only its
+//! own lanes, and windows left with only those are put aside (see
+//! [`deferral`]). A stored producer id only replays the windows stored
+//! with it; new events go under an id obtained in this run, bound to the
+//! cluster id the brokers name.
 
 pub mod config;
 pub mod deferral;
