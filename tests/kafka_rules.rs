@@ -175,9 +175,20 @@ fn a_partition_without_a_leader_holds_up_only_itself() {
             .filter(|g| g.partition == partition)
             .count()
     };
-    let before = [count("p3", 0), count("p3", 2), count("other", 0)];
+    let flows = || [count("p3", 0), count("p3", 2), count("other", 0)];
+    let went_on = |before: &[usize; 3], after: &[usize; 3], when: &str, log: String| {
+        for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+            assert!(
+                a > b,
+                "flow {i} went on while p3/1 had no leader ({when}): {before:?} then {after:?}\n{log}"
+            );
+        }
+    };
+    let before = flows();
     let stuck = count("p3", 1);
     std::thread::sleep(Duration::from_secs(2));
+    let during = flows();
+    went_on(&before, &during, "before a restart", f.log_text());
     let s = f.status();
     assert!(
         s.forward
@@ -190,14 +201,7 @@ fn a_partition_without_a_leader_holds_up_only_itself() {
     f.kill9();
     f.start();
     std::thread::sleep(Duration::from_secs(2));
-    let after = [count("p3", 0), count("p3", 2), count("other", 0)];
-    for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
-        assert!(
-            a > b,
-            "flow {i} went on while p3/1 had no leader: {before:?} then {after:?}\n{}",
-            f.log_text()
-        );
-    }
+    went_on(&during, &flows(), "after a restart", f.log_text());
     assert_eq!(
         count("p3", 1),
         stuck,

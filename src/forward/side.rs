@@ -19,7 +19,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 /// At most this long for one side-record request, awaited between windows.
-const SIDE_BUDGET: Duration = Duration::from_secs(5);
+const SIDE_BUDGET: Duration = Duration::from_secs(2);
+/// Side records back off from at least this long to at least
+/// [`SIDE_MAX_DELAY`]: with a side topic unreachable, the loop spends at
+/// most a few per cent of its time on them.
+const SIDE_FIRST_DELAY: Duration = Duration::from_secs(1);
+const SIDE_MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// When side records may be tried next, and why they wait.
 pub(super) struct SideRetry {
@@ -31,8 +36,13 @@ pub(super) struct SideRetry {
 
 impl SideRetry {
     pub(super) fn new(retry: &crate::backoff::RetryConfig, seed: u64) -> Self {
+        let side = crate::backoff::RetryConfig {
+            initial: retry.initial.max(SIDE_FIRST_DELAY),
+            max: retry.max.max(SIDE_MAX_DELAY),
+            multiplier: retry.multiplier,
+        };
         Self {
-            backoff: crate::backoff::Backoff::new(retry, seed),
+            backoff: crate::backoff::Backoff::new(&side, seed),
             next_try: None,
             problem: None,
         }
