@@ -45,6 +45,8 @@ pub struct Deferral {
     /// Every block of the put-aside windows, sorted: left out of reads.
     blocks: std::sync::Arc<Vec<i64>>,
     seed: u64,
+    /// The windows put aside are being tried again.
+    retrying: bool,
 }
 
 impl Deferral {
@@ -54,20 +56,22 @@ impl Deferral {
             windows: Vec::new(),
             blocks: std::sync::Arc::new(Vec::new()),
             seed: seed | 1,
+            retrying: false,
         }
     }
 
-    /// Whether `(topic, partition)` waits at `now`: lanes of it are
-    /// deferred (behind the lanes put aside, or until it has a leader)
-    /// until its next look is due. (The caller tries the windows put aside
-    /// when it is due, before any new window.)
+    /// Whether `(topic, partition)` waits at `now`: its lanes are
+    /// deferred (behind the lanes put aside, or until it has a leader).
+    /// Only while the windows put aside are tried again (between
+    /// [`Deferral::take_windows`] and [`Deferral::settle`]) may the lanes
+    /// of a partition whose look is due go: a newer lane never overtakes
+    /// one put aside.
     pub fn waits(&self, topic: &str, partition: i32, now: Instant) -> bool {
         // (A lookup by borrowed parts: the map is small and rarely used.)
         !self.partitions.is_empty()
-            && self
-                .partitions
-                .iter()
-                .any(|((t, p), w)| *p == partition && t == topic && now < w.due)
+            && self.partitions.iter().any(|((t, p), w)| {
+                *p == partition && t == topic && (!self.retrying || now < w.due)
+            })
     }
 
     #[cfg(test)]
@@ -160,6 +164,7 @@ impl Deferral {
     /// Take the put-aside windows, in launch order, to try them again;
     /// each comes back by [`Deferral::put_aside`] or is done.
     pub fn take_windows(&mut self) -> Vec<PutAside> {
+        self.retrying = true;
         self.blocks = std::sync::Arc::new(Vec::new());
         std::mem::take(&mut self.windows)
     }
@@ -167,6 +172,7 @@ impl Deferral {
     /// After a retry: partitions no window waits for any more, and that
     /// were not found leaderless again at or after `since`, wait no more.
     pub fn settle(&mut self, since: Instant) {
+        self.retrying = false;
         let windows = &self.windows;
         self.partitions
             .retain(|k, w| windows.iter().any(|win| win.partitions.contains(k)) || w.due > since);
@@ -220,8 +226,6 @@ mod tests {
         let first = d.no_leader("t", 1, t0);
         assert!(first >= FIRST_DELAY / 2 && first <= FIRST_DELAY);
         assert!(d.waits("t", 1, t0) && !d.waits("t", 0, t0) && !d.waits("u", 1, t0));
-        // Due: its lanes may go (the windows put aside first).
-        assert!(!d.waits("t", 1, t0 + first));
         assert!(d.known("t", 1));
         // Asked again before it is due: the same wait, not a longer one.
         assert!(d.no_leader("t", 1, t0) <= first);
@@ -233,6 +237,26 @@ mod tests {
             t += Duration::from_secs(60);
             assert!(d.no_leader("t", 1, t) <= MAX_DELAY);
         }
+    }
+
+    #[test]
+    fn only_the_retry_lets_a_due_partition_go() {
+        let mut d = Deferral::new(3);
+        let t0 = Instant::now();
+        let first = d.no_leader("t", 1, t0);
+        d.put_aside(aside(5, &[5], &[("t", 1)]), t0);
+        let due = t0 + first;
+        // Due, it still waits: a new lane must not overtake the one put
+        // aside; only the retry lets lanes of it go (those first).
+        assert!(d.due(due) && d.waits("t", 1, due));
+        let back = d.take_windows();
+        assert!(!d.waits("t", 1, due));
+        // Still no leader: it waits again, even within the retry.
+        d.no_leader("t", 1, due);
+        assert!(d.waits("t", 1, due));
+        d.put_aside(back[0].clone(), due);
+        d.settle(due);
+        assert!(d.waits("t", 1, due));
     }
 
     #[test]

@@ -189,7 +189,8 @@ struct Running {
 /// The last lane started for each destination partition: the next lane of
 /// that partition follows it (see [`flight`]), which keeps order per
 /// partition across windows.
-type Chain = HashMap<(String, i32), Predecessor>;
+/// With it, the producer id its batches carry.
+type Chain = HashMap<(String, i32), (Predecessor, Option<i64>)>;
 
 pub use crate::stats::ForwardState;
 
@@ -1565,14 +1566,35 @@ impl Forwarder {
         let timeout_ms = self.produce_timeout_ms();
         for (i, conn, version) in leaders {
             let lane = &lanes[i];
+            let producer_id = lane.producer.map(|p| p.producer_id);
             let (after, hand_over) = match chain.as_deref_mut() {
                 Some(chain) => {
                     let (tx, rx) = flight::hand_over();
-                    let after = chain.insert((lane.topic.clone(), lane.partition), rx);
+                    let after =
+                        chain.insert((lane.topic.clone(), lane.partition), (rx, producer_id));
                     (after, Some(tx))
                 }
                 None => (None, None),
             };
+            // A lane that follows one of the same producer id in its
+            // partition starts sending only once that one has sent all
+            // its batches, the first of them answered: the broker holds
+            // the producer's state by then. Otherwise the first batch goes
+            // alone, unless the partition acknowledged one of this
+            // producer id lately.
+            let follows_same_producer = after
+                .as_ref()
+                .is_some_and(|(_, id)| producer_id.is_some() && *id == producer_id);
+            let probe = !follows_same_producer
+                && lane.producer.is_some_and(|p| {
+                    !self.confirmed.recently(
+                        &lane.topic,
+                        lane.partition,
+                        p.producer_id,
+                        Instant::now(),
+                    )
+                });
+            let after = after.map(|(p, _)| p);
             let done = lane.done();
             let job = LaneJob {
                 conn,
@@ -1600,14 +1622,7 @@ impl Forwarder {
                 hand_over,
                 slots: self.slots.of(&lane.topic, lane.partition),
                 ticket: Ticket::new(&self.flight, &left),
-                probe: lane.producer.is_some_and(|p| {
-                    !self.confirmed.recently(
-                        &lane.topic,
-                        lane.partition,
-                        p.producer_id,
-                        Instant::now(),
-                    )
-                }),
+                probe,
             };
             set.spawn(async move {
                 let out = job.run().await;
