@@ -726,7 +726,9 @@ fn seeded_fault_schedules() {
         run_schedule(seed);
         return;
     }
-    for seed in [1, 2, 3, 4] {
+    // 100: a new lane overtook the windows put aside for a partition
+    // without a leader as its look fell due (per-key order broken; fixed).
+    for seed in [1, 2, 3, 4, 100] {
         run_schedule(seed);
     }
 }
