@@ -728,7 +728,11 @@ fn seeded_fault_schedules() {
     }
     // 100: a new lane overtook the windows put aside for a partition
     // without a leader as its look fell due (per-key order broken; fixed).
-    for seed in [1, 2, 3, 4, 100] {
+    // 1018: within a long retry of the windows put aside, the partition's
+    // look fell due again and a later window's lane went before an earlier
+    // one put aside again: answered OUT_OF_ORDER, taken as delivered, lost
+    // (fixed; it failed about one run in ten before).
+    for seed in [1, 2, 3, 4, 100, 1018] {
         run_schedule(seed);
     }
 }

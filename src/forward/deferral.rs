@@ -47,6 +47,8 @@ pub struct Deferral {
     seed: u64,
     /// The windows put aside are being tried again.
     retrying: bool,
+    /// Partitions of the windows put aside again in this retry.
+    blocked: Vec<(String, i32)>,
 }
 
 impl Deferral {
@@ -57,6 +59,7 @@ impl Deferral {
             blocks: std::sync::Arc::new(Vec::new()),
             seed: seed | 1,
             retrying: false,
+            blocked: Vec::new(),
         }
     }
 
@@ -66,12 +69,25 @@ impl Deferral {
     /// [`Deferral::take_windows`] and [`Deferral::settle`]) may the lanes
     /// of a partition whose look is due go: a newer lane never overtakes
     /// one put aside.
+    /// Within a retry, a partition of a window put aside again waits for
+    /// the rest of that retry, however long it takes: a later window's
+    /// lane of it must not go before the earlier one.
     pub fn waits(&self, topic: &str, partition: i32, now: Instant) -> bool {
-        // (A lookup by borrowed parts: the map is small and rarely used.)
-        !self.partitions.is_empty()
-            && self.partitions.iter().any(|((t, p), w)| {
-                *p == partition && t == topic && (!self.retrying || now < w.due)
-            })
+        // (Lookups by borrowed parts: the map is small and rarely used.)
+        if self.partitions.is_empty() {
+            return false;
+        }
+        if self.retrying
+            && self
+                .blocked
+                .iter()
+                .any(|(t, p)| *p == partition && t == topic)
+        {
+            return true;
+        }
+        self.partitions
+            .iter()
+            .any(|((t, p), w)| *p == partition && t == topic && (!self.retrying || now < w.due))
     }
 
     #[cfg(test)]
@@ -126,8 +142,18 @@ impl Deferral {
     /// Put a window aside (after its other lanes were delivered).
     pub fn put_aside(&mut self, window: PutAside, now: Instant) {
         for (t, p) in &window.partitions {
-            if !self.waits(t, *p, now) {
+            // Its next look pushed out (growing) if it is due: a window put
+            // aside again for any reason is not retried at once.
+            let due = self
+                .partitions
+                .iter()
+                .find(|((kt, kp), _)| kp == p && kt == t)
+                .is_none_or(|(_, w)| now >= w.due);
+            if due {
                 self.no_leader(t, *p, now);
+            }
+            if self.retrying && !self.blocked.contains(&(t.clone(), *p)) {
+                self.blocked.push((t.clone(), *p));
             }
         }
         let mut blocks: Vec<i64> = self.blocks.as_ref().clone();
@@ -173,6 +199,7 @@ impl Deferral {
     /// were not found leaderless again at or after `since`, wait no more.
     pub fn settle(&mut self, since: Instant) {
         self.retrying = false;
+        self.blocked.clear();
         let windows = &self.windows;
         self.partitions
             .retain(|k, w| windows.iter().any(|win| win.partitions.contains(k)) || w.due > since);
@@ -251,10 +278,12 @@ mod tests {
         assert!(d.due(due) && d.waits("t", 1, due));
         let back = d.take_windows();
         assert!(!d.waits("t", 1, due));
-        // Still no leader: it waits again, even within the retry.
+        // Still no leader: it waits again, even within the retry, and
+        // however long the retry takes once its window is put aside again.
         d.no_leader("t", 1, due);
         assert!(d.waits("t", 1, due));
         d.put_aside(back[0].clone(), due);
+        assert!(d.waits("t", 1, due + MAX_DELAY * 10));
         d.settle(due);
         assert!(d.waits("t", 1, due));
     }

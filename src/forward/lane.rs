@@ -233,10 +233,11 @@ impl LaneJob {
                 // batches. Only for batches that may have been sent before.
                 OUT_OF_ORDER_SEQUENCE_NUMBER if i < self.sent_before => {
                     log::debug!(
-                        "{}/{}: batch at sequence {} was delivered before (OUT_OF_ORDER_SEQUENCE_NUMBER on a resend)",
+                        "{}/{}: batch at sequence {} of {:?} was delivered before (OUT_OF_ORDER_SEQUENCE_NUMBER on a resend)",
                         self.topic,
                         self.partition,
-                        batch.base_sequence
+                        batch.base_sequence,
+                        self.producer
                     );
                     true
                 }

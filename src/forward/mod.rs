@@ -526,8 +526,13 @@ impl Forwarder {
                     // Not started: it is read again after the recovery
                     // (unless its plan was stored: then it goes as planned).
                     Err(f) => {
+                        // Launched last: delivered after the windows in
+                        // flight (a partition's sequences follow launch order).
                         let keep = window.saved.then_some(window);
-                        match self.recover(keep, &mut running, f, &mut shutdown).await {
+                        match self
+                            .recover(None, keep, &mut running, f, &mut shutdown)
+                            .await
+                        {
                             Some(Some(_)) => {
                                 cursors = [0; PRIORITY_LEVELS];
                                 continue;
@@ -680,13 +685,15 @@ impl Forwarder {
     /// Something failed with windows in flight: count the failure once
     /// (a refused record is not a failure of the uplink), let every running
     /// lane come to a stop (lanes behind a failed one give up at once), then
-    /// deliver the windows one after another — `collected`, the window
-    /// already collected whose failure this is, first — retrying with
-    /// backoff. `None` on shutdown; `Some(Some(cursor))` when the outbox must
-    /// be read again from `cursor`.
+    /// deliver the windows one after another in the order they were
+    /// launched — `collected`, the oldest, whose failure this is, first;
+    /// `newest`, one that failed to launch, last — retrying with backoff.
+    /// `None` on shutdown; `Some(Some(cursor))` when the outbox must be
+    /// read again from `cursor`.
     async fn recover(
         &mut self,
         collected: Option<Window>,
+        newest: Option<Window>,
         running: &mut VecDeque<Running>,
         failure: Failure,
         shutdown: &mut Shutdown,
@@ -706,6 +713,7 @@ impl Forwarder {
                 .await?;
             windows.push(window);
         }
+        windows.extend(newest);
         if windows.is_empty() && counted && !self.pause(shutdown).await {
             return None;
         }
@@ -739,7 +747,8 @@ impl Forwarder {
         } else {
             window
         };
-        self.recover(Some(window), running, failure, shutdown).await
+        self.recover(Some(window), None, running, failure, shutdown)
+            .await
     }
 
     /// Nothing to send: wait for new events, a parked topic's retry time, or
@@ -1015,7 +1024,20 @@ impl Forwarder {
                 "cannot store dead letters of a window put aside: {e}"
             ));
         }
-        let names: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        let names: Vec<String> = lanes
+            .iter()
+            .filter(|l| !l.settled())
+            .map(|l| {
+                let b = l.batches.get(l.acked);
+                format!(
+                    "{}/{} from sequence {:?} of {:?}",
+                    l.topic,
+                    l.partition,
+                    b.map(|b| b.base_sequence),
+                    l.producer
+                )
+            })
+            .collect();
         debug!(
             "window {} put aside: {events} events wait for {}",
             window.id(),

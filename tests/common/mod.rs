@@ -103,7 +103,10 @@ impl Ferry {
         let child = ferry_command()
             .args(["run", "-c"])
             .arg(&self.config)
-            .env("FERRY_LOG", "info")
+            .env(
+                "FERRY_LOG",
+                std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
