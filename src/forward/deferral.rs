@@ -28,6 +28,9 @@ pub struct PutAside {
     pub id: i64,
     pub blocks: Vec<i64>,
     pub partitions: Vec<(String, i32)>,
+    /// Those of `partitions` whose lane was never sent: an answer of
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER to it cannot mean "delivered before".
+    pub never_sent: Vec<(String, i32)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +245,7 @@ mod tests {
             id,
             blocks: blocks.to_vec(),
             partitions: parts.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+            never_sent: Vec::new(),
         }
     }
 

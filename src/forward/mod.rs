@@ -985,10 +985,14 @@ impl Forwarder {
             return Err(Box::new(window));
         };
         let mut partitions: Vec<(String, i32)> = Vec::new();
+        let mut never_sent: Vec<(String, i32)> = Vec::new();
         let mut events = 0;
         for lane in lanes.iter().filter(|l| !l.settled()) {
             events += lane.items.len() - lane.done();
             let key = (lane.topic.clone(), lane.partition);
+            if lane.sent_before <= lane.acked {
+                never_sent.push(key.clone());
+            }
             if !partitions.contains(&key) {
                 partitions.push(key);
             }
@@ -1048,6 +1052,7 @@ impl Forwarder {
                 id: window.id(),
                 blocks: window.blocks.iter().map(|b| b.seq_first).collect(),
                 partitions,
+                never_sent,
             },
             Instant::now(),
         );
@@ -1120,6 +1125,14 @@ impl Forwarder {
                 window.first_attempt_ms = stored.saved_ms;
             }
             window.lanes = self.restore_lanes(&window.blocks, stored, true, false);
+            // Lanes never sent: nothing of them can have been delivered.
+            if let Some(lanes) = window.lanes.as_mut() {
+                for lane in lanes.iter_mut() {
+                    if w.never_sent.contains(&(lane.topic.clone(), lane.partition)) {
+                        lane.sent_before = 0;
+                    }
+                }
+            }
             self.breaker.try_acquire(Instant::now());
             let Some(result) = until_shutdown(self.attempt(&mut window), shutdown).await else {
                 self.complete_if_settled(window).await;
