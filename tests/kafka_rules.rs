@@ -263,6 +263,53 @@ fn a_record_refused_in_a_new_producers_first_batch_leaves_no_duplicates() {
     assert_eq!(f.terminate().0, Some(0));
 }
 
+/// The broker forgot ferry's producer while ferry still trusts it (state
+/// expired within the window ferry trusts an acknowledgement for), and
+/// the first batch after that is refused with batches pipelined behind
+/// it: a broker without state writes those at any sequence. Their answers
+/// are still taken, and their events count as delivered: nothing twice,
+/// nothing lost (the refused batch's other events then come after them).
+#[test]
+fn batches_written_behind_a_refused_one_are_not_sent_again() {
+    let model = KafkaModel::start(1);
+    model.create_topic("x", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &model.bootstrap(),
+        "[kafka]\nlinger_ms = 20\nmax_batch_events = 20\n",
+    );
+    f.start();
+    let mut acked = send_keyed(&f.socket(), "x", "a", 4, 200);
+    f.wait_status(Duration::from_secs(30), "delivered", |s| {
+        s.backlog_events == 0
+    });
+    model.expire_producers();
+    // The next events' fourth is refused; the rest of its batch and the
+    // batches behind it are on the wire at once.
+    let bad = "b-3|0".to_string();
+    model.refuse_value(Some(bad.clone().into_bytes()));
+    acked.extend(send_keyed(&f.socket(), "x", "b", 8, 400));
+    f.wait_status(Duration::from_secs(30), "delivered", |s| {
+        s.backlog_events == 0
+    });
+    assert_eq!(f.status().dead_letters, 1);
+    let got = model.records("x");
+    let counts = by_value(&got);
+    for v in acked.iter().filter(|v| **v != bad) {
+        assert_eq!(
+            counts.get(v),
+            Some(&1),
+            "{v} arrived once\n{}",
+            f.log_text()
+        );
+    }
+    assert_eq!(got.len(), acked.len() - 1);
+    let log = f.log_text();
+    assert!(log.contains("after an earlier one failed"), "{log}");
+    assert_eq!(f.terminate().0, Some(0));
+}
+
 /// A broker older than Kafka 2.5 forgets ferry's producer (its state
 /// expired while the gateway was offline): UNKNOWN_PRODUCER_ID, then ferry
 /// goes on under the next epoch. Nothing lost, nothing twice.

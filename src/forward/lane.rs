@@ -252,15 +252,24 @@ impl LaneJob {
             // An error while the lane before this one has failed: most
             // likely the gap it left (OUT_OF_ORDER_SEQUENCE_NUMBER), which
             // is no sign of lost producer state. Delivered again in order.
-            if let Some(after) = after.as_deref_mut()
-                && !after.finished().await
-            {
-                self.take_answers(&mut out, &mut inflight, &name).await;
-                return self.gave_up(out);
-            }
             let context = format!("produce to {}/{}", self.topic, self.partition);
             let f =
                 Failure::from_code(answer.error_code, &context, answer.error_message.as_deref());
+            // Refused for good, or for its sequence: it was not written, so
+            // a batch behind it that was is a hole (the lane goes on under
+            // the next epoch without it). After a transient error (which
+            // may have been written anyway: REQUEST_TIMED_OUT) the lane is
+            // sent again with the same sequences instead, and the broker
+            // drops what it has.
+            let not_written = matches!(f.class, Class::PermanentRecord | Class::ProducerState);
+            if let Some(after) = after.as_deref_mut()
+                && !after.finished().await
+            {
+                if not_written {
+                    self.take_answers(&mut out, &mut inflight, &name).await;
+                }
+                return self.gave_up(out);
+            }
             if f.class == Class::PermanentRecord {
                 let start = batch.start as usize;
                 for (index, message) in &answer.record_errors {
@@ -282,13 +291,15 @@ impl LaneJob {
                 }
             }
             out.failure = Some(f);
-            self.take_answers(&mut out, &mut inflight, &name).await;
+            if not_written {
+                self.take_answers(&mut out, &mut inflight, &name).await;
+            }
             return out;
         }
     }
 
-    /// After an undelivered batch: the answers of the batches already on
-    /// the wire behind it. Those the broker wrote (a broker without state
+    /// After a batch that was not written: the answers of the batches
+    /// already on the wire behind it. Those the broker wrote (a broker without state
     /// for the producer takes any sequence) are noted, so they are not
     /// sent again; nothing more is sent.
     async fn take_answers(
