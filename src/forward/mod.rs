@@ -1178,6 +1178,7 @@ impl Forwarder {
     fn on_success(&mut self) {
         if self.failures > 0 {
             info!("uplink to Kafka is working again");
+            self.side.uplink_back();
         }
         self.failures = 0;
         self.backoff.reset();

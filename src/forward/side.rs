@@ -57,6 +57,13 @@ impl SideRetry {
         self.problem = Some(problem);
     }
 
+    /// The uplink works again after failing: what the side records waited
+    /// for was most likely the uplink itself, so they go at once.
+    pub(super) fn uplink_back(&mut self) {
+        self.backoff.reset();
+        self.next_try = None;
+    }
+
     fn succeeded(&mut self) {
         self.backoff.reset();
         self.next_try = None;
