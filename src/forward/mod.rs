@@ -1098,6 +1098,17 @@ impl Forwarder {
         };
         let mut pending = aside.into_iter();
         while let Some(w) = pending.next() {
+            // Every partition it waits for was found without a leader
+            // again in this retry: put aside again as it is, without
+            // reading it (a long outage costs no I/O per window).
+            let now = Instant::now();
+            if w.partitions
+                .iter()
+                .all(|(t, p)| self.deferral.waits(t, *p, now))
+            {
+                self.deferral.put_aside(w, now);
+                continue;
+            }
             let Some(stored) = saved.windows.iter().find(|s| s.id == w.id) else {
                 error!(
                     "the stored plan of window {} (put aside) is gone; its events are read again",
