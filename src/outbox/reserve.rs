@@ -14,9 +14,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Enough for many plans and deletes (each a few pages of the write-ahead
-/// log) and a checkpoint's growth of the database file.
-pub const RESERVE_BYTES: usize = 2 * 1024 * 1024;
+/// Enough for a checkpoint's growth of the database file (the write-ahead
+/// log holds up to SQLite's 1,000-page auto-checkpoint, 4 MiB, and a
+/// checkpoint that cannot grow the file frees nothing), then many plans
+/// and deletes (each a few pages of the log).
+pub const RESERVE_BYTES: usize = 6 * 1024 * 1024;
 
 /// After a failed attempt to take the reserve again, wait this long
 /// before the next (each attempt writes up to [`RESERVE_BYTES`]).
@@ -60,7 +62,6 @@ impl Reserve {
         r
     }
 
-    #[cfg(test)]
     pub fn is_held(&self) -> bool {
         self.held
     }

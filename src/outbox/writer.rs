@@ -228,7 +228,11 @@ impl Writer {
                 let r = self
                     .drain_write(|w| w.finish(&delivered, &dead, &plans))
                     .map_err(|e| e.to_string());
-                if r.is_ok() {
+                if r.is_ok() && !self.reserve.is_held() {
+                    // The disk was full: keep the log from growing back
+                    // into the room the drain frees, then take the reserve
+                    // again when there is room for it.
+                    self.truncate_wal();
                     self.reserve.retake();
                 }
                 let _ = reply.send(r);
@@ -285,15 +289,41 @@ impl Writer {
     }
 
     /// A write the drain needs (a plan, a delete): when the disk is full,
-    /// the space reserved for draining is given to SQLite and the write
-    /// tried once more (see [`super::reserve`]).
+    /// the write-ahead log is checkpointed and truncated (its file may hold
+    /// most of the free space, and SQLite checkpoints only at 1,000 pages)
+    /// and the write tried again; if the disk is still full, the space
+    /// reserved for draining is given to SQLite, and once more (see
+    /// [`super::reserve`]).
     fn drain_write<T>(
         &mut self,
         mut write: impl FnMut(&mut Self) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         match write(self) {
-            Err(e) if reserve::is_disk_full(&e) && self.reserve.release() => write(self),
+            Err(e) if reserve::is_disk_full(&e) => {
+                self.truncate_wal();
+                match write(self) {
+                    Err(e) if reserve::is_disk_full(&e) && self.reserve.release() => {
+                        self.truncate_wal();
+                        write(self)
+                    }
+                    r => r,
+                }
+            }
             r => r,
+        }
+    }
+
+    /// Copy the write-ahead log into the database and cut its file to
+    /// nothing, giving its space back to the file system.
+    fn truncate_wal(&mut self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            warn!(
+                "outbox {}: cannot checkpoint the write-ahead log: {e}",
+                self.path.display()
+            );
         }
     }
 
