@@ -115,11 +115,7 @@ fn stored_windows_are_replayed_in_launch_order_not_block_order() {
     acked.extend(send_keyed(&f.socket(), "hi", "h", 3, 3_000));
     model.hold_produce(true);
     model.set_down(false);
-    let db = rusqlite::Connection::open(dir.path().join("data").join("outbox.db")).unwrap();
-    let planned = || -> i64 {
-        db.query_row("SELECT count(*) FROM window_plans", [], |r| r.get(0))
-            .unwrap_or(0)
-    };
+    let planned = || stored_plans(dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
     while planned() < 2 || model.held() == 0 {
         assert!(
@@ -361,17 +357,14 @@ fn a_resend_after_the_producer_state_expired_is_said_to_be_at_least_once() {
     );
     f.start();
     let acked = send_keyed(&f.socket(), "exp", "e", 4, 2_000);
-    let db = rusqlite::Connection::open(dir.path().join("data").join("outbox.db")).unwrap();
-    let planned = || -> i64 {
-        db.query_row("SELECT count(*) FROM window_plans", [], |r| r.get(0))
-            .unwrap_or(0)
-    };
+    let planned = || stored_plans(dir.path());
     let deadline = Instant::now() + Duration::from_secs(20);
     while planned() == 0 || model.counters().appended_batches == 0 {
         assert!(Instant::now() < deadline, "no window went out");
         std::thread::sleep(Duration::from_millis(20));
     }
     f.kill9();
+    let db = rusqlite::Connection::open(dir.path().join("data").join("outbox.db")).unwrap();
     let dated = db
         .execute(
             "UPDATE window_plans SET saved_ms = saved_ms - 2 * 86400000",
@@ -544,6 +537,14 @@ fn throttled_answers_are_obeyed_and_nothing_is_sent_twice() {
     let c = model.counters();
     assert_eq!((c.duplicates, c.out_of_order), (0, 0), "{c:?}");
     assert_eq!(f.terminate().0, Some(0));
+}
+
+/// Delivery windows whose plans are in the outbox under `dir` now (read
+/// beside the running ferry: WAL lets a reader in).
+fn stored_plans(dir: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(dir.join("data").join("outbox.db"))
+        .and_then(|db| db.query_row("SELECT count(*) FROM window_plans", [], |r| r.get(0)))
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------

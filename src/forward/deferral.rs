@@ -88,16 +88,21 @@ impl Deferral {
         {
             return true;
         }
+        self.waiting(topic, partition)
+            .is_some_and(|w| !self.retrying || now < w.due)
+    }
+
+    /// The wait of `(topic, partition)`, if it waits.
+    fn waiting(&self, topic: &str, partition: i32) -> Option<&Waiting> {
         self.partitions
             .iter()
-            .any(|((t, p), w)| *p == partition && t == topic && (!self.retrying || now < w.due))
+            .find(|((t, p), _)| *p == partition && t == topic)
+            .map(|(_, w)| w)
     }
 
     #[cfg(test)]
     fn known(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .keys()
-            .any(|(t, p)| *p == partition && t == topic)
+        self.waiting(topic, partition).is_some()
     }
 
     /// Partitions with windows put aside.
@@ -147,11 +152,7 @@ impl Deferral {
         for (t, p) in &window.partitions {
             // Its next look pushed out (growing) if it is due: a window put
             // aside again for any reason is not retried at once.
-            let due = self
-                .partitions
-                .iter()
-                .find(|((kt, kp), _)| kp == p && kt == t)
-                .is_none_or(|(_, w)| now >= w.due);
+            let due = self.waiting(t, *p).is_none_or(|w| now >= w.due);
             if due {
                 self.no_leader(t, *p, now);
             }

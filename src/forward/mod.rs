@@ -26,6 +26,7 @@
 //! with it; new events go under an id obtained in this run, bound to the
 //! cluster id the brokers name.
 
+mod aside;
 pub mod config;
 pub mod deferral;
 pub mod flight;
@@ -54,13 +55,14 @@ use crate::kafka::uplink::Uplink;
 use crate::log_limit::LogLimiter;
 use crate::outbox::config::Durability;
 use crate::outbox::dead_letter::NewDeadLetter;
-use crate::outbox::plan::{PlanSave, ProducerMeta, SavedWindow};
+use crate::outbox::plan::{PlanSave, SavedWindow};
 use crate::outbox::{Block, Outbox};
 use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
+use aside::only_deferred;
 use config::{Compression, KafkaConfig};
-use deferral::{Deferral, PutAside};
+use deferral::Deferral;
 use flight::{Confirmed, Flight, Predecessor, Slots, Ticket};
 use lane::{LaneJob, LaneOutcome, WriterPool};
 use log::{debug, error, info, warn};
@@ -174,6 +176,29 @@ impl Window {
     /// Its id in the outbox's plans: its first block.
     fn id(&self) -> i64 {
         self.blocks.first().map_or(self.after, |b| b.seq_first)
+    }
+
+    /// A window rebuilt from its stored plan's `blocks` (not empty), as
+    /// stored: its cluster and when it was first stored (lanes apart).
+    fn from_stored(blocks: Vec<Block>, stored: &SavedWindow) -> Self {
+        let mut window = Window::new(blocks[0].seq_first - 1, blocks);
+        window.saved = true;
+        window.cluster = stored.cluster.clone();
+        if stored.saved_ms > 0 {
+            window.first_attempt_ms = stored.saved_ms;
+        }
+        window
+    }
+
+    /// Its plan as stored: the lanes with events left, and `cluster`.
+    fn saved_form(&self, lanes: &[Lane], cluster: Option<String>) -> SavedWindow {
+        SavedWindow {
+            id: self.id(),
+            blocks: self.blocks.iter().map(|b| b.seq_first).collect(),
+            plan: plan::encode(lanes),
+            cluster,
+            saved_ms: self.first_attempt_ms,
+        }
     }
 }
 
@@ -730,27 +755,6 @@ impl Forwarder {
         Some(None)
     }
 
-    /// A collected window failed: if only lanes of partitions without a
-    /// leader are left, put it aside and go on; otherwise recover.
-    async fn recover_or_put_aside(
-        &mut self,
-        window: Window,
-        running: &mut VecDeque<Running>,
-        failure: Failure,
-        shutdown: &mut Shutdown,
-    ) -> Option<Option<i64>> {
-        let window = if only_deferred(&window) {
-            match self.put_aside(window).await {
-                Ok(()) => return Some(None),
-                Err(back) => *back,
-            }
-        } else {
-            window
-        };
-        self.recover(Some(window), None, running, failure, shutdown)
-            .await
-    }
-
     /// Nothing to send: wait for new events, a parked topic's retry time, or
     /// shutdown; then linger so a burst fills batches. After a quiet second
     /// the outbox is asked to release memory (once, `released`). False on
@@ -948,6 +952,7 @@ impl Forwarder {
             );
             self.streams.reset();
             self.at_least_once = Some(format!("events planned for cluster {old}"));
+            self.publish_state(None);
         }
         self.streams_cluster = Some(current.clone());
         match window.cluster.as_deref() {
@@ -961,229 +966,11 @@ impl Forwarder {
                     "a delivery window planned for Kafka cluster {planned} goes to cluster {current} under new producer ids: its events are sent at least once"
                 );
                 self.at_least_once = Some(format!("events planned for cluster {planned}"));
+                self.publish_state(None);
             }
             _ => {}
         }
         window.cluster = Some(current);
-        self.publish_state(None);
-    }
-
-    /// Mark lane `i` of `window` as waiting for its partition.
-    fn defer_lane(window: &mut Window, i: usize) {
-        if let Some(lane) = window.lanes.as_mut().and_then(|l| l.get_mut(i)) {
-            lane.deferred = true;
-        }
-    }
-
-    /// Put `window` aside: only lanes of partitions without a leader are
-    /// left. Its plan is stored anew with just those lanes, its dead
-    /// letters are stored, and it leaves memory; its blocks stay in the
-    /// outbox, left out of reads (see [`deferral`]). If the plan cannot be
-    /// stored, the window comes back, to be retried in place (as before).
-    async fn put_aside(&mut self, mut window: Window) -> Result<(), Box<Window>> {
-        let Some(lanes) = window.lanes.as_ref() else {
-            return Err(Box::new(window));
-        };
-        let mut partitions: Vec<(String, i32)> = Vec::new();
-        let mut never_sent: Vec<(String, i32)> = Vec::new();
-        let mut events = 0;
-        for lane in lanes.iter().filter(|l| !l.settled()) {
-            events += lane.items.len() - lane.done();
-            let key = (lane.topic.clone(), lane.partition);
-            if lane.sent_before <= lane.acked {
-                never_sent.push(key.clone());
-            }
-            if !partitions.contains(&key) {
-                partitions.push(key);
-            }
-        }
-        let saved = match self.producer_meta() {
-            Some(producer) => {
-                let save = PlanSave {
-                    window: SavedWindow {
-                        id: window.id(),
-                        blocks: window.blocks.iter().map(|b| b.seq_first).collect(),
-                        plan: plan::encode(lanes),
-                        cluster: window.cluster.clone(),
-                        saved_ms: window.first_attempt_ms,
-                    },
-                    streams: Vec::new(),
-                    producer,
-                };
-                self.outbox.save_plan(save).await
-            }
-            None => Err(crate::outbox::OutboxError::Closed),
-        };
-        if let Err(e) = saved {
-            self.log.error(&format!(
-                "cannot put a window aside for a partition without a leader ({e}); it is retried in place"
-            ));
-            return Err(Box::new(window));
-        }
-        let dead = std::mem::take(&mut window.dead);
-        if !dead.is_empty()
-            && let Err(e) = self.outbox.finish(Vec::new(), dead, Vec::new()).await
-        {
-            self.log.error(&format!(
-                "cannot store dead letters of a window put aside: {e}"
-            ));
-        }
-        let names: Vec<String> = lanes
-            .iter()
-            .filter(|l| !l.settled())
-            .map(|l| {
-                let b = l.batches.get(l.acked);
-                format!(
-                    "{}/{} from sequence {:?} of {:?}",
-                    l.topic,
-                    l.partition,
-                    b.map(|b| b.base_sequence),
-                    l.producer
-                )
-            })
-            .collect();
-        debug!(
-            "window {} put aside: {events} events wait for {}",
-            window.id(),
-            names.join(", ")
-        );
-        self.deferral.put_aside(
-            PutAside {
-                id: window.id(),
-                blocks: window.blocks.iter().map(|b| b.seq_first).collect(),
-                partitions,
-                never_sent,
-            },
-            Instant::now(),
-        );
-        self.publish_state(None);
-        Ok(())
-    }
-
-    /// The producer id and epoch new streams take, with this boot, for a
-    /// stored plan (`None` without idempotence).
-    fn producer_meta(&self) -> Option<ProducerMeta> {
-        match self.streams.idempotence {
-            Idempotence::On(current) => Some(ProducerMeta {
-                producer_id: current.producer_id,
-                epoch: current.epoch,
-                boot: i64::from(self.clock.read().boot),
-            }),
-            _ => None,
-        }
-    }
-
-    /// Try the windows put aside again, in launch order, once each: each
-    /// is loaded from its stored plan (as after a restart), and what is
-    /// still waiting for a leader is put aside again. False on shutdown.
-    async fn retry_put_aside(&mut self, shutdown: &mut Shutdown) -> bool {
-        let started = Instant::now();
-        // Ask Kafka afresh about the partitions waiting for a leader.
-        if let Some(cluster) = self.cluster.as_mut() {
-            for (topic, _) in self.deferral.partitions_aside() {
-                cluster.forget_topic(&topic);
-            }
-        }
-        let aside = self.deferral.take_windows();
-        let saved = match self.outbox.load_plans().await {
-            Ok(s) => s,
-            Err(e) => {
-                self.log
-                    .error(&format!("cannot read the plans of windows put aside: {e}"));
-                for w in aside {
-                    self.deferral.put_aside(w, Instant::now());
-                }
-                return true;
-            }
-        };
-        let mut pending = aside.into_iter();
-        while let Some(w) = pending.next() {
-            // Every partition it waits for was found without a leader
-            // again in this retry: put aside again as it is, without
-            // reading it (a long outage costs no I/O per window).
-            let now = Instant::now();
-            if w.partitions
-                .iter()
-                .all(|(t, p)| self.deferral.waits(t, *p, now))
-            {
-                self.deferral.put_aside(w, now);
-                continue;
-            }
-            let Some(stored) = saved.windows.iter().find(|s| s.id == w.id) else {
-                error!(
-                    "the stored plan of window {} (put aside) is gone; its events are read again",
-                    w.id
-                );
-                continue;
-            };
-            let blocks = match self.outbox.read_blocks(stored.blocks.clone()).await {
-                Ok(b) => b,
-                Err(e) => {
-                    self.log.error(&format!(
-                        "cannot read the blocks of a window put aside: {e}; retried later"
-                    ));
-                    self.deferral.put_aside(w, Instant::now());
-                    continue;
-                }
-            };
-            if blocks.is_empty() {
-                continue;
-            }
-            let mut window = Window::new(blocks[0].seq_first - 1, blocks);
-            window.saved = true;
-            window.cluster = stored.cluster.clone();
-            if stored.saved_ms > 0 {
-                window.first_attempt_ms = stored.saved_ms;
-            }
-            window.lanes = self.restore_lanes(&window.blocks, stored, true, false);
-            // Lanes never sent: nothing of them can have been delivered.
-            if let Some(lanes) = window.lanes.as_mut() {
-                for lane in lanes.iter_mut() {
-                    if w.never_sent.contains(&(lane.topic.clone(), lane.partition)) {
-                        lane.sent_before = 0;
-                    }
-                }
-            }
-            self.breaker.try_acquire(Instant::now());
-            let Some(result) = until_shutdown(self.attempt(&mut window), shutdown).await else {
-                self.complete_if_settled(window).await;
-                for rest in pending {
-                    self.deferral.put_aside(rest, Instant::now());
-                }
-                return false;
-            };
-            let failure = match result {
-                Ok(()) => {
-                    self.complete(window).await;
-                    continue;
-                }
-                Err(f) => f,
-            };
-            if !only_deferred(&window) && failure.class != Class::PermanentRecord {
-                self.on_failure(&failure);
-            }
-            if let Err(window) = self.put_aside(window).await {
-                // Its progress cannot be stored: delivered in place.
-                if matches!(
-                    self.deliver(*window, shutdown, true).await,
-                    Delivery::Shutdown
-                ) {
-                    for rest in pending {
-                        self.deferral.put_aside(rest, Instant::now());
-                    }
-                    return false;
-                }
-            }
-        }
-        self.deferral.settle(started);
-        let left = self.deferral.window_count();
-        if left == 0 {
-            info!("every window put aside for a partition without a leader is delivered");
-        } else {
-            debug!("{left} window(s) still put aside for partitions without a leader");
-        }
-        self.publish_state(None);
-        true
     }
 
     fn on_success(&mut self) {
@@ -1719,24 +1506,14 @@ impl Forwarder {
         if advanced.is_empty() && window.saved {
             return Ok(());
         }
-        let Idempotence::On(current) = self.streams.idempotence else {
+        let Some(producer) = self.producer_meta() else {
             // Nothing to keep without idempotence: a resend is a duplicate anyway.
             return Ok(());
         };
         let save = PlanSave {
-            window: SavedWindow {
-                id: window.id(),
-                blocks: blocks.iter().map(|b| b.seq_first).collect(),
-                plan: plan::encode(lanes),
-                cluster: self.streams_cluster.clone(),
-                saved_ms: window.first_attempt_ms,
-            },
+            window: window.saved_form(lanes, self.streams_cluster.clone()),
             streams: self.streams.stored(advanced),
-            producer: ProducerMeta {
-                producer_id: current.producer_id,
-                epoch: current.epoch,
-                boot: i64::from(self.clock.read().boot),
-            },
+            producer,
         };
         self.outbox.save_plan(save).await.map_err(|e| {
             Failure::new(
@@ -2022,15 +1799,6 @@ impl Forwarder {
         );
         lanes
     }
-}
-
-/// Every lane of `window` not yet settled waits for a partition without a
-/// leader (and there is one).
-fn only_deferred(window: &Window) -> bool {
-    window.lanes.as_ref().is_some_and(|lanes| {
-        let mut left = lanes.iter().filter(|l| !l.settled()).peekable();
-        left.peek().is_some() && left.all(|l| l.deferred)
-    })
 }
 
 /// `work`, unless shutdown comes first: then requests already on the wire

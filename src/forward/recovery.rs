@@ -65,12 +65,7 @@ impl Forwarder {
             if blocks.is_empty() {
                 continue;
             }
-            let mut window = Window::new(blocks[0].seq_first - 1, blocks);
-            window.saved = true;
-            window.cluster = stored.cluster.clone();
-            if stored.saved_ms > 0 {
-                window.first_attempt_ms = stored.saved_ms;
-            }
+            let mut window = Window::from_stored(blocks, &stored);
             // The streams were stored with the newest plan: their cluster.
             if trusted.is_some() && stored.cluster.is_some() {
                 self.streams_cluster = stored.cluster.clone();
