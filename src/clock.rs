@@ -84,16 +84,17 @@ impl Default for SystemClock {
     }
 }
 
-/// The kernel's boot id, without dashes: from `/proc` or, where a sandbox
-/// hides it (systemd's `ProcSubset=pid`), from `FERRY_BOOT_ID`, which the
-/// shipped unit sets to `%b`. Without either, an id of this process: events
-/// timestamped unsynchronised can then be corrected only until a restart
-/// (said once in the log).
+/// The boot id, without dashes: `FERRY_BOOT_ID` where set (the shipped
+/// unit sets it to `%b`, the kernel's, because its sandbox hides `/proc`'s
+/// with `ProcSubset=pid`; the power-cut tests set one per simulated boot),
+/// else the kernel's from `/proc`. Without either, an id of this process:
+/// events timestamped unsynchronised can then be corrected only until a
+/// restart (said once in the log).
 fn boot_id() -> String {
-    let from_proc = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
     let from_env = std::env::var("FERRY_BOOT_ID");
+    let from_proc = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
     match (from_proc, from_env) {
-        (Ok(id), _) | (_, Ok(id)) if !id.trim().is_empty() => id.trim().replace('-', ""),
+        (_, Ok(id)) | (Ok(id), _) if !id.trim().is_empty() => id.trim().replace('-', ""),
         (proc_err, _) => {
             let why = proc_err
                 .err()

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// How often events older than `outbox.max_age` are looked for.
 const AGE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often `relaxed` durability syncs the write-ahead log (when anything
+/// was committed): what a power cut can lose.
+const RELAXED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How long tasks may take to stop after the signal.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
@@ -94,6 +97,9 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         Forwarder::new(settings, outbox.clone(), stats.clone(), reload_rx).run(shutdown.clone()),
     );
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
+    if config.outbox.durability == crate::config::Durability::Relaxed {
+        tokio::spawn(sync_relaxed(outbox.clone(), shutdown.clone()));
+    }
 
     info!(
         "ferry {} ready: node {}, outbox {}, brokers {}",
@@ -314,10 +320,21 @@ async fn evict_aged(outbox: outbox::Outbox, mut shutdown: shutdown::Shutdown) {
     }
 }
 
+/// Under `relaxed` durability, what was committed reaches the disk within
+/// about [`RELAXED_SYNC_INTERVAL`].
+async fn sync_relaxed(outbox: outbox::Outbox, mut shutdown: shutdown::Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELAXED_SYNC_INTERVAL) => outbox.sync_log().await,
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
 /// One daemon per data directory: two would send every event twice.
 fn lock_data_dir(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir)
+    crate::dirsync::create_dir_all(dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
     let path = dir.join("ferry.lock");
     let file = std::fs::OpenOptions::new()

@@ -20,10 +20,11 @@
 //!                          the event and its at-rest encoding; counters;
 //!                          the pure retry and breaker cores
 //!             clock  units  pattern  varint  exit  shutdown  notify
-//!             log_limit  memory
+//!             log_limit  memory  dirsync
 //!                          small pure pieces: time, sizes and durations, topic
 //!                          patterns, varints, exit codes, one shutdown signal,
-//!                          systemd notify, log rate limiting, giving memory back
+//!                          systemd notify, log rate limiting, giving memory
+//!                          back, names made durable (directory fsyncs)
 //! ```
 //!
 //! Each component owns its config section (`outbox::config::OutboxConfig`,
@@ -40,6 +41,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dirsync;
 pub mod event;
 pub mod exit;
 pub mod forward;

@@ -109,6 +109,9 @@ pub(super) enum Command {
         reply: oneshot::Sender<()>,
     },
     EvictAged,
+    /// Under `relaxed` durability: make what was committed since the last
+    /// such sync durable (sent once a second).
+    SyncLog,
     /// ferry is idle: drop buffers kept for the next commit and SQLite's
     /// page cache, then hand free heap pages back to the system.
     ReleaseMemory,

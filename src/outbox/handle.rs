@@ -234,6 +234,12 @@ impl Outbox {
         let _ = self.tx.send(Command::EvictAged).await;
     }
 
+    /// Under `relaxed` durability, sync the write-ahead log if anything
+    /// was committed since the last sync (see `Writer::sync_log`).
+    pub async fn sync_log(&self) {
+        let _ = self.tx.send(Command::SyncLog).await;
+    }
+
     /// Nothing has happened for a while: release what the writer keeps for
     /// speed, and trim the heap (every thread's arena) afterwards.
     pub async fn release_memory(&self) {

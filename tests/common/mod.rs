@@ -57,15 +57,23 @@ pub struct Ferry {
     /// Extra environment for `ferry run`.
     pub env: Vec<(String, String)>,
     starts: u32,
+    socket: PathBuf,
 }
 
 impl Ferry {
     /// Write `extra` TOML after a base config pointing at `brokers`.
     pub fn new(dir: &Path, brokers: &str, extra: &str) -> Self {
+        Self::with_data_dir(dir, &dir.join("data"), brokers, extra)
+    }
+
+    /// As [`Ferry::new`], with the data directory at `data_dir` and, when
+    /// that is not `<dir>/data`, the frames socket at `<dir>/ferry.sock`
+    /// (outside a file system the test cuts).
+    pub fn with_data_dir(dir: &Path, data_dir: &Path, brokers: &str, extra: &str) -> Self {
         let config = dir.join("ferry.toml");
         let text = format!(
             "node_id = \"test-node\"\ndata_dir = \"{}\"\n{extra}\n",
-            dir.join("data").display()
+            data_dir.display()
         );
         let list = brokers
             .split(',')
@@ -77,6 +85,19 @@ impl Ferry {
         } else {
             format!("{text}\n[kafka]\nbrokers = [{list}]\nlinger_ms = 2\n")
         };
+        let socket = if data_dir == dir.join("data") {
+            data_dir.join("ferry.sock")
+        } else {
+            dir.join("ferry.sock")
+        };
+        let text = if data_dir == dir.join("data") {
+            text
+        } else {
+            format!(
+                "{text}\n[[listener]]\ntype = \"unix\"\nformat = \"frames\"\npath = \"{}\"\n",
+                socket.display()
+            )
+        };
         std::fs::write(&config, text).unwrap();
         Self {
             dir: dir.to_path_buf(),
@@ -85,11 +106,12 @@ impl Ferry {
             log: dir.join("ferry.log"),
             env: Vec::new(),
             starts: 0,
+            socket,
         }
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("data").join("ferry.sock")
+        self.socket.clone()
     }
 
     /// Start `ferry run` and wait until it answers on its socket.
@@ -565,6 +587,7 @@ impl Cursor<'_> {
 
 pub mod kafka_model;
 pub mod latency;
+pub mod powercut;
 pub mod proxy;
 pub mod tansu;
 
@@ -573,7 +596,7 @@ pub mod tansu;
 /// values were acknowledged. Values are `<key>|<n>` with `n` growing per key.
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+    handle: Option<std::thread::JoinHandle<Vec<(String, Instant)>>>,
     acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -635,7 +658,8 @@ impl Load {
                 match ok.then(|| c.answers_for(values.len() as u32)) {
                     Some(Ok((n, _))) if n as usize == values.len() => {
                         a.fetch_add(values.len(), std::sync::atomic::Ordering::Relaxed);
-                        acked.extend(values);
+                        let at = Instant::now();
+                        acked.extend(values.into_iter().map(|v| (v, at)));
                     }
                     _ => client = None,
                 }
@@ -654,7 +678,12 @@ impl Load {
         self.acked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn stop(mut self) -> Vec<String> {
+    pub fn stop(self) -> Vec<String> {
+        self.stop_timed().into_iter().map(|(v, _)| v).collect()
+    }
+
+    /// The values acknowledged, each with when its acknowledgement came.
+    pub fn stop_timed(mut self) -> Vec<(String, Instant)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
@@ -822,4 +851,22 @@ pub fn cloned_fleet_run(
     assert_eq!(a.terminate().0, Some(0));
     assert_eq!(b.terminate().0, Some(0));
     (acked, delivery)
+}
+
+/// A seeded pseudo-random sequence (splitmix64): fault schedules and power
+/// cuts replay exactly from their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
