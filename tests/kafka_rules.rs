@@ -56,7 +56,7 @@ fn kill_9_with_two_priorities_in_flight_into_one_topic_over_a_slow_link() {
     f.start();
     let hi = Load::start_prefixed(f.socket(), "hi", "h", 6, 100, Duration::from_millis(4));
     let lo = Load::start_prefixed(f.socket(), "lo", "l", 6, 100, Duration::from_millis(4));
-    let mut rng = Rng(0x7a11);
+    let mut rng = Rng::new(0x7a11);
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(200 + rng.below(500)));
         f.kill9();
@@ -551,8 +551,6 @@ fn stored_plans(dir: &std::path::Path) -> i64 {
 // Seeded fault schedules.
 // ---------------------------------------------------------------------
 
-/// A small deterministic generator (SplitMix64): a schedule is its seed.
-
 /// What ends a lasting fault (at the next step).
 type Undo = Box<dyn FnOnce(&KafkaModel)>;
 
@@ -596,7 +594,7 @@ fn run_schedule(seed: u64) {
         "reproduce with: FERRY_SEED={seed} cargo test --test kafka_rules seeded_fault_schedules -- --nocapture"
     );
     eprintln!("schedule {seed}: {repro}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let model = KafkaModel::start(2);
     model.create_topic("dest", 3);
     model.create_topic("copy-a", 2);

@@ -853,17 +853,17 @@ pub fn cloned_fleet_run(
     (acked, delivery)
 }
 
-/// A seeded pseudo-random sequence (splitmix64): fault schedules and power
-/// cuts replay exactly from their seed.
-pub struct Rng(pub u64);
+/// A seeded pseudo-random sequence (ferry's SplitMix64): fault schedules
+/// and power cuts replay exactly from their seed.
+pub struct Rng(ferry::backoff::SplitMix64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(ferry::backoff::SplitMix64(seed))
+    }
+
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     pub fn below(&mut self, n: u64) -> u64 {

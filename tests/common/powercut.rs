@@ -21,9 +21,9 @@
 //! fsyncs), which the SD-card wear benchmark reports.
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -278,7 +278,8 @@ impl State {
                                     // The last write that reached the disk,
                                     // torn: only its first sectors.
                                     let sectors = data.len().div_ceil(SECTOR) as u64;
-                                    let kept = (pick(sectors + 1) as usize * SECTOR).min(data.len());
+                                    let kept =
+                                        (pick(sectors + 1) as usize * SECTOR).min(data.len());
                                     if kept < data.len() {
                                         report.torn = Some(name.to_string_lossy().into_owned());
                                     }
@@ -641,9 +642,13 @@ impl Filesystem for Fs {
         let mut st = self.state();
         let r = st.add(parent.0, name, Kind::File(FileData::default()), perm);
         match r.map(|ino| st.attr(ino)) {
-            Ok(Some(attr)) => {
-                reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty())
-            }
+            Ok(Some(attr)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
             Ok(None) => reply.error(Errno::ENOENT),
             Err(e) => reply.error(e),
         }
@@ -679,8 +684,8 @@ impl CutFs {
             fuser::MountOption::RW,
         ];
         config.acl = fuser::SessionACL::All;
-        let session = fuser::spawn_mount(Fs(self.state.clone()), &self.at, &config)
-            .unwrap_or_else(|e| {
+        let session =
+            fuser::spawn_mount(Fs(self.state.clone()), &self.at, &config).unwrap_or_else(|e| {
                 panic!(
                     "cannot mount the power-cut file system at {} ({e}); \
                      it needs /dev/fuse and root, as in CI",
@@ -691,9 +696,26 @@ impl CutFs {
     }
 
     fn detach(&mut self) {
-        if let Some(s) = self.session.take() {
-            s.umount_and_join().expect("unmount the power-cut file system");
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        // A process forked by another test thread holds copies of open
+        // descriptors until it execs: busy for a moment, then free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match nix::mount::umount2(&self.at, nix::mount::MntFlags::empty()) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!(
+                    "cannot unmount the power-cut file system at {}: {e}",
+                    self.at.display()
+                ),
+            }
         }
+        // Unmounted: the session's loop ends.
+        session.join().expect("stop the power-cut file system");
     }
 
     /// `fsync` a directory on the mount (what a test does for what it
@@ -718,14 +740,20 @@ impl CutFs {
     }
 
     pub fn counters(&self) -> Counters {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).counters
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counters
     }
 }
 
 impl Drop for CutFs {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            // Lazily, and without waiting for the session to end: a
+            // panicking test may still hold files open on it.
+            let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
+            drop(s);
         }
     }
 }
