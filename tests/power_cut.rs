@@ -8,7 +8,8 @@
 //! boot id), on what is left. The peer is the Kafka model
 //! (tests/common/kafka_model.rs), which judges exactly-once.
 //!
-//! Checked: ferry starts again after every cut; under `fsync` every event
+//! Checked: ferry starts again after every cut, and the outbox passes
+//! SQLite's integrity check at the end; under `fsync` every event
 //! it acknowledged reaches the broker exactly once; under `relaxed` the
 //! only events missing were acknowledged in the last moments before a cut
 //! (ferry syncs the log once a second there), and the stored windows go
@@ -222,6 +223,18 @@ fn run_cuts(seed: u64, durability: &str, cuts: usize) {
         missing.len(),
         lost_within.as_millis()
     );
+    // The outbox as the last cut and the drain left it is whole.
+    assert_eq!(f.terminate().0, Some(0), "{repro}");
+    let db = rusqlite::Connection::open_with_flags(
+        mnt.join("data/outbox.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the outbox");
+    let integrity: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(integrity, "ok", "{repro}");
+    drop(db);
     let reboot_said = f.log_text().contains(
         "the machine restarted since the producer state was stored under relaxed durability",
     );
