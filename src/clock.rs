@@ -90,7 +90,7 @@ impl Default for SystemClock {
 /// else the kernel's from `/proc`. Without either, an id of this process:
 /// events timestamped unsynchronised can then be corrected only until a
 /// restart (said once in the log).
-fn boot_id() -> String {
+pub fn boot_id() -> String {
     let from_env = std::env::var("FERRY_BOOT_ID");
     let from_proc = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
     match (from_proc, from_env) {

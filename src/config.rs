@@ -37,6 +37,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub breaker: crate::breaker::BreakerConfig,
     pub metrics: MetricsConfig,
+    pub heartbeat: crate::heartbeat::HeartbeatConfig,
 }
 
 impl Default for Config {
@@ -52,6 +53,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
             metrics: MetricsConfig::default(),
+            heartbeat: crate::heartbeat::HeartbeatConfig::default(),
         }
     }
 }
@@ -336,6 +338,7 @@ impl Config {
                 return Err(("kafka.sasl.username".into(), "must not be empty".into()));
             }
         }
+        self.heartbeat.check()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {

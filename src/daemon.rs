@@ -91,12 +91,28 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         breaker: &config.breaker,
         routes: &config.routes,
         durability: config.outbox.durability,
+        heartbeat_topic: config.heartbeat.topic.as_deref(),
     };
     let (reload_tx, reload_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(
         Forwarder::new(settings, outbox.clone(), stats.clone(), reload_rx).run(shutdown.clone()),
     );
     tokio::spawn(evict_aged(outbox.clone(), shutdown.clone()));
+    tokio::spawn(crate::heartbeat::run(
+        config.heartbeat.clone(),
+        crate::heartbeat::Sources {
+            node_id: config.node_id.clone(),
+            stats: stats.clone(),
+            outbox: outbox.clone(),
+            data_dir: config.data_dir.clone(),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| l.describe(&config.data_dir))
+                .collect(),
+        },
+        shutdown.clone(),
+    ));
     if config.outbox.durability == crate::config::Durability::Relaxed {
         tokio::spawn(sync_relaxed(outbox.clone(), shutdown.clone()));
     }
@@ -178,6 +194,9 @@ async fn reload(
             }
             if !same(&new.metrics, &running.metrics) {
                 restart.push("[metrics]");
+            }
+            if new.heartbeat != running.heartbeat {
+                restart.push("[heartbeat]");
             }
             if !restart.is_empty() {
                 warn!(

@@ -11,9 +11,9 @@
 //!   daemon  client         `ferry run`; send, status and dlq over the socket/outbox
 //!     config               the whole file: composes each component's section,
 //!                          environment overrides, errors naming file/line/key
-//!       ingest  forward  metrics
+//!       ingest  forward  metrics  heartbeat
 //!                          listeners and formats; what to send and when;
-//!                          /metrics and /health
+//!                          /metrics and /health; the fleet heartbeat
 //!         kafka  outbox    ferry's own producer (its own layers: kafka/mod.rs);
 //!                          SQLite storage, group commit, plans beside it
 //!           event  stats  backoff  breaker
@@ -45,6 +45,7 @@ pub mod dirsync;
 pub mod event;
 pub mod exit;
 pub mod forward;
+pub mod heartbeat;
 pub mod ingest;
 pub mod kafka;
 pub mod log_limit;

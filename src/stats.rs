@@ -42,6 +42,9 @@ pub struct Stats {
     pub backlog_raw_bytes: AtomicU64,
     pub oldest_ms: AtomicI64,
     pub uplink_up: AtomicBool,
+    /// Signalled when `uplink_up` changes (the heartbeat reports an outage
+    /// the moment it ends).
+    pub uplink_changed: tokio::sync::Notify,
     /// Bytes written to the brokers, today and in total (kept in the
     /// outbox database across restarts).
     pub uplink: Mutex<UplinkUsage>,

@@ -229,6 +229,8 @@ pub struct Settings<'a> {
     pub routes: &'a [RouteConfig],
     /// The outbox's durability (plans are stored as durably as events).
     pub durability: Durability,
+    /// Where heartbeats go (`[heartbeat] topic`), if anywhere.
+    pub heartbeat_topic: Option<&'a str>,
 }
 
 /// The sections a reload (SIGHUP) may change while ferry runs.
@@ -242,6 +244,8 @@ pub struct Reload {
 
 pub struct Forwarder {
     config: KafkaConfig,
+    /// Where the heartbeat waiting in the outbox goes (a side record).
+    heartbeat_topic: Option<String>,
     durability: Durability,
     codec: Codec,
     node_id: Arc<str>,
@@ -326,6 +330,7 @@ impl Forwarder {
             .store(cap, std::sync::atomic::Ordering::Relaxed);
         Self {
             config: config.kafka.clone(),
+            heartbeat_topic: config.heartbeat_topic.map(str::to_string),
             durability: config.durability,
             codec: codec_of(config.kafka),
             node_id: Arc::from(config.node_id),
@@ -981,7 +986,9 @@ impl Forwarder {
         self.failures = 0;
         self.backoff.reset();
         self.breaker.on_success();
-        self.stats.uplink_up.store(true, Relaxed);
+        if !self.stats.uplink_up.swap(true, Relaxed) {
+            self.stats.uplink_changed.notify_one();
+        }
         self.publish_state(None);
     }
 
@@ -997,7 +1004,9 @@ impl Forwarder {
         self.failures += 1;
         self.stats.produce_errors.fetch_add(1, Relaxed);
         self.stats.retries.fetch_add(1, Relaxed);
-        self.stats.uplink_up.store(false, Relaxed);
+        if self.stats.uplink_up.swap(false, Relaxed) {
+            self.stats.uplink_changed.notify_one();
+        }
         let before = self.breaker.state(Instant::now());
         self.breaker
             .on_failure(Instant::now(), f.class == Class::ConfigCluster);

@@ -1,6 +1,7 @@
 //! Side records, produced best effort between windows and without
-//! idempotence (at-least-once): loss markers to the loss topic and dead
-//! letters to the DLQ topic, each with the headers the contract names.
+//! idempotence (at-least-once): the heartbeat to its topic (first: it is
+//! the highest priority), loss markers to the loss topic and dead letters
+//! to the DLQ topic, each with the headers the contract names.
 //!
 //! They never hold up the data: after a failure (a side topic missing, its
 //! leader away) they wait out a backoff of their own, each attempt is
@@ -77,8 +78,10 @@ impl Forwarder {
     /// dead letter the DLQ topic refuses for good is marked so and left.
     pub(super) async fn deliver_side_records(&mut self) {
         let now = Instant::now();
-        if self.breaker.state(now) != State::Closed || self.cluster.is_none() || !self.side.due(now)
-        {
+        // Half-open too: the uplink came back and the backlog may be gone
+        // in one window, leaving no data to close the breaker with; a side
+        // record delivered then counts as a successful probe.
+        if self.breaker.state(now) == State::Open || self.cluster.is_none() || !self.side.due(now) {
             return;
         }
         let had_problem = self.side.problem.is_some();
@@ -89,6 +92,25 @@ impl Forwarder {
     }
 
     async fn side_records(&mut self) {
+        if let Some(topic) = self.heartbeat_topic.clone()
+            && self.outbox.waiting.heartbeat.load(Relaxed)
+            && let Ok(Some((version, body))) = self.outbox.heartbeat_pending().await
+        {
+            let mut w = RecordWriter::new(self.node_id.clone());
+            w.push_plain(
+                now_ms(),
+                Some(self.node_id.as_bytes()),
+                body.as_bytes(),
+                &[],
+            );
+            let batch = w.finish(ProducerFields::NONE, self.codec);
+            match self.produce_side(&topic, batch).await {
+                // Refused for good (too large for the topic): the next
+                // interval's replaces it.
+                Side::Delivered | Side::Refused => self.outbox.heartbeat_sent(version).await,
+                Side::Failed => return,
+            }
+        }
         if let Some(topic) = self.config.loss_topic.clone() {
             if self.outbox.waiting.loss_markers.load(Relaxed) > 0 {
                 if let Ok(markers) = self.outbox.loss_pending().await {
@@ -237,7 +259,7 @@ impl Forwarder {
         let Some(n) = known else {
             self.side_failed(
                 topic,
-                &format!("topic {topic} (side topic for loss markers/dead letters) does not exist or is not authorised: create it, or allow ferry to write to it"),
+                &format!("topic {topic} (a side topic: heartbeat, loss markers or dead letters) does not exist or is not authorised: create it, or allow ferry to write to it"),
             );
             return Side::Failed;
         };
@@ -273,7 +295,13 @@ impl Forwarder {
         let outcome = self.side_outcome(topic, partition, result);
         match outcome {
             Side::Failed => {}
-            Side::Delivered | Side::Refused => self.side.succeeded(),
+            Side::Delivered | Side::Refused => {
+                self.side.succeeded();
+                if self.breaker.state(Instant::now()) == State::HalfOpen {
+                    self.breaker.on_success();
+                    self.publish_state(None);
+                }
+            }
         }
         outcome
     }
@@ -309,8 +337,13 @@ impl Forwarder {
 
     /// A side topic could not take its records now: back off, say so.
     fn side_failed(&mut self, topic: &str, why: &str) {
+        let heartbeat = if self.outbox.waiting.heartbeat.load(Relaxed) {
+            "a heartbeat, "
+        } else {
+            ""
+        };
         let waiting = format!(
-            "{} loss marker(s), {} dead letter(s) wait for their side topics; last: {why}",
+            "{heartbeat}{} loss marker(s), {} dead letter(s) wait for their side topics; last: {why}",
             self.outbox.waiting.loss_markers.load(Relaxed),
             self.outbox.waiting.dead_letters.load(Relaxed)
         );

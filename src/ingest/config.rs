@@ -76,6 +76,18 @@ impl ListenerConfig {
             .unwrap_or_else(|| data_dir.join("ferry.sock"))
     }
 
+    /// (kind, where it listens), for the heartbeat.
+    pub fn describe(&self, data_dir: &Path) -> (String, String) {
+        match self.kind {
+            ListenerKind::Unix => (
+                "unix".into(),
+                self.socket_path(data_dir).display().to_string(),
+            ),
+            ListenerKind::Tcp => ("tcp".into(), self.bind_address()),
+            ListenerKind::Udp => ("udp".into(), self.bind_address()),
+        }
+    }
+
     /// tcp/udp: the address to bind (default 127.0.0.1:7070).
     pub fn bind_address(&self) -> String {
         self.address

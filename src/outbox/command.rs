@@ -91,6 +91,15 @@ pub(super) enum Command {
     LossPending {
         reply: oneshot::Sender<Result<Vec<(i64, String)>, String>>,
     },
+    SetHeartbeat {
+        body: String,
+    },
+    HeartbeatPending {
+        reply: oneshot::Sender<Result<Option<(i64, String)>, String>>,
+    },
+    HeartbeatSent {
+        version: i64,
+    },
     LossDelivered {
         ids: Vec<i64>,
     },
@@ -129,6 +138,8 @@ pub struct Waiting {
     pub loss_markers: AtomicU64,
     /// Dead letters not yet produced to the DLQ topic.
     pub dead_letters: AtomicU64,
+    /// A heartbeat waits in its slot.
+    pub heartbeat: std::sync::atomic::AtomicBool,
 }
 
 /// Open (creating or migrating) the outbox database at `path`.

@@ -182,6 +182,26 @@ impl Outbox {
         rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
+    /// Put a heartbeat in its slot, replacing one still waiting.
+    pub async fn set_heartbeat(&self, body: String) {
+        let _ = self.tx.send(Command::SetHeartbeat { body }).await;
+    }
+
+    /// The heartbeat waiting in its slot: `(version, JSON)`.
+    pub async fn heartbeat_pending(&self) -> Result<Option<(i64, String)>, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::HeartbeatPending { reply })
+            .await
+            .map_err(closed)?;
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+    }
+
+    /// The heartbeat of `version` was delivered.
+    pub async fn heartbeat_sent(&self, version: i64) {
+        let _ = self.tx.send(Command::HeartbeatSent { version }).await;
+    }
+
     pub async fn loss_delivered(&self, ids: Vec<i64>) {
         let _ = self.tx.send(Command::LossDelivered { ids }).await;
     }

@@ -27,6 +27,7 @@ mod command;
 pub mod config;
 pub mod dead_letter;
 mod handle;
+pub mod heartbeat;
 mod hot;
 pub mod loss;
 pub mod plan;

@@ -81,6 +81,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE window_plans ADD COLUMN launched INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE window_plans ADD COLUMN cluster TEXT;
      ALTER TABLE window_plans ADD COLUMN saved_ms INTEGER NOT NULL DEFAULT 0;",
+    // 4 -> 5: the heartbeat's slot (`outbox::heartbeat`): one row at most.
+    "CREATE TABLE heartbeat (
+         slot    INTEGER PRIMARY KEY CHECK (slot = 1),
+         version INTEGER NOT NULL,
+         body    TEXT NOT NULL
+     );",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -9,7 +9,7 @@ use super::config::{Durability, OutboxConfig, WhenFull};
 use super::dead_letter::{self, NewDeadLetter};
 use super::hot::{self, HotStatements};
 use super::reserve::{self, Reserve};
-use super::{loss, plan, schema};
+use super::{heartbeat, loss, plan, schema};
 use crate::event::Event;
 use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
 use crate::stats::{Stats, now_ms};
@@ -131,6 +131,9 @@ impl Writer {
             .query_row("SELECT count(*) FROM loss_markers", [], |r| r.get(0))
             .map_err(|e| format!("outbox {}: {e}", path.display()))?;
         waiting.loss_markers.store(markers as u64, Relaxed);
+        let beat =
+            heartbeat::pending(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        waiting.heartbeat.store(beat.is_some(), Relaxed);
         let path_for_reserve = path.clone();
         let hot = HotStatements::prepare(&conn)
             .map_err(|e| format!("outbox {}: cannot prepare statements: {e}", path.display()))?;
@@ -272,6 +275,35 @@ impl Writer {
             }
             Command::LossPending { reply } => {
                 let _ = reply.send(loss::pending(&self.conn, 100).map_err(|e| e.to_string()));
+            }
+            Command::SetHeartbeat { body } => match heartbeat::set(&self.conn, &body) {
+                Ok(()) => {
+                    self.waiting.heartbeat.store(true, Relaxed);
+                    // Wake an idle forwarder: it sends the heartbeat.
+                    self.committed.notify_one();
+                }
+                Err(e) => warn!(
+                    "outbox {}: cannot store the heartbeat: {e}; the next one is tried at the next interval",
+                    self.path.display()
+                ),
+            },
+            Command::HeartbeatPending { reply } => {
+                let r = heartbeat::pending(&self.conn);
+                if let Ok(None) = r {
+                    self.waiting.heartbeat.store(false, Relaxed);
+                }
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+            Command::HeartbeatSent { version } => {
+                let left = heartbeat::sent(&self.conn, version)
+                    .and_then(|()| heartbeat::pending(&self.conn));
+                match left {
+                    Ok(left) => self.waiting.heartbeat.store(left.is_some(), Relaxed),
+                    Err(e) => error!(
+                        "outbox {}: cannot clear the heartbeat sent: {e}",
+                        self.path.display()
+                    ),
+                }
             }
             Command::LossDelivered { ids } => match loss::delivered(&self.conn, &ids) {
                 Ok(()) => sub(&self.waiting.loss_markers, ids.len() as u64),

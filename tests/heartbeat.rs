@@ -1,0 +1,188 @@
+//! The fleet heartbeat against the Kafka model (tests/common/kafka_model.rs):
+//! records reach the heartbeat topic keyed by node id with the documented
+//! schema (read by Python's `json`, another implementation); an outage
+//! leaves one waiting heartbeat, not one per interval, and the first after
+//! the uplink returns reports the outage.
+#![cfg(target_arch = "x86_64")]
+
+mod common;
+
+use common::kafka_model::KafkaModel;
+use common::*;
+use std::time::{Duration, Instant};
+
+const HEARTBEAT: &str = "[heartbeat]\ntopic = \"ferry-heartbeat\"\ninterval = \"1s\"\n";
+
+/// The documented fields (README, "Watching a fleet"), as paths.
+const FIELDS: &[&str] = &[
+    "schema",
+    "node_id",
+    "version",
+    "boot_id",
+    "time_ms",
+    "uptime_s",
+    "clock.synchronized",
+    "backlog.events",
+    "backlog.bytes",
+    "backlog.oldest_age_s",
+    "uplink.up",
+    "uplink.bytes_today",
+    "uplink.outage",
+    "uplink.last_outage",
+    "breaker.state",
+    "breaker.last_error_class",
+    "breaker.last_error",
+    "delivery",
+    "since_start.received",
+    "since_start.stored",
+    "since_start.sent",
+    "since_start.rejected",
+    "all_time.dropped_by_policy",
+    "all_time.quarantined",
+    "all_time.dead_letters",
+    "all_time.uplink_bytes",
+    "disk_free_bytes",
+    "process.rss_bytes",
+    "process.cpu_s",
+    "ingest",
+];
+
+fn heartbeats(model: &KafkaModel) -> Vec<serde_json::Value> {
+    model
+        .records("ferry-heartbeat")
+        .iter()
+        .map(|g| {
+            assert_eq!(g.key.as_deref(), Some(&b"test-node"[..]), "key = node id");
+            serde_json::from_slice(&g.value).expect("a heartbeat is JSON")
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn heartbeats_carry_the_documented_schema_read_by_another_json_parser() {
+    let model = KafkaModel::start(1);
+    model.create_topic("ferry-heartbeat", 1);
+    model.create_topic("data", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &model.bootstrap(), HEARTBEAT);
+    f.start();
+    send_keyed(&f.socket(), "data", "k", 3, 30);
+    wait_for("three heartbeats", Duration::from_secs(20), || {
+        model.records("ferry-heartbeat").len() >= 3
+    });
+    let got = model.records("ferry-heartbeat");
+    let last = got.last().unwrap().value.clone();
+    // Python's json, and every documented field present.
+    let check = format!(
+        "import json, sys\n\
+         d = json.load(sys.stdin)\n\
+         assert d['schema'] == 'ferry-heartbeat/1', d['schema']\n\
+         for path in {fields:?}:\n\
+         \x20   v = d\n\
+         \x20   for k in path.split('.'):\n\
+         \x20       assert k in v, 'missing ' + path\n\
+         \x20       v = v[k]\n\
+         assert d['node_id'] == 'test-node'\n\
+         assert d['since_start']['received'] == 30, d['since_start']\n\
+         assert d['uplink']['up'] is True\n\
+         assert d['ingest'][0]['type'] == 'unix'\n\
+         print('ok')\n",
+        fields = FIELDS
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(&check);
+    let (code, out, err) = run_cmd(cmd, Some(&last));
+    assert_eq!(
+        (code, out.trim()),
+        (0, "ok"),
+        "{err}\n{}",
+        String::from_utf8_lossy(&last)
+    );
+    // Once per interval, not more.
+    let n = got.len();
+    std::thread::sleep(Duration::from_millis(3_000));
+    let later = model.records("ferry-heartbeat").len();
+    assert!(
+        (n + 1..=n + 5).contains(&later),
+        "{n} then {later} in 3 s at 1 s intervals"
+    );
+}
+
+#[test]
+fn an_outage_leaves_one_waiting_heartbeat_which_reports_it() {
+    let model = KafkaModel::start(1);
+    model.create_topic("ferry-heartbeat", 1);
+    model.create_topic("data", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(
+        dir.path(),
+        &model.bootstrap(),
+        &format!(
+            "{HEARTBEAT}[retry]\nmax = \"500ms\"\n[breaker]\nopen_initial = \"500ms\"\nopen_max = \"1s\"\n"
+        ),
+    );
+    f.start();
+    send_keyed(&f.socket(), "data", "a", 2, 10);
+    wait_for("a first heartbeat", Duration::from_secs(20), || {
+        !model.records("ferry-heartbeat").is_empty()
+    });
+    model.set_down(true);
+    let down_at = Instant::now();
+    // Events arrive meanwhile; the forwarder finds the uplink down.
+    let mut sent = 0;
+    while down_at.elapsed() < Duration::from_secs(8) {
+        send_keyed(&f.socket(), "data", "b", 2, 20);
+        sent += 20;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let before_return = heartbeats(&model).len();
+    model.set_down(false);
+    f.wait_status(Duration::from_secs(30), "backlog delivered", |s| {
+        s.backlog_events == 0
+    });
+    // Give a per-interval flood, if there were one, the time to show.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let all = heartbeats(&model);
+    let after: Vec<&serde_json::Value> = all[before_return..].iter().collect();
+    // Built during the outage and still waiting: one (it was replaced at
+    // each interval); then the one made when the uplink came back, then
+    // one per interval.
+    let during = after
+        .iter()
+        .filter(|h| !h["uplink"]["outage"].is_null())
+        .count();
+    assert!(
+        during <= 1,
+        "{during} heartbeats from the outage were sent: {after:?}"
+    );
+    let first_back = after
+        .iter()
+        .find(|h| !h["uplink"]["last_outage"].is_null())
+        .unwrap_or_else(|| {
+            panic!(
+                "no heartbeat reports the outage: {after:?}\n{}",
+                f.log_text()
+            )
+        });
+    let outage = &first_back["uplink"]["last_outage"];
+    let down_s = outage["down_s"].as_f64().unwrap();
+    assert!(down_s >= 5.0 && down_s < 30.0, "down {down_s} s: {outage}");
+    let added = outage["backlog_events_added"].as_i64().unwrap();
+    assert!(
+        added >= sent as i64 / 2,
+        "backlog added {added} of {sent} sent: {outage}"
+    );
+    assert!(
+        after.len() <= 2 + 4,
+        "{} heartbeats after an 8 s outage and about 3 s up: {after:?}",
+        after.len()
+    );
+}
