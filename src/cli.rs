@@ -62,6 +62,18 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The fleet's state from the heartbeat topic: one line per gateway,
+    /// the worst first, then a summary.
+    Fleet {
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The heartbeat topic (default: `[heartbeat] topic`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config and print the effective configuration.
     CheckConfig {
         #[arg(short, long, value_name = "FILE")]
@@ -126,6 +138,7 @@ pub fn main() -> i32 {
     let prints_only = matches!(
         cli.command,
         Command::Status { .. }
+            | Command::Fleet { .. }
             | Command::CheckConfig { .. }
             | Command::Dlq {
                 action: DlqAction::List { .. },
@@ -182,6 +195,11 @@ pub fn main() -> i32 {
                 all,
             } => with_config(config, |c| crate::client::dlq_purge(&c, topic, ids, all)),
         },
+        Command::Fleet {
+            config,
+            topic,
+            json,
+        } => with_config(config, |c| crate::fleet::run(&c, topic, json)),
         Command::CheckConfig { config, connect } => with_config(config, |c| {
             print!("{}", c.to_toml());
             if connect {

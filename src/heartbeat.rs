@@ -26,6 +26,8 @@ pub const SCHEMA: &str = "ferry-heartbeat/1";
 /// when the forwarder signals a change (its return makes a heartbeat at
 /// once).
 const UPLINK_POLL: Duration = Duration::from_secs(1);
+/// What `recent` in a heartbeat covers: changes over this long.
+const RECENT_WINDOW_MS: i64 = 5 * 60 * 1000;
 /// An uplink not up this long after start is an outage (before, it may
 /// just not have connected yet).
 const START_GRACE: Duration = Duration::from_secs(10);
@@ -77,8 +79,8 @@ pub struct Outage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until_ms: Option<i64>,
     pub down_s: f64,
-    /// Backlog events at the start of the outage, and how many more at
-    /// its end (or now).
+    /// Backlog events at the start of the outage, and how many more there
+    /// were at most during it (what built up meanwhile).
     pub backlog_events_before: u64,
     pub backlog_events_added: i64,
 }
@@ -100,6 +102,47 @@ pub struct Reading {
     pub outage: Option<Outage>,
     /// The last one that ended (reported until the next one starts).
     pub last_outage: Option<Outage>,
+    pub recent: Recent,
+}
+
+/// Changes over the last few minutes, so one heartbeat says whether a
+/// gateway is dropping or its backlog growing (a compacted topic keeps
+/// only the latest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recent {
+    pub window_s: f64,
+    pub dropped_by_policy: u64,
+    pub backlog_events_added: i64,
+}
+
+/// Samples of (time, dropped, backlog) over [`RECENT_WINDOW_MS`]. Pure.
+#[derive(Debug, Default)]
+pub struct RecentWindow {
+    samples: std::collections::VecDeque<(i64, u64, u64)>,
+}
+
+impl RecentWindow {
+    /// Add a sample at `now_ms`; the changes since the oldest one kept.
+    pub fn sample(&mut self, now_ms: i64, dropped: u64, backlog: u64) -> Recent {
+        self.samples.push_back((now_ms, dropped, backlog));
+        while self
+            .samples
+            .front()
+            .is_some_and(|s| now_ms - s.0 > RECENT_WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, d0, b0) = self
+            .samples
+            .front()
+            .copied()
+            .unwrap_or((now_ms, dropped, backlog));
+        Recent {
+            window_s: (now_ms - t0).max(0) as f64 / 1000.0,
+            dropped_by_policy: dropped.saturating_sub(d0),
+            backlog_events_added: backlog as i64 - b0 as i64,
+        }
+    }
 }
 
 /// The heartbeat record's value (schema [`SCHEMA`]; README documents it).
@@ -134,6 +177,7 @@ pub fn record(r: &Reading) -> String {
             "outage": r.outage,
             "last_outage": r.last_outage,
         },
+        "recent": r.recent,
         "breaker": {
             "state": state,
             "last_error_class": s.forward.last_error_class,
@@ -191,14 +235,17 @@ impl OutageTracker {
             }
             (Some(o), false) => {
                 o.down_s = (now_ms - o.since_ms).max(0) as f64 / 1000.0;
-                o.backlog_events_added = backlog as i64 - o.backlog_events_before as i64;
+                o.backlog_events_added = o
+                    .backlog_events_added
+                    .max(backlog as i64 - o.backlog_events_before as i64);
                 false
             }
             (Some(o), true) => {
+                // The backlog now may already be sent: what built up is
+                // the most seen while down.
                 let mut ended = *o;
                 ended.until_ms = Some(now_ms);
                 ended.down_s = (now_ms - ended.since_ms).max(0) as f64 / 1000.0;
-                ended.backlog_events_added = backlog as i64 - ended.backlog_events_before as i64;
                 self.last = Some(ended);
                 self.current = None;
                 true
@@ -241,6 +288,7 @@ pub async fn run(
     let clock = crate::clock::SystemClock::default();
     let boot_id = crate::clock::boot_id();
     let mut outages = OutageTracker::default();
+    let mut recent = RecentWindow::default();
     let mut next = Instant::now();
     let mut seen_up = false;
     loop {
@@ -251,8 +299,11 @@ pub async fn run(
         let tracking = seen_up || started.elapsed() >= START_GRACE;
         let came_back = tracking && outages.observe(up, backlog, now);
         if came_back || Instant::now() >= next {
+            let snapshot = sources.stats.snapshot(&sources.node_id, now);
+            let recent = recent.sample(now, snapshot.dropped_events, snapshot.backlog_events);
             let reading = Reading {
-                snapshot: sources.stats.snapshot(&sources.node_id, now),
+                snapshot,
+                recent,
                 now_ms: now,
                 boot_id: boot_id.clone(),
                 uptime_s: started.elapsed().as_secs_f64(),
@@ -337,7 +388,26 @@ mod tests {
             listeners: vec![("unix".into(), "/run/ferry/ferry.sock".into())],
             outage: None,
             last_outage: None,
+            recent: Recent::default(),
         }
+    }
+
+    #[test]
+    fn recent_changes_cover_the_last_minutes() {
+        let mut w = RecentWindow::default();
+        assert_eq!(w.sample(0, 0, 10).dropped_by_policy, 0);
+        w.sample(60_000, 5, 50);
+        let r = w.sample(120_000, 9, 40);
+        assert_eq!(
+            (r.window_s, r.dropped_by_policy, r.backlog_events_added),
+            (120.0, 9, 30)
+        );
+        // Six minutes on, the first samples are out of the window.
+        let r = w.sample(420_000, 9, 40);
+        assert_eq!(
+            (r.window_s, r.dropped_by_policy, r.backlog_events_added),
+            (300.0, 0, 0)
+        );
     }
 
     #[test]
@@ -373,7 +443,7 @@ mod tests {
         let last = t.last().unwrap();
         assert_eq!(last.since_ms, 1_000);
         assert_eq!(last.until_ms, Some(3_601_000));
-        assert_eq!((last.down_s, last.backlog_events_added), (3600.0, 490));
+        assert_eq!((last.down_s, last.backlog_events_added), (3600.0, 390));
         // Up again: no new outage, the last one is still reported.
         assert!(!t.observe(true, 0, 3_700_000));
         assert_eq!(t.last(), Some(last));

@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cli                      subcommands, the exit code of each
-//!   daemon  client         `ferry run`; send, status and dlq over the socket/outbox
+//!   daemon  client  fleet  `ferry run`; send, status and dlq over the socket/outbox;
+//!                          `ferry fleet` from the heartbeat topic
 //!     config               the whole file: composes each component's section,
 //!                          environment overrides, errors naming file/line/key
 //!       ingest  forward  metrics  heartbeat
@@ -44,6 +45,7 @@ pub mod daemon;
 pub mod dirsync;
 pub mod event;
 pub mod exit;
+pub mod fleet;
 pub mod forward;
 pub mod heartbeat;
 pub mod ingest;

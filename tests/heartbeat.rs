@@ -174,7 +174,7 @@ fn an_outage_leaves_one_waiting_heartbeat_which_reports_it() {
         });
     let outage = &first_back["uplink"]["last_outage"];
     let down_s = outage["down_s"].as_f64().unwrap();
-    assert!(down_s >= 5.0 && down_s < 30.0, "down {down_s} s: {outage}");
+    assert!((5.0..30.0).contains(&down_s), "down {down_s} s: {outage}");
     let added = outage["backlog_events_added"].as_i64().unwrap();
     assert!(
         added >= sent as i64 / 2,
@@ -185,4 +185,141 @@ fn an_outage_leaves_one_waiting_heartbeat_which_reports_it() {
         "{} heartbeats after an 8 s outage and about 3 s up: {after:?}",
         after.len()
     );
+}
+
+/// `ferry fleet --json` with `f`'s config.
+fn fleet(f: &Ferry) -> serde_json::Value {
+    let (code, out, err) = f.cli(&["fleet", "--json"], None);
+    assert_eq!(code, 0, "ferry fleet failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("fleet JSON: {e}: {out}"))
+}
+
+fn gateway<'a>(fleet: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
+    fleet["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["node_id"] == node)
+        .unwrap_or_else(|| panic!("{node} not in {fleet}"))
+}
+
+#[test]
+fn ferry_fleet_shows_each_gateway_with_its_state_on_the_mock_cluster() {
+    let cluster = cluster(1, &[("ferry-heartbeat", 1), ("data", 2)]);
+    let bootstrap = cluster.bootstrap_servers();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let metrics_off = "[metrics]\nlisten = \"\"\n";
+    // A healthy gateway.
+    let mut ok = Ferry::new(
+        dirs[0].path(),
+        &bootstrap,
+        &format!("{HEARTBEAT}{metrics_off}"),
+    );
+    ok.env.push(("FERRY_NODE_ID".into(), "gw-ok".into()));
+    ok.start();
+    // One whose uplink is cut for a while, through a proxy.
+    let proxy = proxy::Proxy::start(&bootstrap);
+    let mut cut = Ferry::new(
+        dirs[1].path(),
+        &proxy.bootstrap,
+        &format!(
+            "{HEARTBEAT}{metrics_off}[retry]\nmax = \"500ms\"\n[breaker]\nopen_initial = \"500ms\"\nopen_max = \"1s\"\n"
+        ),
+    );
+    cut.env.push(("FERRY_NODE_ID".into(), "gw-cut".into()));
+    cut.start();
+    // One with a full outbox: its events go to a topic that does not
+    // exist (auto-creation off), so they stay and the size cap drops them.
+    let mut full = Ferry::new(
+        dirs[2].path(),
+        &bootstrap,
+        &format!(
+            "{HEARTBEAT}{metrics_off}[outbox]\nmax_bytes = \"64KiB\"\n[kafka]\nallow_auto_create_topics = false\nlinger_ms = 2\n"
+        ),
+    );
+    full.env.push(("FERRY_NODE_ID".into(), "gw-full".into()));
+    full.start();
+    send_keyed(&ok.socket(), "data", "o", 2, 10);
+    send_keyed(&cut.socket(), "data", "c", 2, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.set_down(true);
+    for _ in 0..4 {
+        send_keyed(&cut.socket(), "data", "c", 2, 10);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    proxy.set_down(false);
+    // The full one fills up and drops, interval after interval.
+    for round in 0..4 {
+        let mut c = FrameClient::connect(&full.socket()).unwrap();
+        let mut rng = Rng::new(round);
+        for i in 0..100 {
+            let pad: String = (0..128).map(|_| format!("{:016x}", rng.next())).collect();
+            let v = format!("{round}-{i}-{pad}");
+            c.send_event("nowhere", Some(b"k"), &[], v.as_bytes())
+                .unwrap();
+        }
+        let _ = c.answers_for(100);
+        std::thread::sleep(Duration::from_millis(1_200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let view = fleet(&ok);
+    // Healthy, or only the clock unsynchronised (as on a VM whose kernel
+    // says so: then all three say it).
+    let healthy = |h: &serde_json::Value| h == "ok" || h == "clock_unsynchronised";
+    assert!(healthy(&gateway(&view, "gw-ok")["health"]), "{view}");
+    assert_eq!(gateway(&view, "gw-full")["health"], "dropping", "{view}");
+    let cut_view = gateway(&view, "gw-cut");
+    assert!(healthy(&cut_view["health"]), "{view}");
+    assert!(
+        cut_view["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the uplink was down"),
+        "{view}"
+    );
+    assert_eq!(view["summary"]["gateways"], 3);
+    let ok_count = view["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["health"] == "ok")
+        .count();
+    assert_eq!(view["summary"]["healthy"], ok_count, "{view}");
+    // The worst first.
+    assert_eq!(view["gateways"][0]["node_id"], "gw-full", "{view}");
+    // The text form: one line per gateway and the summary.
+    let (code, text, _) = ok.cli(&["fleet"], None);
+    assert_eq!(code, 0);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("3 gateways, {ok_count} healthy")),
+        "{text}"
+    );
+}
+
+#[test]
+fn ferry_fleet_reads_heartbeats_from_tansu() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::tansu::Tansu::start(&dir.path().join("tansu"));
+    broker.create_topic("ferry-heartbeat", 1);
+    std::fs::create_dir_all(dir.path().join("gw")).unwrap();
+    let mut f = Ferry::new(
+        &dir.path().join("gw"),
+        &broker.bootstrap(),
+        &format!("{HEARTBEAT}[metrics]\nlisten = \"\"\n"),
+    );
+    f.start();
+    f.wait_status(Duration::from_secs(30), "the uplink up", |s| s.uplink_up);
+    std::thread::sleep(Duration::from_secs(3));
+    // Garbage on the topic is counted and skipped.
+    let (code, _, err) = f.cli(&["send", "-t", "ferry-heartbeat", "not a heartbeat"], None);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    let view = fleet(&f);
+    let h = &gateway(&view, "test-node")["health"];
+    assert!(h == "ok" || h == "clock_unsynchronised", "{view}");
+    assert_eq!(view["summary"]["skipped_records"], 1, "{view}");
 }

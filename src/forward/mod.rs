@@ -47,7 +47,6 @@ use crate::backoff::{Backoff, seed_from_environment};
 use crate::breaker::BreakerConfig;
 use crate::breaker::{Breaker, State};
 use crate::kafka::cluster::Cluster;
-use crate::kafka::connection::ConnectionConfig;
 use crate::kafka::errors::{Class, Failure};
 use crate::kafka::producer;
 use crate::kafka::record_batch::Codec;
@@ -1218,28 +1217,7 @@ impl Forwarder {
     /// a file changed since start-up is a configuration error now).
     fn cluster(&mut self) -> Result<&mut Cluster, Failure> {
         if self.cluster.is_none() {
-            let tls = match &self.config.tls {
-                Some(t) => Some(
-                    security::tls_config(t)
-                        .map_err(|e| Failure::new(Class::ConfigCluster, "TLS_CONFIG", e))?,
-                ),
-                None => None,
-            };
-            let sasl = match &self.config.sasl {
-                Some(s) => Some(
-                    security::sasl_credentials(s)
-                        .map_err(|e| Failure::new(Class::ConfigCluster, "SASL_CONFIG", e))?,
-                ),
-                None => None,
-            };
-            let config = ConnectionConfig {
-                client_id: self.config.client_id.clone(),
-                connect_timeout: self.config.connect_timeout,
-                request_timeout: self.config.request_timeout,
-                tls,
-                sasl,
-                uplink: self.uplink.clone(),
-            };
+            let config = security::connection_config(&self.config, self.uplink.clone())?;
             self.cluster = Some(Cluster::new(
                 self.config.brokers.clone(),
                 config,

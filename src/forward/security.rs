@@ -10,6 +10,36 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 
+/// The connection settings `[kafka]` describes, TLS and SASL read from
+/// their files now, with `uplink` counting the bytes.
+pub fn connection_config(
+    kafka: &super::config::KafkaConfig,
+    uplink: Arc<crate::kafka::uplink::Uplink>,
+) -> Result<crate::kafka::connection::ConnectionConfig, crate::kafka::errors::Failure> {
+    use crate::kafka::errors::{Class, Failure};
+    let tls = match &kafka.tls {
+        Some(t) => {
+            Some(tls_config(t).map_err(|e| Failure::new(Class::ConfigCluster, "TLS_CONFIG", e))?)
+        }
+        None => None,
+    };
+    let sasl = match &kafka.sasl {
+        Some(s) => Some(
+            sasl_credentials(s)
+                .map_err(|e| Failure::new(Class::ConfigCluster, "SASL_CONFIG", e))?,
+        ),
+        None => None,
+    };
+    Ok(crate::kafka::connection::ConnectionConfig {
+        client_id: kafka.client_id.clone(),
+        connect_timeout: kafka.connect_timeout,
+        request_timeout: kafka.request_timeout,
+        tls,
+        sasl,
+        uplink,
+    })
+}
+
 /// Build the rustls client configuration from `[kafka.tls]`.
 pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = RootCertStore::empty();

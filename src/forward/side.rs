@@ -81,7 +81,13 @@ impl Forwarder {
         // Half-open too: the uplink came back and the backlog may be gone
         // in one window, leaving no data to close the breaker with; a side
         // record delivered then counts as a successful probe.
-        if self.breaker.state(now) == State::Open || self.cluster.is_none() || !self.side.due(now) {
+        if self.breaker.state(now) == State::Open || !self.side.due(now) {
+            return;
+        }
+        // A quiet gateway's heartbeat may be the first thing it sends.
+        if let Err(f) = self.cluster() {
+            let message = f.message.clone();
+            self.side_failed("(all)", &message);
             return;
         }
         let had_problem = self.side.problem.is_some();
@@ -297,6 +303,10 @@ impl Forwarder {
             Side::Failed => {}
             Side::Delivered | Side::Refused => {
                 self.side.succeeded();
+                // The uplink works (before any data went, say).
+                if !self.stats.uplink_up.swap(true, Relaxed) {
+                    self.stats.uplink_changed.notify_one();
+                }
                 if self.breaker.state(Instant::now()) == State::HalfOpen {
                     self.breaker.on_success();
                     self.publish_state(None);
@@ -329,6 +339,10 @@ impl Forwarder {
                 }
             }
             Err(f) => {
+                // Not reaching the broker is the uplink down, whatever went.
+                if f.class == Class::Transient && self.stats.uplink_up.swap(false, Relaxed) {
+                    self.stats.uplink_changed.notify_one();
+                }
                 self.side_failed(topic, &format!("produce to {topic}: {}", f.message));
                 Side::Failed
             }

@@ -1,6 +1,7 @@
 //! Decoders for the answers ferry reads from a broker: ApiVersions,
 //! Metadata, InitProducerId, Produce, SaslHandshake and SaslAuthenticate,
-//! at every version ferry may ask with.
+//! at every version ferry may ask with; ListOffsets v1 and Fetch v4, the
+//! versions `ferry fleet` asks with.
 //!
 //! Written here rather than taken from `kafka-protocol` (whose structs they
 //! fill, and whose encoders the tests check them against): its decoders
@@ -13,6 +14,12 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -20,8 +27,9 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, BrokerId, InitProducerIdResponse, MetadataResponse, ProduceResponse,
-    ProducerId, SaslAuthenticateResponse, SaslHandshakeResponse, TopicName,
+    ApiVersionsResponse, BrokerId, FetchResponse, InitProducerIdResponse, ListOffsetsResponse,
+    MetadataResponse, ProduceResponse, ProducerId, SaslAuthenticateResponse, SaslHandshakeResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -201,6 +209,79 @@ fn check_version<A: Answer>(version: i16) -> Result<(), ReadError> {
         Err(format!(
             "version {version} is not one ferry reads ({min} to {max})"
         ))
+    }
+}
+
+impl Answer for ListOffsetsResponse {
+    // v1: one offset per partition, no throttle time (from v2).
+    const VERSIONS: (i16, i16) = (1, 1);
+    fn read(r: &mut Reader, version: i16) -> Result<Self, ReadError> {
+        check_version::<Self>(version)?;
+        let mut out = ListOffsetsResponse::default();
+        out.topics = r.array(false, |r| {
+            let mut t = ListOffsetsTopicResponse::default();
+            t.name = TopicName(r.string(false)?);
+            t.partitions = r.array(false, |r| {
+                let mut p = ListOffsetsPartitionResponse::default();
+                p.partition_index = r.i32()?;
+                p.error_code = r.i16()?;
+                p.timestamp = r.i64()?;
+                p.offset = r.i64()?;
+                Ok(p)
+            })?;
+            Ok(t)
+        })?;
+        Ok(out)
+    }
+}
+
+impl Answer for FetchResponse {
+    // v4: records as one byte string per partition, no fetch sessions.
+    const VERSIONS: (i16, i16) = (4, 4);
+    fn read(r: &mut Reader, version: i16) -> Result<Self, ReadError> {
+        check_version::<Self>(version)?;
+        let mut out = FetchResponse::default();
+        out.throttle_time_ms = r.i32()?;
+        out.responses = r.array(false, |r| {
+            let mut t = FetchableTopicResponse::default();
+            t.topic = TopicName(r.string(false)?);
+            t.partitions = r.array(false, |r| {
+                let mut p = PartitionData::default();
+                p.partition_index = r.i32()?;
+                p.error_code = r.i16()?;
+                p.high_watermark = r.i64()?;
+                p.last_stable_offset = r.i64()?;
+                let aborted = match r.length(false, false)? {
+                    None => None,
+                    Some(n) => {
+                        // Each takes 16 bytes: checked before allocating.
+                        if n.saturating_mul(16) > r.remaining() {
+                            return Err(format!(
+                                "{n} aborted transactions in {} bytes",
+                                r.remaining()
+                            ));
+                        }
+                        let mut v = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            v.push(
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(r.i64()?))
+                                    .with_first_offset(r.i64()?),
+                            );
+                        }
+                        Some(v)
+                    }
+                };
+                p.aborted_transactions = aborted;
+                p.records = match r.length(false, false)? {
+                    Some(n) => Some(r.take_bytes(n)?),
+                    None => None,
+                };
+                Ok(p)
+            })?;
+            Ok(t)
+        })?;
+        Ok(out)
     }
 }
 

@@ -180,6 +180,13 @@ impl Connection {
         (!both.is_empty()).then_some(both.max)
     }
 
+    /// Whether the broker speaks `version` of `R`.
+    pub fn speaks<R: Request>(&self, version: i16) -> bool {
+        self.versions
+            .get(&R::KEY)
+            .is_some_and(|v| v.min <= version && version <= v.max)
+    }
+
     /// True once the connection broke (a new one is needed).
     pub fn is_closed(&self) -> bool {
         self.state.lock().map_or(true, |s| s.closed.is_some())

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! producer     idempotent producer id, Produce requests, throttling
+//! consumer     a topic read from start to end (ListOffsets, Fetch: `ferry fleet`)
 //!   cluster      bootstrap, metadata (naming topics), leaders, connections
 //!     connection   one TCP/TLS connection per broker, SASL, pipelining, timeouts
 //!       uplink       bytes on the wire, counted, and the bandwidth cap
 //!       wire         framing around the `kafka-protocol` message codecs
 //!         answers      ferry's own decoders for the answers it reads
 //!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
+//!       record_read  record batches read back (bounded, checked)
 //!       errors       error classes: what ferry does about each Kafka error
 //! ```
 //!
@@ -18,9 +20,11 @@
 pub mod answers;
 pub mod cluster;
 pub mod connection;
+pub mod consumer;
 pub mod errors;
 pub mod producer;
 pub mod record_batch;
+pub mod record_read;
 pub mod sasl;
 pub mod uplink;
 pub mod wire;

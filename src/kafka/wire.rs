@@ -7,9 +7,10 @@
 use super::answers::{Answer, Reader};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Encodable, HeaderVersion, Message, StrBytes};
 use std::fmt;
@@ -22,6 +23,8 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// API keys ferry speaks.
 pub mod api {
     pub const PRODUCE: i16 = 0;
+    pub const FETCH: i16 = 1;
+    pub const LIST_OFFSETS: i16 = 2;
     pub const METADATA: i16 = 3;
     pub const SASL_HANDSHAKE: i16 = 17;
     pub const API_VERSIONS: i16 = 18;
@@ -45,6 +48,8 @@ macro_rules! request {
 }
 
 request!(ProduceRequest, ProduceResponse, api::PRODUCE);
+request!(FetchRequest, FetchResponse, api::FETCH);
+request!(ListOffsetsRequest, ListOffsetsResponse, api::LIST_OFFSETS);
 request!(MetadataRequest, MetadataResponse, api::METADATA);
 request!(ApiVersionsRequest, ApiVersionsResponse, api::API_VERSIONS);
 request!(
