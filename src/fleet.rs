@@ -81,6 +81,20 @@ pub enum Health {
     Ok,
 }
 
+impl Health {
+    /// As `--json` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Dropping => "dropping",
+            Health::Silent => "silent",
+            Health::UplinkDown => "uplink_down",
+            Health::BacklogGrowing => "backlog_growing",
+            Health::ClockUnsynchronised => "clock_unsynchronised",
+            Health::Ok => "ok",
+        }
+    }
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gateway {
@@ -221,7 +235,7 @@ pub fn render(gateways: &[Gateway], skipped: usize, now_ms: i64) -> String {
         out.push_str(&format!(
             "{:<24} {:<21} seen {} ago  backlog {} events{age}  ferry {}  {}\n",
             g.node_id,
-            format!("{:?}", g.health).to_lowercase(),
+            g.health.name(),
             duration_text((now_ms - g.last_seen_ms).max(0) / 1000),
             g.backlog_events,
             g.version,

@@ -165,7 +165,10 @@ pub fn record(r: &Reading) -> String {
         "boot_id": r.boot_id,
         "time_ms": r.now_ms,
         "uptime_s": round1(r.uptime_s),
-        "clock": { "synchronized": r.clock_synchronized },
+        "clock": {
+            "synchronized": r.clock_synchronized,
+            "repaired_events": s.timestamps_corrected,
+        },
         "backlog": {
             "events": s.backlog_events,
             "bytes": s.backlog_bytes,
@@ -294,11 +297,14 @@ pub async fn run(
     loop {
         let now = now_ms();
         let up = sources.stats.uplink_up.load(Relaxed);
+        // The first heartbeat, built before ferry had connected, says the
+        // uplink is not up: the first connection replaces it at once.
+        let first_up = up && !seen_up;
         seen_up |= up;
         let backlog = sources.stats.backlog_events.load(Relaxed);
         let tracking = seen_up || started.elapsed() >= START_GRACE;
         let came_back = tracking && outages.observe(up, backlog, now);
-        if came_back || Instant::now() >= next {
+        if came_back || first_up || Instant::now() >= next {
             let snapshot = sources.stats.snapshot(&sources.node_id, now);
             let recent = recent.sample(now, snapshot.dropped_events, snapshot.backlog_events);
             let reading = Reading {

@@ -59,6 +59,11 @@ pub struct Stats {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// Events sent with a repaired timestamp (recorded before the clock was
+/// synchronised, corrected once it was), since start; resends count again.
+/// Process-wide: the record writers that repair them are pooled.
+pub static TIMESTAMPS_CORRECTED: AtomicU64 = AtomicU64::new(0);
+
 /// A point-in-time copy, for `ferry status`.
 #[derive(Debug, Serialize, serde::Deserialize, Default)]
 pub struct Snapshot {
@@ -94,6 +99,9 @@ pub struct Snapshot {
     pub backlog_raw_bytes: u64,
     /// Age of the oldest stored event in seconds, if any is stored.
     pub oldest_age_s: Option<f64>,
+    /// Events sent with a repaired timestamp since start.
+    #[serde(default)]
+    pub timestamps_corrected: u64,
     pub last_error: Option<String>,
     #[serde(flatten)]
     pub forward: ForwardState,
@@ -130,6 +138,7 @@ impl Stats {
             backlog_raw_bytes: self.backlog_raw_bytes.load(Relaxed),
             oldest_age_s: (backlog_events > 0 && oldest > 0)
                 .then(|| (now_ms - oldest).max(0) as f64 / 1000.0),
+            timestamps_corrected: TIMESTAMPS_CORRECTED.load(Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             forward: self.forward.lock().map(|f| f.clone()).unwrap_or_default(),
             allocations: allocations(),

@@ -22,6 +22,7 @@ const FIELDS: &[&str] = &[
     "time_ms",
     "uptime_s",
     "clock.synchronized",
+    "clock.repaired_events",
     "backlog.events",
     "backlog.bytes",
     "backlog.oldest_age_s",
@@ -106,14 +107,22 @@ fn heartbeats_carry_the_documented_schema_read_by_another_json_parser() {
         "{err}\n{}",
         String::from_utf8_lossy(&last)
     );
-    // Once per interval, not more.
+    // Once per interval, not more; and what one costs on the uplink (no
+    // data flows meanwhile).
     let n = got.len();
+    let bytes_before = f.status().uplink_bytes_total;
     std::thread::sleep(Duration::from_millis(3_000));
     let later = model.records("ferry-heartbeat").len();
     assert!(
         (n + 1..=n + 5).contains(&later),
         "{n} then {later} in 3 s at 1 s intervals"
     );
+    let per_beat = (f.status().uplink_bytes_total - bytes_before) / (later - n) as u64;
+    eprintln!(
+        "a heartbeat: {} B of JSON, {per_beat} B on the uplink (Produce request included)",
+        last.len()
+    );
+    assert!(per_beat < 2_048, "{per_beat} B per heartbeat");
 }
 
 #[test]
@@ -290,6 +299,7 @@ fn ferry_fleet_shows_each_gateway_with_its_state_on_the_mock_cluster() {
     // The text form: one line per gateway and the summary.
     let (code, text, _) = ok.cli(&["fleet"], None);
     assert_eq!(code, 0);
+    eprintln!("ferry fleet:\n{text}");
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(
         text.lines()

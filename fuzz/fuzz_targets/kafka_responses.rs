@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use ferry::kafka::answers::{Answer, Reader};
 use ferry::kafka::wire;
 use kafka_protocol::messages::{
-    ApiVersionsResponse, InitProducerIdResponse, MetadataResponse, ProduceResponse,
-    SaslAuthenticateResponse, SaslHandshakeResponse,
+    ApiVersionsResponse, FetchResponse, InitProducerIdResponse, ListOffsetsResponse,
+    MetadataResponse, ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Encodable, HeaderVersion};
 use libfuzzer_sys::fuzz_target;
@@ -44,12 +44,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::frame_size([data[0], data[1], data[2], data[3]]);
     let _ = wire::correlation_id(&data[4..]);
     let frame = Bytes::copy_from_slice(&data[5..]);
-    match data[4] % 6 {
+    match data[4] % 8 {
         0 => each_version::<ProduceResponse>(&frame),
         1 => each_version::<MetadataResponse>(&frame),
         2 => each_version::<ApiVersionsResponse>(&frame),
         3 => each_version::<InitProducerIdResponse>(&frame),
         4 => each_version::<SaslHandshakeResponse>(&frame),
+        5 => each_version::<ListOffsetsResponse>(&frame),
+        6 => each_version::<FetchResponse>(&frame),
         _ => each_version::<SaslAuthenticateResponse>(&frame),
     }
 });

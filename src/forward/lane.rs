@@ -469,6 +469,8 @@ impl RecordWriter {
                     corrected,
                     original,
                 } => {
+                    crate::stats::TIMESTAMPS_CORRECTED
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.original_ts.clear();
                     let _ = write!(self.original_ts, "{original}");
                     (
