@@ -173,6 +173,11 @@ pub fn record(r: &Reading) -> String {
             "events": s.backlog_events,
             "bytes": s.backlog_bytes,
             "oldest_age_s": s.oldest_age_s.map(round1),
+            "by_priority": s
+                .backlog_by_priority
+                .iter()
+                .map(|(p, n)| (p.to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         },
         "uplink": {
             "up": s.uplink_up,

@@ -40,6 +40,8 @@ pub struct Stats {
     pub backlog_events: AtomicU64,
     pub backlog_bytes: AtomicU64,
     pub backlog_raw_bytes: AtomicU64,
+    /// Backlog events by priority (index = priority).
+    pub backlog_by_priority: [AtomicU64; crate::pattern::PRIORITY_LEVELS],
     pub oldest_ms: AtomicI64,
     pub uplink_up: AtomicBool,
     /// Signalled when `uplink_up` changes (the heartbeat reports an outage
@@ -102,6 +104,9 @@ pub struct Snapshot {
     /// Events sent with a repaired timestamp since start.
     #[serde(default)]
     pub timestamps_corrected: u64,
+    /// Backlog events by priority: (priority, events), where any wait.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backlog_by_priority: Vec<(u8, u64)>,
     pub last_error: Option<String>,
     #[serde(flatten)]
     pub forward: ForwardState,
@@ -139,6 +144,13 @@ impl Stats {
             oldest_age_s: (backlog_events > 0 && oldest > 0)
                 .then(|| (now_ms - oldest).max(0) as f64 / 1000.0),
             timestamps_corrected: TIMESTAMPS_CORRECTED.load(Relaxed),
+            backlog_by_priority: self
+                .backlog_by_priority
+                .iter()
+                .enumerate()
+                .map(|(p, n)| (p as u8, n.load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             forward: self.forward.lock().map(|f| f.clone()).unwrap_or_default(),
             allocations: allocations(),

@@ -26,6 +26,7 @@ const FIELDS: &[&str] = &[
     "backlog.events",
     "backlog.bytes",
     "backlog.oldest_age_s",
+    "backlog.by_priority",
     "uplink.up",
     "uplink.bytes_today",
     "uplink.outage",
@@ -152,6 +153,10 @@ fn an_outage_leaves_one_waiting_heartbeat_which_reports_it() {
         sent += 20;
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The backlog by priority adds up (what heartbeats carry).
+    let s = f.status();
+    let by: u64 = s.backlog_by_priority.iter().map(|(_, n)| n).sum();
+    assert!(s.backlog_events > 0 && by == s.backlog_events, "{s:?}");
     let before_return = heartbeats(&model).len();
     model.set_down(false);
     f.wait_status(Duration::from_secs(30), "backlog delivered", |s| {

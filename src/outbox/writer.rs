@@ -161,14 +161,22 @@ impl Writer {
             // One pass over the small (priority, sequence) index.
             let mut stmt = w
                 .conn
-                .prepare("SELECT priority, count(*) FROM blocks GROUP BY priority")
+                .prepare("SELECT priority, count(*), sum(count) FROM blocks GROUP BY priority")
                 .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
-            for (priority, n) in rows {
-                w.blocks_by_priority[priority.clamp(0, MAX_PRIORITY as i64) as usize] += n as u64;
+            for (priority, n, events) in rows {
+                let p = priority.clamp(0, MAX_PRIORITY as i64) as usize;
+                w.blocks_by_priority[p] += n as u64;
+                w.stats.backlog_by_priority[p].fetch_add(events.max(0) as u64, Relaxed);
             }
         }
         w.refresh_oldest();
@@ -820,6 +828,9 @@ impl Writer {
         for p in 0..PRIORITY_LEVELS {
             let n = &mut self.blocks_by_priority[p];
             *n = (*n + added.blocks[p]).saturating_sub(removed.blocks[p]);
+            let events = &self.stats.backlog_by_priority[p];
+            events.fetch_add(added.events_by[p], Relaxed);
+            sub(events, removed.events_by[p]);
         }
     }
 
@@ -867,8 +878,9 @@ struct Totals {
     raw: u64,
     seq_min: i64,
     seq_max: i64,
-    /// Blocks per priority.
+    /// Blocks and events per priority.
     blocks: [u64; PRIORITY_LEVELS],
+    events_by: [u64; PRIORITY_LEVELS],
 }
 
 impl std::ops::AddAssign for Totals {
@@ -885,6 +897,9 @@ impl std::ops::AddAssign for Totals {
         self.seq_min = self.seq_min.min(o.seq_min);
         self.seq_max = self.seq_max.max(o.seq_max);
         for (mine, theirs) in self.blocks.iter_mut().zip(o.blocks) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.events_by.iter_mut().zip(o.events_by) {
             *mine += theirs;
         }
     }
@@ -914,7 +929,10 @@ fn insert_block(
         payload: compressed,
     })?;
     let mut blocks = [0; PRIORITY_LEVELS];
-    blocks[usize::from(block.priority.min(MAX_PRIORITY))] = 1;
+    let mut events_by = [0; PRIORITY_LEVELS];
+    let p = usize::from(block.priority.min(MAX_PRIORITY));
+    blocks[p] = 1;
+    events_by[p] = u64::from(block.count);
     Ok(Totals {
         events: block.count as u64,
         stored: n as u64,
@@ -922,6 +940,7 @@ fn insert_block(
         seq_min: seq_first,
         seq_max: seq_first + block.count as i64 - 1,
         blocks,
+        events_by,
     })
 }
 
@@ -977,7 +996,10 @@ fn delete_blocks_with(
             let (events, stored, raw) = (events as u64, stored as u64, raw as u64);
             each(&topic, s, events, raw);
             let mut blocks = [0; PRIORITY_LEVELS];
-            blocks[priority.clamp(0, MAX_PRIORITY as i64) as usize] = 1;
+            let mut events_by = [0; PRIORITY_LEVELS];
+            let p = priority.clamp(0, MAX_PRIORITY as i64) as usize;
+            blocks[p] = 1;
+            events_by[p] = events;
             t += Totals {
                 events,
                 stored,
@@ -985,6 +1007,7 @@ fn delete_blocks_with(
                 seq_min: s,
                 seq_max: s + events as i64 - 1,
                 blocks,
+                events_by,
             };
         }
     }
