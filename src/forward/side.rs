@@ -73,8 +73,8 @@ impl SideRetry {
 }
 
 impl Forwarder {
-    /// Best effort, once per loop: loss markers to the loss topic and dead
-    /// letters to the DLQ topic. What fails stays queued for next time; a
+    /// Best effort, once per loop: the heartbeat to its topic, loss markers
+    /// to the loss topic and dead letters to the DLQ topic. What fails stays queued for next time; a
     /// dead letter the DLQ topic refuses for good is marked so and left.
     pub(super) async fn deliver_side_records(&mut self) {
         let now = Instant::now();
@@ -82,6 +82,13 @@ impl Forwarder {
         // in one window, leaving no data to close the breaker with; a side
         // record delivered then counts as a successful probe.
         if self.breaker.state(now) == State::Open || !self.side.due(now) {
+            return;
+        }
+        let w = &self.outbox.waiting;
+        let waiting = (self.heartbeat_topic.is_some() && w.heartbeat.load(Relaxed))
+            || (self.config.loss_topic.is_some() && w.loss_markers.load(Relaxed) > 0)
+            || (self.config.dead_letter_topic.is_some() && w.dead_letters.load(Relaxed) > 0);
+        if !waiting {
             return;
         }
         // A quiet gateway's heartbeat may be the first thing it sends.
