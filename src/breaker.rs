@@ -144,6 +144,22 @@ impl Breaker {
         }
     }
 
+    /// A side record (heartbeat, loss marker, dead letter) went through
+    /// while the breaker was half-open (or its open interval was over): a
+    /// successful probe, unless a data probe is in flight (its answer
+    /// decides). True if the state changed.
+    pub fn on_side_success(&mut self, now: Instant) -> bool {
+        if self.state(now) != State::HalfOpen || self.probe_in_flight {
+            return false;
+        }
+        if self.state == State::Open {
+            self.set(State::HalfOpen);
+            self.half_open_successes = 0;
+        }
+        self.on_success();
+        true
+    }
+
     /// A failed attempt; `trip_now` for failures that retrying soon cannot
     /// fix (authentication, authorization).
     pub fn on_failure(&mut self, now: Instant, trip_now: bool) {
@@ -203,6 +219,26 @@ mod tests {
         b.on_failure(t0, false);
         assert_eq!(b.state(t0), State::Open);
         assert!(!b.try_acquire(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn side_records_count_as_probes_only_when_no_data_probe_is_out() {
+        let t0 = Instant::now();
+        let mut b = breaker();
+        b.on_failure(t0, true);
+        assert!(!b.on_side_success(t0), "still open");
+        let later = b.open_until().unwrap();
+        // Open interval over, nothing sent yet: two side records close it.
+        assert!(b.on_side_success(later));
+        assert_eq!(b.state(later), State::HalfOpen);
+        assert!(b.on_side_success(later));
+        assert_eq!(b.state(later), State::Closed);
+        // A data probe in flight decides, not a side record.
+        b.on_failure(later, true);
+        let again = b.open_until().unwrap();
+        assert!(b.try_acquire(again));
+        assert!(!b.on_side_success(again));
+        assert_eq!(b.state(again), State::HalfOpen);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::heartbeat::SCHEMA;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-/// A gateway not heard from for this long is `silent`.
+/// A gateway not heard from for this long (or three of its intervals, if
+/// longer) is `silent`.
 const SILENT_AFTER_MS: i64 = 5 * 60 * 1000;
 
 /// What `ferry fleet` reads of a heartbeat (the rest is for other tools).
@@ -23,6 +24,8 @@ pub struct Beat {
     pub version: String,
     pub boot_id: String,
     pub time_ms: i64,
+    /// The gateway's heartbeat interval.
+    pub interval_s: i64,
     pub clock: BeatClock,
     pub backlog: BeatBacklog,
     pub uplink: BeatUplink,
@@ -71,7 +74,7 @@ pub fn decode(value: &[u8]) -> Result<Beat, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
-    /// Policy drops (size or age cap) since its previous heartbeat.
+    /// Policy drops (size or age cap) in the last minutes.
     Dropping,
     /// No heartbeat for [`SILENT_AFTER_MS`].
     Silent,
@@ -111,6 +114,15 @@ pub struct Gateway {
 /// Classify a gateway from its latest heartbeat.
 pub fn classify(latest: &Beat, now_ms: i64) -> (Health, String) {
     let recent = latest.recent;
+    // Three intervals without a heartbeat, and at least five minutes.
+    let silent_after = SILENT_AFTER_MS.max(latest.interval_s.saturating_mul(3_000));
+    let silent_ms = now_ms.saturating_sub(latest.time_ms);
+    if silent_ms > silent_after {
+        return (
+            Health::Silent,
+            format!("no heartbeat for {}", duration_text(silent_ms / 1000)),
+        );
+    }
     if recent.dropped_by_policy > 0 {
         return (
             Health::Dropping,
@@ -119,13 +131,6 @@ pub fn classify(latest: &Beat, now_ms: i64) -> (Health, String) {
                 recent.dropped_by_policy,
                 duration_text(recent.window_s as i64)
             ),
-        );
-    }
-    let silent_ms = now_ms - latest.time_ms;
-    if silent_ms > SILENT_AFTER_MS {
-        return (
-            Health::Silent,
-            format!("no heartbeat for {}", duration_text(silent_ms / 1000)),
         );
     }
     if !latest.uplink.up {
@@ -173,13 +178,10 @@ pub fn gateways(records: &[(Option<Vec<u8>>, Vec<u8>)], now_ms: i64) -> (Vec<Gat
     let mut latest: HashMap<String, Beat> = HashMap::new();
     for (_key, value) in records {
         match decode(value) {
+            // In offset order (a node's heartbeats share a key, so a
+            // partition): the later one wins, whatever its clock said.
             Ok(beat) => {
-                if latest
-                    .get(&beat.node_id)
-                    .is_none_or(|kept| kept.time_ms <= beat.time_ms)
-                {
-                    latest.insert(beat.node_id.clone(), beat);
-                }
+                latest.insert(beat.node_id.clone(), beat);
             }
             Err(_) => skipped += 1,
         }
@@ -236,7 +238,7 @@ pub fn render(gateways: &[Gateway], skipped: usize, now_ms: i64) -> String {
             "{:<24} {:<21} seen {} ago  backlog {} events{age}  ferry {}  {}\n",
             g.node_id,
             g.health.name(),
-            duration_text((now_ms - g.last_seen_ms).max(0) / 1000),
+            duration_text(now_ms.saturating_sub(g.last_seen_ms).max(0) / 1000),
             g.backlog_events,
             g.version,
             g.detail
@@ -331,6 +333,7 @@ mod tests {
             version: "0.1.0".into(),
             boot_id: "b".into(),
             time_ms,
+            interval_s: 60,
             clock: BeatClock { synchronized: true },
             backlog: BeatBacklog {
                 events: backlog,

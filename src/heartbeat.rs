@@ -90,6 +90,7 @@ pub struct Outage {
 pub struct Reading {
     pub snapshot: Snapshot,
     pub now_ms: i64,
+    pub interval_s: u64,
     pub boot_id: String,
     pub uptime_s: f64,
     pub clock_synchronized: bool,
@@ -125,10 +126,12 @@ impl RecentWindow {
     /// Add a sample at `now_ms`; the changes since the oldest one kept.
     pub fn sample(&mut self, now_ms: i64, dropped: u64, backlog: u64) -> Recent {
         self.samples.push_back((now_ms, dropped, backlog));
+        // The baseline is the newest sample at least the window old (with
+        // an interval longer than the window, the one before this).
         while self
             .samples
-            .front()
-            .is_some_and(|s| now_ms - s.0 > RECENT_WINDOW_MS)
+            .get(1)
+            .is_some_and(|s| now_ms.saturating_sub(s.0) >= RECENT_WINDOW_MS)
         {
             self.samples.pop_front();
         }
@@ -164,6 +167,7 @@ pub fn record(r: &Reading) -> String {
         "version": env!("CARGO_PKG_VERSION"),
         "boot_id": r.boot_id,
         "time_ms": r.now_ms,
+        "interval_s": r.interval_s,
         "uptime_s": round1(r.uptime_s),
         "clock": {
             "synchronized": r.clock_synchronized,
@@ -313,6 +317,7 @@ pub async fn run(
             let snapshot = sources.stats.snapshot(&sources.node_id, now);
             let recent = recent.sample(now, snapshot.dropped_events, snapshot.backlog_events);
             let reading = Reading {
+                interval_s: config.interval.as_secs(),
                 snapshot,
                 recent,
                 now_ms: now,
@@ -390,6 +395,7 @@ mod tests {
         Reading {
             snapshot,
             now_ms: 1_700_000_000_000,
+            interval_s: 60,
             boot_id: "b00t".into(),
             uptime_s: 61.04,
             clock_synchronized: false,
@@ -413,11 +419,17 @@ mod tests {
             (r.window_s, r.dropped_by_policy, r.backlog_events_added),
             (120.0, 9, 30)
         );
-        // Six minutes on, the first samples are out of the window.
+        // Six minutes on, the baseline is the newest sample at least five
+        // minutes old; with an interval longer than that, the one before.
         let r = w.sample(420_000, 9, 40);
         assert_eq!(
             (r.window_s, r.dropped_by_policy, r.backlog_events_added),
             (300.0, 0, 0)
+        );
+        let r = w.sample(1_500_000, 12, 40);
+        assert_eq!(
+            (r.window_s, r.dropped_by_policy, r.backlog_events_added),
+            (1080.0, 3, 0)
         );
     }
 

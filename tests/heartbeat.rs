@@ -20,6 +20,7 @@ const FIELDS: &[&str] = &[
     "version",
     "boot_id",
     "time_ms",
+    "interval_s",
     "uptime_s",
     "clock.synchronized",
     "clock.repaired_events",

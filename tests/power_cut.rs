@@ -272,7 +272,7 @@ fn seeded_power_cuts() {
 }
 
 /// Many more: `FERRY_SEEDS` seeds from `FERRY_FIRST_SEED` (default 1000),
-/// each durability, 10 cuts each.
+/// 10 cuts each; even seeds `fsync`, odd ones `relaxed`.
 #[test]
 #[ignore]
 fn many_power_cuts() {

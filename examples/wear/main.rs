@@ -85,7 +85,7 @@ mod wear {
         a
     }
 
-    /// A seeded telemetry event: (key, value), about 170 bytes together.
+    /// A seeded telemetry event: (key, value), about 140 bytes together.
     fn event(rng: &mut SplitMix64, n: u64) -> (String, String) {
         let sensor = n % KEYS;
         let key = format!("sensor-{sensor:02}");

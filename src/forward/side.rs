@@ -121,7 +121,9 @@ impl Forwarder {
                 // Refused for good (too large for the topic): the next
                 // interval's replaces it.
                 Side::Delivered | Side::Refused => self.outbox.heartbeat_sent(version).await,
-                Side::Failed => return,
+                // The loss markers and dead letters are still tried: their
+                // topics may be fine.
+                Side::Failed => {}
             }
         }
         if let Some(topic) = self.config.loss_topic.clone() {
@@ -300,10 +302,11 @@ impl Forwarder {
         let result = tokio::time::timeout(SIDE_BUDGET, attempt)
             .await
             .unwrap_or_else(|_| {
-                Err(Failure::transient(format!(
-                    "no answer within {} s",
-                    SIDE_BUDGET.as_secs()
-                )))
+                Err(Failure::new(
+                    Class::Transient,
+                    "REQUEST_TIMEOUT",
+                    format!("no answer within {} s", SIDE_BUDGET.as_secs()),
+                ))
             });
         let outcome = self.side_outcome(topic, partition, result);
         match outcome {
@@ -314,8 +317,7 @@ impl Forwarder {
                 if !self.stats.uplink_up.swap(true, Relaxed) {
                     self.stats.uplink_changed.notify_one();
                 }
-                if self.breaker.state(Instant::now()) == State::HalfOpen {
-                    self.breaker.on_success();
+                if self.breaker.on_side_success(Instant::now()) {
                     self.publish_state(None);
                 }
             }
@@ -346,8 +348,9 @@ impl Forwarder {
                 }
             }
             Err(f) => {
-                // Not reaching the broker is the uplink down, whatever went.
-                if f.class == Class::Transient && self.stats.uplink_up.swap(false, Relaxed) {
+                // Not reaching the broker at all is the uplink down, whatever
+                // went (a slow answer or a leader away is not).
+                if f.name == "NETWORK" && self.stats.uplink_up.swap(false, Relaxed) {
                     self.stats.uplink_changed.notify_one();
                 }
                 self.side_failed(topic, &format!("produce to {topic}: {}", f.message));

@@ -59,7 +59,11 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
         let last_offset_delta = be_i32(&batch[23..]);
         let base_timestamp = be_i64(&batch[27..]);
         let count = be_i32(&batch[57..]);
-        out.next_offset = Some(base_offset + i64::from(last_offset_delta) + 1);
+        out.next_offset = Some(
+            base_offset
+                .saturating_add(i64::from(last_offset_delta))
+                .saturating_add(1),
+        );
         at = end;
         if attributes & 0x20 != 0 {
             continue; // a control batch
@@ -90,7 +94,6 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
         for _ in 0..count.max(0) {
             let len = r.varint()?;
             let start = r.at;
-            r.skip(0)?;
             let _attributes = r.byte()?;
             let ts_delta = r.varint()?;
             let offset_delta = r.varint()?;
@@ -108,8 +111,8 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
                 ));
             }
             out.records.push(ReadRecord {
-                offset: base_offset + offset_delta,
-                timestamp_ms: base_timestamp + ts_delta,
+                offset: base_offset.saturating_add(offset_delta),
+                timestamp_ms: base_timestamp.saturating_add(ts_delta),
                 key,
                 value,
             });

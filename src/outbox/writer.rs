@@ -176,7 +176,7 @@ impl Writer {
             for (priority, n, events) in rows {
                 let p = priority.clamp(0, MAX_PRIORITY as i64) as usize;
                 w.blocks_by_priority[p] += n as u64;
-                w.stats.backlog_by_priority[p].fetch_add(events.max(0) as u64, Relaxed);
+                w.stats.backlog_by_priority[p].store(events.max(0) as u64, Relaxed);
             }
         }
         w.refresh_oldest();
