@@ -324,7 +324,7 @@ pub async fn run(
                 boot_id: boot_id.clone(),
                 uptime_s: started.elapsed().as_secs_f64(),
                 clock_synchronized: clock.read().synchronized,
-                free_bytes: free_bytes(&sources.data_dir),
+                free_bytes: crate::outbox::free_bytes(&sources.data_dir),
                 rss_bytes: rss_bytes(),
                 cpu_s: cpu_seconds(),
                 listeners: sources.listeners.clone(),
@@ -340,12 +340,6 @@ pub async fn run(
             _ = shutdown.recv() => return,
         }
     }
-}
-
-/// Free space for ferry on the file system of `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
 /// This process's resident memory, from `/proc/self/status`.

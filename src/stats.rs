@@ -169,6 +169,13 @@ impl Stats {
         (silent >= FORWARD_WEDGED_AFTER.as_millis() as u64).then_some(silent)
     }
 
+    /// Record whether the uplink works; a change wakes the heartbeat.
+    pub fn set_uplink_up(&self, up: bool) {
+        if self.uplink_up.swap(up, Relaxed) != up {
+            self.uplink_changed.notify_one();
+        }
+    }
+
     pub fn set_last_error(&self, e: Option<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = e;

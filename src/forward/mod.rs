@@ -985,9 +985,7 @@ impl Forwarder {
         self.failures = 0;
         self.backoff.reset();
         self.breaker.on_success();
-        if !self.stats.uplink_up.swap(true, Relaxed) {
-            self.stats.uplink_changed.notify_one();
-        }
+        self.stats.set_uplink_up(true);
         self.publish_state(None);
     }
 
@@ -1003,9 +1001,7 @@ impl Forwarder {
         self.failures += 1;
         self.stats.produce_errors.fetch_add(1, Relaxed);
         self.stats.retries.fetch_add(1, Relaxed);
-        if self.stats.uplink_up.swap(false, Relaxed) {
-            self.stats.uplink_changed.notify_one();
-        }
+        self.stats.set_uplink_up(false);
         let before = self.breaker.state(Instant::now());
         self.breaker
             .on_failure(Instant::now(), f.class == Class::ConfigCluster);

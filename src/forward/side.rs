@@ -109,14 +109,7 @@ impl Forwarder {
             && self.outbox.waiting.heartbeat.load(Relaxed)
             && let Ok(Some((version, body))) = self.outbox.heartbeat_pending().await
         {
-            let mut w = RecordWriter::new(self.node_id.clone());
-            w.push_plain(
-                now_ms(),
-                Some(self.node_id.as_bytes()),
-                body.as_bytes(),
-                &[],
-            );
-            let batch = w.finish(ProducerFields::NONE, self.codec);
+            let batch = self.plain_batch([body.as_str()]);
             match self.produce_side(&topic, batch).await {
                 // Refused for good (too large for the topic): the next
                 // interval's replaces it.
@@ -133,16 +126,7 @@ impl Forwarder {
                         self.outbox.waiting.loss_markers.store(0, Relaxed);
                     } else {
                         let ids: Vec<i64> = markers.iter().map(|m| m.0).collect();
-                        let mut w = RecordWriter::new(self.node_id.clone());
-                        for (_, body) in &markers {
-                            w.push_plain(
-                                now_ms(),
-                                Some(self.node_id.as_bytes()),
-                                body.as_bytes(),
-                                &[],
-                            );
-                        }
-                        let batch = w.finish(ProducerFields::NONE, self.codec);
+                        let batch = self.plain_batch(markers.iter().map(|(_, b)| b.as_str()));
                         if self.produce_side(&topic, batch).await == Side::Delivered {
                             self.outbox.loss_delivered(ids).await;
                         }
@@ -196,6 +180,21 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// One batch of ferry's own records (heartbeat, loss markers), keyed by
+    /// the node id.
+    fn plain_batch<'a>(&self, bodies: impl IntoIterator<Item = &'a str>) -> bytes::Bytes {
+        let mut w = RecordWriter::new(self.node_id.clone());
+        for body in bodies {
+            w.push_plain(
+                now_ms(),
+                Some(self.node_id.as_bytes()),
+                body.as_bytes(),
+                &[],
+            );
+        }
+        w.finish(ProducerFields::NONE, self.codec)
     }
 
     /// Produce these dead letters to the DLQ topic in one batch, and record
@@ -314,9 +313,7 @@ impl Forwarder {
             Side::Delivered | Side::Refused => {
                 self.side.succeeded();
                 // The uplink works (before any data went, say).
-                if !self.stats.uplink_up.swap(true, Relaxed) {
-                    self.stats.uplink_changed.notify_one();
-                }
+                self.stats.set_uplink_up(true);
                 if self.breaker.on_side_success(Instant::now()) {
                     self.publish_state(None);
                 }
@@ -350,8 +347,8 @@ impl Forwarder {
             Err(f) => {
                 // Not reaching the broker at all is the uplink down, whatever
                 // went (a slow answer or a leader away is not).
-                if f.name == "NETWORK" && self.stats.uplink_up.swap(false, Relaxed) {
-                    self.stats.uplink_changed.notify_one();
+                if f.name == "NETWORK" {
+                    self.stats.set_uplink_up(false);
                 }
                 self.side_failed(topic, &format!("produce to {topic}: {}", f.message));
                 Side::Failed

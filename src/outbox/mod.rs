@@ -32,6 +32,7 @@ mod hot;
 pub mod loss;
 pub mod plan;
 mod reserve;
+pub use reserve::free_bytes;
 mod schema;
 mod writer;
 

@@ -30,6 +30,15 @@ pub struct Reserve {
     next_try: Option<Instant>,
 }
 
+/// Free space for an unprivileged writer on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    // (The counts are 32-bit on armv7: the casts are needed there.)
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::statvfs::statvfs(dir)
+        .ok()
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
 /// Whether `e` is SQLite telling the disk (or the database's size limit)
 /// is full.
 pub fn is_disk_full(e: &rusqlite::Error) -> bool {
@@ -97,11 +106,7 @@ impl Reserve {
         // Only when the file system has room to spare: a write bound to
         // fail would wear an SD card for nothing.
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        // (The counts are 32-bit on armv7: the casts are needed there.)
-        #[allow(clippy::unnecessary_cast)]
-        let free = nix::sys::statvfs::statvfs(dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
-            .unwrap_or(0);
+        let free = free_bytes(dir).unwrap_or(0);
         if free < 2 * RESERVE_BYTES as u64 {
             self.next_try = Some(Instant::now() + RETAKE_INTERVAL);
             return;
