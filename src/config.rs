@@ -38,6 +38,9 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     pub metrics: MetricsConfig,
     pub heartbeat: crate::heartbeat::HeartbeatConfig,
+    /// Local MQTT brokers to subscribe to.
+    #[serde(rename = "mqtt", skip_serializing_if = "Vec::is_empty")]
+    pub mqtt: Vec<crate::mqtt::config::MqttConfig>,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             breaker: crate::breaker::BreakerConfig::default(),
             metrics: MetricsConfig::default(),
             heartbeat: crate::heartbeat::HeartbeatConfig::default(),
+            mqtt: Vec::new(),
         }
     }
 }
@@ -339,6 +343,7 @@ impl Config {
             }
         }
         self.heartbeat.check()?;
+        crate::mqtt::config::check_all(&self.mqtt, &self.node_id)?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -494,6 +499,14 @@ impl Config {
         for l in &self.listeners {
             if let Some(t) = &l.topic {
                 router.for_each_destination(t, &mut add);
+            }
+        }
+        for s in self.mqtt.iter().flat_map(|m| &m.subscriptions) {
+            if let Some(t) = crate::mqtt::mapping::Template::parse(&s.topic)
+                .ok()
+                .and_then(|t| t.literal())
+            {
+                router.for_each_destination(&t, &mut add);
             }
         }
         for t in [&self.kafka.dead_letter_topic, &self.kafka.loss_topic]

@@ -82,7 +82,8 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         max_event_bytes: config.ingest.max_event_bytes as usize,
         node_id: config.node_id.clone(),
     });
-    ingest::spawn_all(bound, ctx, &shutdown)?;
+    ingest::spawn_all(bound, ctx.clone(), &shutdown)?;
+    let mut mqtt_links = crate::mqtt::Links::start(&config.mqtt, &config.retry, ctx, &shutdown);
     start_metrics(&config, &stats, &outbox, &shutdown).await;
     let settings = forward::Settings {
         node_id: &config.node_id,
@@ -109,6 +110,12 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
                 .listeners
                 .iter()
                 .map(|l| l.describe(&config.data_dir))
+                .chain(
+                    config
+                        .mqtt
+                        .iter()
+                        .map(|m| ("mqtt".to_string(), m.broker.clone())),
+                )
                 .collect(),
         },
         shutdown.clone(),
@@ -135,10 +142,11 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break }
-            _ = sighup.recv() => reload(source.as_deref(), &mut running, &reload_tx, &outbox).await,
+            _ = sighup.recv() => reload(source.as_deref(), &mut running, &reload_tx, &outbox, &mut mqtt_links).await,
         }
     }
     drop(outbox);
+    drop(mqtt_links);
     let _ = notify::notify("STOPPING=1");
     trigger.fire();
     drop(shutdown);
@@ -160,7 +168,9 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
 /// running one stays. Routes (and their priorities), batching,
 /// compression, the bandwidth cap, side topics, brokers, TLS/SASL,
 /// timeouts, retry and breaker settings apply at once (to the next
-/// window and the next connection); the node id, data directory, outbox,
+/// window and the next connection); MQTT links are added, changed (after
+/// what they have in flight is stored and acknowledged) and removed; the
+/// node id, data directory, outbox,
 /// ingest limits, listeners and metrics need a restart, which the log says.
 /// Environment overrides keep the values ferry started with.
 async fn reload(
@@ -168,6 +178,7 @@ async fn reload(
     running: &mut Config,
     forwarder: &tokio::sync::watch::Sender<Option<Arc<forward::Reload>>>,
     outbox: &outbox::Outbox,
+    mqtt_links: &mut crate::mqtt::Links,
 ) {
     let _ = notify::notify("RELOADING=1");
     match Config::load(source) {
@@ -217,6 +228,8 @@ async fn reload(
             running.retry = new.retry;
             running.breaker = new.breaker;
             running.routes = new.routes;
+            mqtt_links.reload(&new.mqtt);
+            running.mqtt = new.mqtt;
             info!(
                 "config reloaded from {}",
                 source.map_or("built-in defaults".into(), |p| p.display().to_string())

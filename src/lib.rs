@@ -12,6 +12,7 @@
 //!                          `ferry fleet` from the heartbeat topic
 //!     config               the whole file: composes each component's section,
 //!                          environment overrides, errors naming file/line/key
+//!       mqtt               subscriptions to local MQTT brokers, into the outbox
 //!       ingest  forward  metrics  heartbeat
 //!                          listeners and formats; what to send and when;
 //!                          /metrics and /health; the fleet heartbeat
@@ -53,6 +54,7 @@ pub mod kafka;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;
+pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod pattern;

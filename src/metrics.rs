@@ -207,7 +207,54 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
         sum_us as f64 / 1e6
     );
     let _ = writeln!(out, "ferry_produce_latency_seconds_count {count}");
+    render_mqtt(&s.mqtt, &mut out);
     out
+}
+
+/// One series per MQTT link, labelled `link`.
+fn render_mqtt(links: &[crate::stats::MqttLinkSnapshot], out: &mut String) {
+    if links.is_empty() {
+        return;
+    }
+    type Field = fn(&crate::stats::MqttLinkSnapshot) -> f64;
+    let series: [(&str, &str, &str, Field); 5] = [
+        (
+            "ferry_mqtt_connected",
+            "gauge",
+            "1 while the MQTT link is connected.",
+            |l| l.connected as u8 as f64,
+        ),
+        (
+            "ferry_mqtt_received_total",
+            "counter",
+            "PUBLISH packets received from the MQTT broker.",
+            |l| l.received as f64,
+        ),
+        (
+            "ferry_mqtt_acknowledged_total",
+            "counter",
+            "PUBACKs sent (after the outbox commit).",
+            |l| l.acknowledged as f64,
+        ),
+        (
+            "ferry_mqtt_redeliveries_total",
+            "counter",
+            "Redeliveries of messages already stored, recognised and not stored again.",
+            |l| l.redeliveries as f64,
+        ),
+        (
+            "ferry_mqtt_rejected_total",
+            "counter",
+            "MQTT messages refused (too large, no valid Kafka topic).",
+            |l| l.rejected as f64,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in links {
+            let _ = writeln!(out, "{name}{{link=\"{}\"}} {}", l.name, value(l));
+        }
+    }
 }
 
 /// Healthy when the outbox writer answers and the forwarder loop is alive
@@ -218,7 +265,26 @@ pub async fn health(stats: &Stats, outbox: &Outbox, include_kafka: bool) -> (boo
     let forward_ok = wedged.is_none();
     let uplink_up = stats.uplink_up.load(Relaxed);
     let kafka_ok = !include_kafka || uplink_up;
-    let ok = writer_ok && forward_ok && kafka_ok;
+    let mqtt = stats
+        .mqtt
+        .lock()
+        .map(|links| links.iter().map(|l| l.snapshot()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mqtt_down: Vec<String> = mqtt
+        .iter()
+        .filter(|l| !l.connected)
+        .map(|l| {
+            format!(
+                "MQTT link {} ({}) is not connected: {}",
+                l.name,
+                l.broker,
+                l.last_error.as_deref().unwrap_or("not reached yet")
+            )
+        })
+        .collect();
+    // A local broker that ferry cannot reach means sensors' data waits
+    // (or is lost) outside ferry: unhealthy.
+    let ok = writer_ok && forward_ok && kafka_ok && mqtt_down.is_empty();
     let mut why = Vec::new();
     if !writer_ok {
         why.push("the outbox writer does not answer (storage stuck?)".to_string());
@@ -238,12 +304,14 @@ pub async fn health(stats: &Stats, outbox: &Outbox, include_kafka: bool) -> (boo
             .unwrap_or_else(|| "no broker reached yet".into());
         why.push(format!("Kafka is unreachable: {last}"));
     }
+    why.extend(mqtt_down);
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unhealthy" },
         "outbox_writable": writer_ok,
         "forwarder_alive": forward_ok,
         "uplink_up": uplink_up,
         "kafka_checked": include_kafka,
+        "mqtt": mqtt.iter().map(|l| serde_json::json!({"link": l.name, "connected": l.connected})).collect::<Vec<_>>(),
         "why": why,
     });
     (ok, body.to_string())

@@ -59,6 +59,62 @@ pub struct Stats {
     /// When the forwarder loop last showed it was alive (ms on `monotonic_ms`).
     pub forward_beat_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// One entry per `[[mqtt]]` link, registered when it starts.
+    pub mqtt: Mutex<Vec<std::sync::Arc<MqttLinkStats>>>,
+}
+
+/// One MQTT link's state and counters (`ferry status`, metrics, health).
+#[derive(Debug, Default)]
+pub struct MqttLinkStats {
+    pub name: String,
+    pub broker: String,
+    pub connected: AtomicBool,
+    /// PUBLISH packets received (redeliveries included).
+    pub received: AtomicU64,
+    /// PUBACKs written (after the commit, or for a refused message).
+    pub acknowledged: AtomicU64,
+    /// Redeliveries of messages already stored, recognised and not stored again.
+    pub redeliveries: AtomicU64,
+    /// Messages refused (too large, no Kafka topic for them).
+    pub rejected: AtomicU64,
+    pub connects: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`MqttLinkStats`], for `ferry status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct MqttLinkSnapshot {
+    pub name: String,
+    pub broker: String,
+    pub connected: bool,
+    pub received: u64,
+    pub acknowledged: u64,
+    pub redeliveries: u64,
+    pub rejected: u64,
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+impl MqttLinkStats {
+    pub fn snapshot(&self) -> MqttLinkSnapshot {
+        MqttLinkSnapshot {
+            name: self.name.clone(),
+            broker: self.broker.clone(),
+            connected: self.connected.load(Relaxed),
+            received: self.received.load(Relaxed),
+            acknowledged: self.acknowledged.load(Relaxed),
+            redeliveries: self.redeliveries.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = e;
+        }
+    }
 }
 
 /// Events sent with a repaired timestamp (recorded before the clock was
@@ -110,6 +166,9 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     #[serde(flatten)]
     pub forward: ForwardState,
+    /// Each MQTT link (`[[mqtt]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mqtt: Vec<MqttLinkSnapshot>,
     /// Heap allocations since start (benchmark builds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocations: Option<u64>,
@@ -153,6 +212,11 @@ impl Stats {
                 .collect(),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             forward: self.forward.lock().map(|f| f.clone()).unwrap_or_default(),
+            mqtt: self
+                .mqtt
+                .lock()
+                .map(|links| links.iter().map(|l| l.snapshot()).collect())
+                .unwrap_or_default(),
             allocations: allocations(),
         }
     }

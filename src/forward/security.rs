@@ -42,10 +42,16 @@ pub fn connection_config(
 
 /// Build the rustls client configuration from `[kafka.tls]`.
 pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    tls_config_in(tls, "kafka.tls")
+}
+
+/// Build a rustls client configuration from a TLS section; errors name
+/// `section` (`kafka.tls`, `mqtt.tls`).
+pub fn tls_config_in(tls: &TlsConfig, section: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| {
         format!(
-            "cannot read CA file {} (kafka.tls.ca_file): {e}",
+            "cannot read CA file {} ({section}.ca_file): {e}",
             tls.ca_file.display()
         )
     })?;
@@ -53,13 +59,13 @@ pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> 
     for cert in certs {
         let cert = cert.map_err(|e| {
             format!(
-                "CA file {} (kafka.tls.ca_file) holds a bad certificate: {e}",
+                "CA file {} ({section}.ca_file) holds a bad certificate: {e}",
                 tls.ca_file.display()
             )
         })?;
         roots.add(cert).map_err(|e| {
             format!(
-                "CA file {} (kafka.tls.ca_file): certificate refused: {e}",
+                "CA file {} ({section}.ca_file): certificate refused: {e}",
                 tls.ca_file.display()
             )
         })?;
@@ -67,7 +73,7 @@ pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> 
     }
     if added == 0 {
         return Err(format!(
-            "CA file {} (kafka.tls.ca_file) holds no PEM certificate",
+            "CA file {} ({section}.ca_file) holds no PEM certificate",
             tls.ca_file.display()
         ));
     }
@@ -82,13 +88,13 @@ pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> 
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
                     format!(
-                        "cannot read client certificate {} (kafka.tls.cert_file): {e}",
+                        "cannot read client certificate {} ({section}.cert_file): {e}",
                         cert.display()
                     )
                 })?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 format!(
-                    "cannot read client key {} (kafka.tls.key_file): {e}",
+                    "cannot read client key {} ({section}.key_file): {e}",
                     key.display()
                 )
             })?;
@@ -98,10 +104,9 @@ pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> 
         }
         (None, None) => builder.with_no_client_auth(),
         _ => {
-            return Err(
-                "kafka.tls.cert_file and kafka.tls.key_file go together: set both or neither"
-                    .into(),
-            );
+            return Err(format!(
+                "{section}.cert_file and {section}.key_file go together: set both or neither"
+            ));
         }
     };
     Ok(Arc::new(config))

@@ -18,6 +18,8 @@ pub(super) const QUEUE_DEPTH: usize = 256;
 pub struct AppendBatch {
     pub data: Vec<u8>,
     pub count: u32,
+    /// MQTT messages among them, marked in the same transaction.
+    pub marks: Option<Box<super::mqtt_marks::LinkMarks>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +126,18 @@ pub(super) enum Command {
     /// ferry is idle: drop buffers kept for the next commit and SQLite's
     /// page cache, then hand free heap pages back to the system.
     ReleaseMemory,
+    MqttMarks {
+        link: String,
+        reply: oneshot::Sender<Result<Vec<super::mqtt_marks::Mark>, String>>,
+    },
+    /// Marks whose PUBACK the broker has seen (removed with the next commit).
+    MqttForget {
+        link: String,
+        marks: Vec<super::mqtt_marks::Mark>,
+    },
+    MqttClear {
+        link: String,
+    },
     Present {
         seq_firsts: Vec<i64>,
         reply: oneshot::Sender<Result<Vec<i64>, String>>,

@@ -244,6 +244,32 @@ impl Outbox {
         rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
+    /// The redelivery marks of MQTT link `link` (see `outbox::mqtt_marks`).
+    pub async fn mqtt_marks(
+        &self,
+        link: &str,
+    ) -> Result<Vec<super::mqtt_marks::Mark>, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Command::MqttMarks {
+            link: link.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+    }
+
+    /// The broker has seen these messages acknowledged.
+    pub async fn mqtt_forget(&self, link: &str, marks: Vec<super::mqtt_marks::Mark>) {
+        let link = link.to_string();
+        let _ = self.tx.send(Command::MqttForget { link, marks }).await;
+    }
+
+    /// The broker lost link `link`'s session.
+    pub async fn mqtt_clear(&self, link: &str) {
+        let link = link.to_string();
+        let _ = self.tx.send(Command::MqttClear { link }).await;
+    }
+
     /// Ask the writer to drop events older than `max_age`.
     /// Priorities from a reloaded config, for blocks stored from now on.
     pub async fn set_priorities(&self, priorities: crate::pattern::Priorities) {
@@ -304,7 +330,11 @@ impl Appender {
         let mut data = self.spares.pop().unwrap_or_default();
         data.clear();
         data.reserve(capacity);
-        AppendBatch { data, count: 0 }
+        AppendBatch {
+            data,
+            count: 0,
+            marks: None,
+        }
     }
 
     /// Drop the recycled buffers (after a burst made them large).

@@ -16,6 +16,7 @@
 //!     hot        the append path's prepared statements
 //!     schema     migrations and the meta counters
 //!     plan dead_letter loss   producer state and plans, dead letters, loss markers
+//!     mqtt_marks heartbeat    MQTT redelivery marks; the heartbeat's slot
 //!     reserve    disk space held back so the drain can write on a full disk
 //!     command    what the handles send the writer; errors and options
 //!       block      the stored block: compression, checksum, verification
@@ -30,6 +31,7 @@ mod handle;
 pub mod heartbeat;
 mod hot;
 pub mod loss;
+pub mod mqtt_marks;
 pub mod plan;
 mod reserve;
 pub use reserve::free_bytes;

@@ -87,6 +87,13 @@ const MIGRATIONS: &[&str] = &[
          version INTEGER NOT NULL,
          body    TEXT NOT NULL
      );",
+    // 5 -> 6: redelivery marks of MQTT messages (`outbox::mqtt_marks`).
+    "CREATE TABLE mqtt_marks (
+         link      TEXT NOT NULL,
+         packet_id INTEGER NOT NULL,
+         digest    INTEGER NOT NULL,
+         PRIMARY KEY (link, packet_id)
+     ) WITHOUT ROWID;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -9,7 +9,7 @@ use super::config::{Durability, OutboxConfig, WhenFull};
 use super::dead_letter::{self, NewDeadLetter};
 use super::hot::{self, HotStatements};
 use super::reserve::{self, Reserve};
-use super::{heartbeat, loss, plan, schema};
+use super::{heartbeat, loss, mqtt_marks, plan, schema};
 use crate::event::Event;
 use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
 use crate::stats::{Stats, now_ms};
@@ -85,6 +85,10 @@ pub(super) struct Writer {
     synced_changes: u64,
     synced_log: Option<u64>,
     sync_failures: crate::log_limit::LogLimiter,
+    /// MQTT marks the broker has seen acknowledged, removed in the next
+    /// transaction (no commit of their own: a mark left behind by a crash
+    /// only makes a redelivery that cannot come look recognisable).
+    mqtt_forget: Vec<(String, Vec<mqtt_marks::Mark>)>,
 }
 
 /// A block under construction: events of one topic, encoded back to back.
@@ -156,6 +160,7 @@ impl Writer {
             synced_changes: 0,
             synced_log: None,
             sync_failures: crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(60)),
+            mqtt_forget: Vec::new(),
         };
         {
             // One pass over the small (priority, sequence) index.
@@ -225,6 +230,25 @@ impl Writer {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Append { .. } => unreachable!("appends are grouped"),
+            Command::MqttMarks { link, reply } => {
+                let r = self
+                    .flush_mqtt_forget()
+                    .and_then(|()| mqtt_marks::load(&self.conn, &link))
+                    .map_err(|e| format!("outbox {}: MQTT marks: {e}", self.path.display()));
+                let _ = reply.send(r);
+            }
+            Command::MqttForget { link, marks } => {
+                self.mqtt_forget.push((link, marks));
+                if self.mqtt_forget.len() > 64 {
+                    let r = self.flush_mqtt_forget();
+                    self.log_mqtt_failure(r);
+                }
+            }
+            Command::MqttClear { link } => {
+                self.mqtt_forget.retain(|(l, _)| *l != link);
+                let r = mqtt_marks::clear(&self.conn, &link);
+                self.log_mqtt_failure(r);
+            }
             Command::Read {
                 cursors,
                 order,
@@ -388,9 +412,46 @@ impl Writer {
         }
     }
 
+    /// Remove the MQTT marks waiting to go, in a transaction of their own.
+    fn flush_mqtt_forget(&mut self) -> rusqlite::Result<()> {
+        if self.mqtt_forget.is_empty() {
+            return Ok(());
+        }
+        self.conn.execute_batch("BEGIN")?;
+        let r = self.forget_mqtt_marks();
+        match r {
+            Ok(()) => self.conn.execute_batch("COMMIT"),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Inside a transaction: remove the marks waiting to go.
+    fn forget_mqtt_marks(&mut self) -> rusqlite::Result<()> {
+        for (link, marks) in &self.mqtt_forget {
+            mqtt_marks::forget(&self.conn, link, marks)?;
+        }
+        self.mqtt_forget.clear();
+        Ok(())
+    }
+
+    fn log_mqtt_failure(&self, r: rusqlite::Result<()>) {
+        if let Err(e) = r {
+            // Left marks cost nothing but space; the next commit tries again.
+            self.sync_failures.warn(&format!(
+                "outbox {}: cannot remove MQTT redelivery marks: {e}",
+                self.path.display()
+            ));
+        }
+    }
+
     /// Give back the block buffers (each up to a few hundred KiB) and
     /// SQLite's page cache; both come back on the next busy moment.
     fn release_memory(&mut self) {
+        let r = self.flush_mqtt_forget();
+        self.log_mqtt_failure(r);
         self.building = Vec::new();
         self.compressor.release();
         if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
@@ -526,6 +587,17 @@ impl Writer {
         for b in self.building.iter().filter(|b| b.count > 0) {
             added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
             self.next_seq += b.count as i64;
+        }
+        for (batch, _) in group {
+            if let Some(m) = &batch.marks {
+                mqtt_marks::insert(&self.conn, &m.link, &m.marks)?;
+            }
+        }
+        if !self.mqtt_forget.is_empty() {
+            let forget = std::mem::take(&mut self.mqtt_forget);
+            for (link, marks) in &forget {
+                mqtt_marks::forget(&self.conn, link, marks)?;
+            }
         }
         self.hot.add_appended(
             self.next_seq - seq_before,

@@ -587,6 +587,7 @@ impl Cursor<'_> {
 
 pub mod kafka_model;
 pub mod latency;
+pub mod mosquitto;
 pub mod powercut;
 pub mod proxy;
 pub mod tansu;

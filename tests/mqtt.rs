@@ -1,0 +1,343 @@
+//! MQTT ingest against a real Mosquitto (Debian's, started per test with
+//! its own config and persistence), the real `ferry` binary, and the
+//! Kafka-faithful broker model as the Kafka side: every message Mosquitto
+//! acknowledged to a publisher must reach Kafka exactly once, in
+//! per-publisher order, through kills, broker restarts and refusals.
+
+mod common;
+
+use common::kafka_model::KafkaModel;
+use common::mosquitto::{Mosquitto, MqttProxy, Publisher};
+use common::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `[[mqtt]]` for one link on `broker`: `sensors/+/data` → `topic`, key
+/// = the second level.
+fn link(name: &str, broker: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "[[mqtt]]\nname = \"{name}\"\nbroker = \"{broker}\"\n{extra}\n\
+         [[mqtt.subscribe]]\nfilter = \"sensors/+/data\"\ntopic = \"{topic}\"\nkey = \"{{2}}\"\n"
+    )
+}
+
+fn wait_connected(f: &Ferry, links: usize) {
+    f.wait_status(Duration::from_secs(20), "MQTT links connected", |s| {
+        s.mqtt.len() == links && s.mqtt.iter().all(|l| l.connected)
+    });
+}
+
+/// Publishers `p0..pN` on `sensors/p<i>/data`, values `p<i>|<n>`, as fast
+/// as the broker takes them, each with up to 50 in flight.
+struct Publishers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Publishers {
+    fn start(address: &str, n: usize, pause: Duration) -> Publishers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..n)
+            .map(|i| {
+                let (stop, acked, address) = (stop.clone(), acked.clone(), address.to_string());
+                std::thread::spawn(move || {
+                    // A publisher whose connection broke goes on after the
+                    // last value it sent (never sending one twice).
+                    let mut next = 0u64;
+                    while !stop.load(Relaxed) {
+                        let Ok(mut p) = Publisher::connect(&address, &format!("pub{i}"), None)
+                        else {
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        };
+                        let mine = Mutex::new(Vec::new());
+                        let values = (next..).map(|n| {
+                            if !pause.is_zero() {
+                                std::thread::sleep(pause);
+                            }
+                            format!("p{i}|{n}")
+                        });
+                        next +=
+                            p.publish_all(&format!("sensors/p{i}/data"), values, 50, &stop, &mine);
+                        let mine = mine.into_inner().unwrap();
+                        if !stop.load(Relaxed) {
+                            eprintln!(
+                                "publisher {i}: connection lost after {} acknowledged",
+                                mine.len()
+                            );
+                        }
+                        acked.lock().unwrap().extend(mine);
+                    }
+                })
+            })
+            .collect();
+        Publishers {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Wait until every acknowledged value is in `topic`, then check each is
+/// there exactly once and in per-publisher order; returns the count.
+fn check_exactly_once(model: &KafkaModel, topic: &str, acked: &[String], f: &Ferry) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = model.records(topic);
+        let values = by_value(&got);
+        let missing = acked.iter().filter(|v| !values.contains_key(*v)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} messages Mosquitto acknowledged never reached Kafka\n{}",
+            acked.len(),
+            f.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let got = model.records(topic);
+    let twice: Vec<(String, usize)> = by_value(&got).into_iter().filter(|(_, n)| *n > 1).collect();
+    let example: Vec<(String, i32, i64, Option<Vec<u8>>)> = twice
+        .iter()
+        .take(2)
+        .flat_map(|(v, _)| {
+            got.iter()
+                .filter(|g| g.value_str() == *v)
+                .map(|g| {
+                    (
+                        g.ferry_id(),
+                        g.partition,
+                        g.offset,
+                        g.header("mqtt-topic").map(<[u8]>::to_vec),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} messages stored twice, e.g. {:?}; copies {example:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    // Per publisher (one key, one partition): offsets follow publish order.
+    let mut last: HashMap<(String, i32), u64> = HashMap::new();
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|g| (g.partition, g.offset));
+    for g in &sorted {
+        let v = g.value_str();
+        let (publisher, n) = v.split_once('|').unwrap();
+        let n: u64 = n.parse().unwrap();
+        assert_eq!(g.key.as_deref(), Some(publisher.as_bytes()));
+        if let Some(prev) = last.insert((publisher.to_string(), g.partition), n) {
+            assert!(prev < n, "order broken for {publisher}: {prev} then {n}");
+        }
+    }
+    got.len()
+}
+
+#[test]
+fn topics_keys_and_headers_over_mqtt_5_and_3_1_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let model = KafkaModel::start(1);
+    model.create_topic("zigbee.devices", 3);
+    model.create_topic("tasmota.SENSOR", 1);
+    let config = format!(
+        "[[mqtt]]\nname = \"zigbee\"\nbroker = \"{b}\"\n\
+         [[mqtt.subscribe]]\nfilter = \"zigbee2mqtt/+\"\ntopic = \"zigbee.devices\"\nkey = \"{{2}}\"\n\
+         [[mqtt]]\nname = \"tasmota\"\nbroker = \"{b}\"\nprotocol = \"3.1.1\"\n\
+         [[mqtt.subscribe]]\nfilter = \"tele/+/SENSOR\"\ntopic = \"tasmota.{{3}}\"\n",
+        b = broker.address()
+    );
+    let mut f = Ferry::new(tmp.path(), &model.bootstrap(), &config);
+    f.start();
+    wait_connected(&f, 2);
+    let log = f.log_text();
+    assert!(
+        log.contains("MQTT link zigbee: connected") && log.contains("(MQTT 5, session new)"),
+        "{log}"
+    );
+    assert!(log.contains("(MQTT 3.1.1, session new)"), "{log}");
+    let st = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &broker.port.to_string(), "-V", "5", "-q", "1"])
+        .args(["-t", "zigbee2mqtt/kitchen", "-m", "{\"temperature\":21.5}"])
+        .args(["-D", "publish", "user-property", "room", "kitchen"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut p = Publisher::connect(&broker.address(), "plug", None).unwrap();
+    let binary: Vec<u8> = (0..=255u8).collect();
+    p.publish("tele/plug1/SENSOR", &binary).unwrap();
+    f.wait_status(Duration::from_secs(20), "two stored", |s| s.stored >= 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (model.records("zigbee.devices").is_empty() || model.records("tasmota.SENSOR").is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let z = model.records("zigbee.devices");
+    assert_eq!(z.len(), 1, "{}", f.log_text());
+    assert_eq!(z[0].value, b"{\"temperature\":21.5}");
+    assert_eq!(z[0].key.as_deref(), Some(&b"kitchen"[..]));
+    assert_eq!(z[0].header("mqtt-topic"), Some(&b"zigbee2mqtt/kitchen"[..]));
+    assert_eq!(
+        z[0].header("room"),
+        Some(&b"kitchen"[..]),
+        "MQTT 5 user property"
+    );
+    assert!(z[0].header("ferry-id").is_some());
+    let t = model.records("tasmota.SENSOR");
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].value, binary, "the payload byte for byte");
+    assert_eq!(t[0].key.as_deref(), Some(&b"tele/plug1/SENSOR"[..]));
+    let s = f.status();
+    let by_name: HashMap<&str, _> = s.mqtt.iter().map(|l| (l.name.as_str(), l)).collect();
+    assert_eq!(
+        (by_name["zigbee"].received, by_name["zigbee"].acknowledged),
+        (1, 1)
+    );
+    assert_eq!(
+        (by_name["tasmota"].received, by_name["tasmota"].acknowledged),
+        (1, 1)
+    );
+    let metrics = f.cli(&["status", "--json"], None).1;
+    assert!(metrics.contains("\"mqtt\""), "{metrics}");
+}
+
+#[test]
+fn a_redelivery_after_a_lost_puback_is_recognised_not_stored_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let proxy = MqttProxy::start(broker.address());
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 2);
+    let mut f = Ferry::new(
+        tmp.path(),
+        &model.bootstrap(),
+        &link(
+            "local",
+            &proxy.address(),
+            "sensors",
+            "receive_maximum = 20\n[retry]\nmax = \"1s\"",
+        ),
+    );
+    f.start();
+    wait_connected(&f, 1);
+    // From now on ferry's PUBACKs (and PINGREQs) never reach Mosquitto.
+    proxy.swallow.store(true, Relaxed);
+    let mut p = Publisher::connect(&broker.address(), "pub", None).unwrap();
+    let values: Vec<String> = (0..50).map(|n| format!("p0|{n}")).collect();
+    for v in &values {
+        p.publish("sensors/p0/data", v.as_bytes()).unwrap();
+    }
+    // Mosquitto lets 20 wait for ferry's acknowledgement (max_inflight_messages).
+    f.wait_status(Duration::from_secs(20), "20 stored", |s| s.stored >= 20);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(f.status().stored, 20);
+    proxy.swallow.store(false, Relaxed);
+    proxy.cut();
+    // Mosquitto redelivers the 20 (DUP) on the resumed session, then the rest.
+    f.wait_status(Duration::from_secs(30), "all 50 handled", |s| {
+        s.mqtt[0].acknowledged >= 50 + 20 - 20 && s.stored >= 50
+    });
+    let n = check_exactly_once(&model, "sensors", &values, &f);
+    assert_eq!(n, 50);
+    let s = f.status();
+    assert_eq!(s.mqtt[0].redeliveries, 20, "{:?}", s.mqtt);
+    assert_eq!(s.stored, 50);
+    assert!(f.log_text().contains("session resumed"), "{}", f.log_text());
+}
+
+#[test]
+fn kill_9_twenty_times_under_qos_1_load_loses_and_doubles_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 3);
+    let mut f = Ferry::new(
+        tmp.path(),
+        &model.bootstrap(),
+        &link(
+            "local",
+            &broker.address(),
+            "sensors",
+            "[retry]\nmax = \"500ms\"",
+        ),
+    );
+    f.start();
+    wait_connected(&f, 1);
+    // About 10,000 messages a second in all: below what ferry stores, so
+    // the queue each restart builds in Mosquitto drains again.
+    let publishers = Publishers::start(&broker.address(), 3, Duration::from_micros(250));
+    let mut rng = Rng::new(
+        std::env::var("FERRY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7),
+    );
+    let mut redeliveries = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200 + rng.below(500)));
+        if let Ok(s) = ferry::client::query_status(&f.socket()) {
+            redeliveries += s.mqtt.first().map_or(0, |l| l.redeliveries);
+        }
+        f.kill9();
+        f.start();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = publishers.stop();
+    assert!(acked.len() > 1000, "only {} published", acked.len());
+    broker.assert_nothing_dropped();
+    let n = check_exactly_once(&model, "sensors", &acked, &f);
+    redeliveries += f.status().mqtt[0].redeliveries;
+    eprintln!(
+        "{} messages acknowledged by Mosquitto, {n} in Kafka, {redeliveries} redeliveries recognised over 20 kills",
+        acked.len()
+    );
+}
+
+#[test]
+#[ignore]
+fn probe_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 3);
+    let mut f = Ferry::new(
+        tmp.path(),
+        &model.bootstrap(),
+        &link("local", &broker.address(), "sensors", ""),
+    );
+    f.start();
+    wait_connected(&f, 1);
+    let publishers = Publishers::start(&broker.address(), 3, Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(5));
+    let s0 = f.status().stored;
+    let a0 = publishers.acked.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(5));
+    let s1 = f.status().stored;
+    let a1 = publishers.acked.lock().unwrap().len();
+    eprintln!(
+        "publishers {} /s, ferry stored {} /s",
+        (a1 - a0) / 5,
+        (s1 - s0) / 5
+    );
+    publishers.stop();
+}
