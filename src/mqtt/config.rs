@@ -107,7 +107,23 @@ fn default_key() -> String {
     "{topic}".into()
 }
 
+impl SubscriptionConfig {
+    pub fn spec(&self) -> super::mapping::RouteSpec<'_> {
+        super::mapping::RouteSpec {
+            filter: &self.filter,
+            qos: self.qos,
+            topic: &self.topic,
+            key: &self.key,
+        }
+    }
+}
+
 impl MqttConfig {
+    /// The mapping of every subscription.
+    pub fn mapping(&self) -> Result<super::mapping::Mapping, (String, String)> {
+        super::mapping::Mapping::new(self.subscriptions.iter().map(SubscriptionConfig::spec))
+    }
+
     /// The client id the broker knows ferry's session by.
     pub fn client_id_for(&self, node_id: &str) -> String {
         match &self.client_id {
@@ -199,7 +215,7 @@ impl MqttConfig {
                     ),
                 ));
             }
-            super::mapping::Route::new(s)
+            super::mapping::Route::new(s.spec())
                 .map_err(|(key, e)| (named(&format!("subscribe.{key}")), format!("{at}: {e}")))?;
         }
         Ok(())

@@ -116,7 +116,8 @@ impl Link {
         ctx: Arc<Context>,
         stats: Arc<MqttLinkStats>,
     ) -> Result<Link, String> {
-        let mapping = Mapping::new(&config.subscriptions)
+        let mapping = config
+            .mapping()
             .map_err(|(k, e)| format!("mqtt.subscribe.{k}: {e}"))?;
         Ok(Link {
             level: initial_level(config.protocol),
@@ -255,7 +256,7 @@ impl Link {
         if *new == *self.config {
             return true;
         }
-        match Mapping::new(&new.subscriptions) {
+        match new.mapping() {
             Ok(mapping) => {
                 let old: Vec<&str> = self
                     .config

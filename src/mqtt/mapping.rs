@@ -2,7 +2,6 @@
 //! and templates (`{N}` for the N-th level, `{topic}` for all of it).
 //! Pure; rendering writes into buffers the caller reuses.
 
-use super::config::SubscriptionConfig;
 use crate::event::validate_topic;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,18 +101,28 @@ pub struct Route {
     pub key: Option<Template>,
 }
 
+/// One subscription as the config gives it (`[[mqtt.subscribe]]`).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec<'a> {
+    pub filter: &'a str,
+    pub qos: u8,
+    pub topic: &'a str,
+    /// "" for no key.
+    pub key: &'a str,
+}
+
 impl Route {
     /// Errors: (the key within the subscription, what is wrong).
-    pub fn new(s: &SubscriptionConfig) -> Result<Route, (String, String)> {
-        check_filter(&s.filter).map_err(|e| ("filter".to_string(), e))?;
-        let topic = Template::parse(&s.topic).map_err(|e| ("topic".to_string(), e))?;
+    pub fn new(s: RouteSpec<'_>) -> Result<Route, (String, String)> {
+        check_filter(s.filter).map_err(|e| ("filter".to_string(), e))?;
+        let topic = Template::parse(s.topic).map_err(|e| ("topic".to_string(), e))?;
         if let Some(fixed) = topic.literal() {
             validate_topic(&fixed).map_err(|e| ("topic".to_string(), e.to_string()))?;
         }
         let key = if s.key.is_empty() {
             None
         } else {
-            Some(Template::parse(&s.key).map_err(|e| ("key".to_string(), e))?)
+            Some(Template::parse(s.key).map_err(|e| ("key".to_string(), e))?)
         };
         // A level the filter always has: a fixed level or a `+`; `#` may be empty.
         let levels = s.filter.split('/').filter(|l| *l != "#").count();
@@ -125,7 +134,7 @@ impl Route {
                     what.to_string(),
                     format!(
                         "`{}` uses level {{{}}}, but topics matching `{}` may have only {levels}",
-                        if what == "topic" { &s.topic } else { &s.key },
+                        if what == "topic" { s.topic } else { s.key },
                         i + 1,
                         s.filter
                     ),
@@ -133,7 +142,7 @@ impl Route {
             }
         }
         Ok(Route {
-            filter: s.filter.clone(),
+            filter: s.filter.to_string(),
             qos: s.qos,
             topic,
             key,
@@ -198,9 +207,11 @@ pub enum Unroutable {
 }
 
 impl Mapping {
-    pub fn new(subscriptions: &[SubscriptionConfig]) -> Result<Mapping, (String, String)> {
+    pub fn new<'a>(
+        subscriptions: impl IntoIterator<Item = RouteSpec<'a>>,
+    ) -> Result<Mapping, (String, String)> {
         let routes = subscriptions
-            .iter()
+            .into_iter()
             .map(Route::new)
             .collect::<Result<_, _>>()?;
         Ok(Mapping { routes })
@@ -248,12 +259,12 @@ impl Mapping {
 mod tests {
     use super::*;
 
-    fn sub(filter: &str, topic: &str, key: &str) -> SubscriptionConfig {
-        SubscriptionConfig {
-            filter: filter.into(),
+    fn sub<'a>(filter: &'a str, topic: &'a str, key: &'a str) -> RouteSpec<'a> {
+        RouteSpec {
+            filter,
             qos: 1,
-            topic: topic.into(),
-            key: key.into(),
+            topic,
+            key,
         }
     }
 
@@ -272,7 +283,7 @@ mod tests {
 
     #[test]
     fn zigbee2mqtt_tree_maps_to_topic_and_key() {
-        let m = Mapping::new(&[
+        let m = Mapping::new([
             sub("zigbee2mqtt/bridge/#", "zigbee.bridge", ""),
             sub("zigbee2mqtt/+", "zigbee.devices", "{2}"),
             sub("tele/+/SENSOR", "tasmota.{3}", "{topic}"),
@@ -293,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_level_that_is_no_kafka_topic_is_refused_clearly() {
-        let m = Mapping::new(&[sub("room/+", "room.{2}", "")]).unwrap();
+        let m = Mapping::new([sub("room/+", "room.{2}", "")]).unwrap();
         let (mut t, mut k) = (String::new(), String::new());
         match m.map("room/living room", &mut t, &mut k) {
             Err(Unroutable::BadTopic(e)) => assert!(e.contains("living room"), "{e}"),
@@ -303,14 +314,14 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_key() {
-        let e = Route::new(&sub("a/#/b", "t", "")).unwrap_err();
+        let e = Route::new(sub("a/#/b", "t", "")).unwrap_err();
         assert_eq!(e.0, "filter");
-        let e = Route::new(&sub("a/+", "t.{3}", "")).unwrap_err();
+        let e = Route::new(sub("a/+", "t.{3}", "")).unwrap_err();
         assert_eq!(e.0, "topic");
         assert!(e.1.contains("{3}"), "{}", e.1);
-        let e = Route::new(&sub("a/+", "bad topic", "")).unwrap_err();
+        let e = Route::new(sub("a/+", "bad topic", "")).unwrap_err();
         assert_eq!(e.0, "topic");
-        let e = Route::new(&sub("a/+", "t", "{x}")).unwrap_err();
+        let e = Route::new(sub("a/+", "t", "{x}")).unwrap_err();
         assert_eq!(e.0, "key");
     }
 }
