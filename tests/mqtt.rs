@@ -314,30 +314,294 @@ fn kill_9_twenty_times_under_qos_1_load_loses_and_doubles_nothing() {
 }
 
 #[test]
-#[ignore]
-fn probe_rate() {
+fn ferry_started_before_mosquitto_and_mosquitto_restarted_under_load() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let port = free_port();
     let model = KafkaModel::start(1);
     model.create_topic("sensors", 3);
     let mut f = Ferry::new(
         tmp.path(),
         &model.bootstrap(),
-        &link("local", &broker.address(), "sensors", ""),
+        &link(
+            "local",
+            &format!("127.0.0.1:{port}"),
+            "sensors",
+            "[retry]\nmax = \"500ms\"",
+        ),
+    );
+    // Nothing listens yet: ferry runs, buffers nothing, says why.
+    f.start();
+    f.wait_status(Duration::from_secs(10), "link down, with its error", |s| {
+        s.mqtt.len() == 1
+            && !s.mqtt[0].connected
+            && s.mqtt[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot connect"))
+    });
+    let mut broker = Mosquitto::start_on(&tmp.path().join("mosquitto"), port, "");
+    wait_connected(&f, 1);
+    let publishers = Publishers::start(&broker.address(), 3, Duration::from_micros(250));
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    wait_connected(&f, 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    let acked = publishers.stop();
+    broker.assert_nothing_dropped();
+    assert!(acked.len() > 1000, "only {} published", acked.len());
+    check_exactly_once(&model, "sensors", &acked, &f);
+    let log = f.log_text();
+    assert_eq!(
+        log.matches("connection lost").count(),
+        2,
+        "one line per loss\n{log}"
+    );
+    assert!(f.status().mqtt[0].connects >= 3);
+}
+
+#[test]
+fn a_wrong_password_is_reported_clearly_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mosquitto");
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    Mosquitto::add_user(&passwd, "ferry", "right-password");
+    Mosquitto::add_user(&passwd, "sensor", "sensor-password");
+    let broker = Mosquitto::start(
+        &dir,
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ),
+    );
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 1);
+    let secret = tmp.path().join("mqtt.pass");
+    std::fs::write(&secret, "right-password\n").unwrap();
+    let mut f = Ferry::new(
+        tmp.path(),
+        &model.bootstrap(),
+        &link(
+            "local",
+            &broker.address(),
+            "sensors",
+            &format!(
+                "username = \"ferry\"\npassword_file = \"{}\"\n[retry]\nmax = \"500ms\"",
+                secret.display()
+            ),
+        ),
+    );
+    f.start();
+    // The session (and its subscription) exists at the broker.
+    wait_connected(&f, 1);
+    assert_eq!(f.terminate().0, Some(0));
+    std::fs::write(&secret, "wrong-secret-123\n").unwrap();
+    f.start();
+    f.wait_status(Duration::from_secs(10), "login refused", |s| {
+        s.mqtt[0]
+            .last_error
+            .as_deref()
+            // Mosquitto says "not authorized" (0x87) to MQTT 5 clients.
+            .is_some_and(|e| e.contains("refused the connection: not authorized"))
+    });
+    let log = f.log_text();
+    assert!(
+        log.contains("mqtt.password_file") && log.contains("mqtt.username (`ferry`)"),
+        "{log}"
+    );
+    assert!(!log.contains("wrong-secret-123") && !log.contains("right-password"));
+    let status = f.cli(&["status", "--json"], None).1;
+    assert!(!status.contains("wrong-secret-123"));
+    // Published meanwhile: the broker keeps them in ferry's session.
+    let mut p =
+        Publisher::connect(&broker.address(), "s", Some(("sensor", "sensor-password"))).unwrap();
+    let values: Vec<String> = (0..10).map(|n| format!("p0|{n}")).collect();
+    for v in &values {
+        p.publish("sensors/p0/data", v.as_bytes()).unwrap();
+    }
+    std::fs::write(&secret, "right-password\n").unwrap();
+    // A refused login is retried no sooner than 10 s later.
+    f.wait_status(Duration::from_secs(30), "connected again", |s| {
+        s.mqtt[0].connected
+    });
+    check_exactly_once(&model, "sensors", &values, &f);
+    assert!(!f.log_text().contains("right-password"));
+}
+
+#[test]
+fn oversized_and_unroutable_messages_are_acknowledged_counted_and_not_redelivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let model = KafkaModel::start(1);
+    model.create_topic("room.ok", 1);
+    let mut f = Ferry::new(
+        tmp.path(),
+        &model.bootstrap(),
+        &format!(
+            "[ingest]\nmax_event_bytes = 1000\n\n{}",
+            link("local", &broker.address(), "room.{2}", "")
+        ),
     );
     f.start();
     wait_connected(&f, 1);
-    let publishers = Publishers::start(&broker.address(), 3, Duration::ZERO);
-    std::thread::sleep(Duration::from_secs(5));
-    let s0 = f.status().stored;
-    let a0 = publishers.acked.lock().unwrap().len();
-    std::thread::sleep(Duration::from_secs(5));
-    let s1 = f.status().stored;
-    let a1 = publishers.acked.lock().unwrap().len();
-    eprintln!(
-        "publishers {} /s, ferry stored {} /s",
-        (a1 - a0) / 5,
-        (s1 - s0) / 5
+    let mut p = Publisher::connect(&broker.address(), "s", None).unwrap();
+    p.publish("sensors/ok/data", b"small").unwrap();
+    // Larger than max_event_bytes: decoded whole, refused.
+    p.publish("sensors/ok/data", &vec![b'x'; 5000]).unwrap();
+    // Far larger: refused from its head while its bytes are skipped.
+    p.publish("sensors/ok/data", &vec![b'y'; 300_000]).unwrap();
+    // No valid Kafka topic from this MQTT topic.
+    p.publish("sensors/bad level/data", b"x").unwrap();
+    p.publish("sensors/ok/data", b"after").unwrap();
+    f.wait_status(Duration::from_secs(20), "all five handled", |s| {
+        s.mqtt[0].acknowledged >= 5
+    });
+    let s = f.status();
+    assert_eq!(
+        (s.mqtt[0].received, s.mqtt[0].rejected),
+        (5, 3),
+        "{:?}",
+        s.mqtt
     );
+    assert_eq!(s.stored, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while model.records("room.ok").len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let values: Vec<String> = model
+        .records("room.ok")
+        .iter()
+        .map(|g| g.value_str())
+        .collect();
+    assert_eq!(values, ["small", "after"]);
+    let log = f.log_text();
+    assert!(
+        log.contains("larger than ingest.max_event_bytes (1000 bytes)"),
+        "{log}"
+    );
+    // Acknowledged, so never redelivered: a restart receives nothing.
+    assert_eq!(f.terminate().0, Some(0));
+    f.start();
+    wait_connected(&f, 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(f.status().mqtt[0].received, 0);
+}
+
+#[test]
+fn a_full_outbox_under_reject_leaves_messages_with_the_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 2);
+    model.set_down(true);
+    let mut f = Ferry::new(
+        tmp.path(),
+        &model.bootstrap(),
+        &format!(
+            "[outbox]\nmax_bytes = 20000\nwhen_full = \"reject\"\n\n{}",
+            link(
+                "local",
+                &broker.address(),
+                "sensors",
+                "[retry]\nmax = \"300ms\""
+            )
+        ),
+    );
+    f.start();
+    wait_connected(&f, 1);
+    let mut rng = Rng::new(3);
+    let mut p = Publisher::connect(&broker.address(), "s", None).unwrap();
+    let mut values = Vec::new();
+    for n in 0..300 {
+        // Incompressible filler, so the cap is reached.
+        let filler: String = (0..200)
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect();
+        let v = format!("p0|{n}|{filler}");
+        p.publish("sensors/p0/data", v.as_bytes()).unwrap();
+        values.push(v);
+    }
+    f.wait_status(Duration::from_secs(20), "the outbox refusing", |s| {
+        s.mqtt[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("outbox full"))
+    });
+    let stored = f.status().stored;
+    assert!(stored < 300, "{stored} stored under a 20 kB cap");
+    // The uplink returns: the backlog drains and the rest comes from the broker.
+    model.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = model.records("sensors");
+        let seen = by_value(&got);
+        if values.iter().all(|v| seen.contains_key(v)) {
+            assert!(seen.values().all(|n| *n == 1), "a message stored twice");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all arrived\n{}",
+            f.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.assert_nothing_dropped();
+    let log = f.log_text();
+    assert!(
+        log.contains("not acknowledged, so the broker keeps them"),
+        "{log}"
+    );
+}
+
+#[test]
+fn reload_changes_subscriptions_without_losing_what_is_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"), "");
+    let model = KafkaModel::start(1);
+    model.create_topic("ta", 1);
+    model.create_topic("tb", 1);
+    let one = |filter: &str, topic: &str| {
+        format!(
+            "[[mqtt]]\nname = \"local\"\nbroker = \"{}\"\n\
+             [[mqtt.subscribe]]\nfilter = \"{filter}\"\ntopic = \"{topic}\"\n",
+            broker.address()
+        )
+    };
+    let mut f = Ferry::new(tmp.path(), &model.bootstrap(), &one("a/+", "ta"));
+    f.start();
+    wait_connected(&f, 1);
+    let publishers = Publishers::start(&broker.address(), 1, Duration::from_micros(500));
+    let mut p = Publisher::connect(&broker.address(), "s", None).unwrap();
+    p.publish("a/x", b"a1").unwrap();
+    f.wait_status(Duration::from_secs(10), "a1 stored", |s| s.stored >= 1);
+    // Now b/+ instead of a/+ (and the load on sensors/… matches neither).
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(
+        &f.config,
+        text.replace(
+            "filter = \"a/+\"\ntopic = \"ta\"",
+            "filter = \"b/+\"\ntopic = \"tb\"",
+        ),
+    )
+    .unwrap();
+    f.hangup();
+    f.wait_log("new config applied", 1, Duration::from_secs(10));
+    wait_connected(&f, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    p.publish("a/y", b"a2").unwrap();
+    p.publish("b/z", b"b1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while model.records("tb").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ta: Vec<String> = model.records("ta").iter().map(|g| g.value_str()).collect();
+    let tb: Vec<String> = model.records("tb").iter().map(|g| g.value_str()).collect();
+    assert_eq!(ta, ["a1"], "a/+ was unsubscribed");
+    assert_eq!(tb, ["b1"]);
     publishers.stop();
+    assert!(f.is_running());
 }

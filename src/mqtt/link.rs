@@ -889,6 +889,8 @@ impl<'l> Session<'l> {
                             }
                             Ok(None) => {}
                             Ok(Some((qos, id, topic))) => {
+                                self.link.stats.received.fetch_add(1, Relaxed);
+                                ctx.stats.received.fetch_add(1, Relaxed);
                                 self.refuse(
                                     &mut batch,
                                     qos,
@@ -1027,20 +1029,11 @@ impl<'l> Session<'l> {
             return;
         }
         let digest = (p.qos == 1).then(|| digest(p));
-        if !p.dup {
-            log::trace!(
-                "MQTT link {}: packet id {} {:?}",
-                self.name(),
-                p.packet_id,
-                String::from_utf8_lossy(&p.payload[..p.payload.len().min(24)])
-            );
-        }
         if p.dup {
             log::debug!(
-                "MQTT link {}: redelivery of packet id {} {:?} ({})",
+                "MQTT link {}: redelivery of packet id {} ({})",
                 self.name(),
                 p.packet_id,
-                String::from_utf8_lossy(&p.payload[..p.payload.len().min(24)]),
                 match (link.marks.get(&p.packet_id), digest) {
                     (Some(m), Some(d)) if *m == d => "stored before: acknowledged only",
                     (Some(_), _) => "a different message had that id: stored",
