@@ -14,7 +14,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(frames lines event_at_rest stored_block config record_batch kafka_responses murmur2 heartbeat fetched_batches)
+    targets=(frames lines event_at_rest stored_block config record_batch kafka_responses murmur2 heartbeat fetched_batches mqtt_packets)
 fi
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
