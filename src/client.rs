@@ -554,8 +554,9 @@ pub fn dlq_purge(config: &Config, topic: Option<String>, ids: Vec<i64>, all: boo
     }
 }
 
-/// `ferry check-config --connect`: the brokers and the config's topics,
-/// one line each; exit 1 if anything does not work.
+/// `ferry check-config --connect`: the Kafka brokers and the config's
+/// topics, and each MQTT link (login, subscriptions), one line each; exit 1
+/// if anything does not work.
 pub fn check_connect(config: &Config) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -568,7 +569,13 @@ pub fn check_connect(config: &Config) -> i32 {
         }
     };
     let topics = config.named_topics();
-    let findings = runtime.block_on(crate::forward::probe::check_connect(&config.kafka, &topics));
+    let findings = runtime.block_on(async {
+        let mut findings = crate::forward::probe::check_connect(&config.kafka, &topics).await;
+        for link in &config.mqtt {
+            findings.extend(crate::mqtt::connect::check(link, &config.node_id).await);
+        }
+        findings
+    });
     println!();
     println!("# connection check");
     for f in &findings {

@@ -605,3 +605,62 @@ fn reload_changes_subscriptions_without_losing_what_is_in_flight() {
     publishers.stop();
     assert!(f.is_running());
 }
+
+#[test]
+fn check_config_connect_logs_in_to_each_mqtt_broker_and_subscribes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mosquitto");
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    Mosquitto::add_user(&passwd, "ferry", "right-password");
+    // Mosquitto (2.0.11, acl_file) grants any subscription and applies its
+    // ACL when it delivers, so the check can show a login and a granted
+    // filter, not a read the ACL will deny.
+    let broker = Mosquitto::start(
+        &dir,
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ),
+    );
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 1);
+    model.create_topic("secrets", 1);
+    let secret = tmp.path().join("mqtt.pass");
+    std::fs::write(&secret, "right-password\n").unwrap();
+    let config = format!(
+        "{}[[mqtt.subscribe]]\nfilter = \"secret/#\"\ntopic = \"secrets\"\n",
+        link(
+            "local",
+            &broker.address(),
+            "sensors",
+            &format!(
+                "username = \"ferry\"\npassword_file = \"{}\"",
+                secret.display()
+            ),
+        )
+    );
+    let f = Ferry::new(tmp.path(), &model.bootstrap(), &config);
+    let (code, out, err) = f.cli(&["check-config", "--connect"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("# ok   MQTT local (") && out.contains("logged in (MQTT 5, user ferry)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# ok   MQTT local filter sensors/+/data: subscribed at QoS 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# ok   MQTT local filter secret/#: subscribed at QoS 1"),
+        "{out}"
+    );
+    std::fs::write(&secret, "wrong-secret-123\n").unwrap();
+    let (code, out, _) = f.cli(&["check-config", "--connect"], None);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("# FAIL MQTT local (") && out.contains("mqtt.password_file"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-secret-123"));
+}

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             let mut props = Properties::new(p.properties);
             while let Ok(Some(_)) = props.next_property() {}
             let _ = mapping.map(p.topic, &mut topic, &mut key);
-            let _ = ferry::mqtt::link::digest(&p);
+            let _ = ferry::mqtt::digest(&p);
         }
         rest = &rest[total..];
     }

@@ -22,7 +22,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn ok(subject: String, detail: String) -> Self {
+    pub fn ok(subject: String, detail: String) -> Self {
         Self {
             subject,
             ok: true,
@@ -30,7 +30,7 @@ impl Finding {
         }
     }
 
-    fn bad(subject: String, detail: String) -> Self {
+    pub fn bad(subject: String, detail: String) -> Self {
         Self {
             subject,
             ok: false,

@@ -11,7 +11,9 @@
 //!
 //! ```text
 //! mod       Links: one task per link, reloads added, changed and removed links
-//!   link      one link: connect, subscribe, store, acknowledge in order
+//!   link      one link: connect again after failures, reloads, session marks
+//!     session   one connection: subscribe, store each read, acknowledge in order
+//!     connect   TCP/TLS, CONNECT and CONNACK; check-config --connect
 //!     mapping   topic filters and the Kafka topic and key templates
 //!     codec     MQTT 3.1.1 and 5 packets (pure)
 //!     config    the [[mqtt]] entries
@@ -19,8 +21,12 @@
 
 pub mod codec;
 pub mod config;
+pub mod connect;
 pub mod link;
 pub mod mapping;
+mod session;
+
+pub use session::digest;
 
 use crate::backoff::RetryConfig;
 use crate::ingest::Context;

@@ -1,0 +1,662 @@
+//! One connection of a link: subscribe, read packets, store each read's
+//! messages as one batch of the group commit, and write PUBACKs in arrival
+//! order once that batch is committed. Up to [`Appender::DEPTH`] batches
+//! wait for their commit while the next read is decoded.
+
+use super::codec::{self, Check, Incoming, Property, Publish};
+use super::config::MqttConfig;
+use super::connect::Stream;
+use super::mapping::Mapping;
+use super::mapping::Unroutable;
+use crate::clock::Reading;
+use crate::event::Event;
+use crate::ingest::Context;
+use crate::log_limit::LogLimiter;
+use crate::outbox::mqtt_marks::{LinkMarks, Mark};
+use crate::outbox::{Appender, StoreError};
+use crate::shutdown::Shutdown;
+use crate::stats::MqttLinkStats;
+use log::error;
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Read this much at a time at first.
+const READ_CHUNK: usize = 64 * 1024;
+/// Room for the topic, properties and framing around an event's payload.
+const PACKET_OVERHEAD: usize = 70 * 1024;
+/// Acknowledged marks are confirmed (a PINGREQ after them) at most this often.
+const CONFIRM_EVERY: Duration = Duration::from_millis(250);
+
+/// Why a session ended.
+/// The config a link runs with; `None` once the link was removed.
+pub type Watched = watch::Receiver<Option<Arc<MqttConfig>>>;
+
+/// What a link keeps across its connections, and each connection reads.
+pub(super) struct LinkState {
+    pub config: Arc<MqttConfig>,
+    pub mapping: Mapping,
+    pub ctx: Arc<Context>,
+    pub stats: Arc<MqttLinkStats>,
+    /// Packet id → digest of messages stored whose PUBACK the broker may
+    /// not have seen (loaded from the outbox at start).
+    pub marks: HashMap<u16, u64>,
+    /// Protocol level in use; `Protocol::Auto` falls back to 3.1.1 once.
+    pub level: u8,
+    /// Filters subscribed in this process (a changed config subscribes again).
+    pub subscribed: Option<Vec<(String, u8)>>,
+    /// Filters of an earlier config to unsubscribe on the next connection.
+    pub unsubscribe: Vec<String>,
+    pub limiter: LogLimiter,
+}
+
+impl LinkState {
+    /// The filters (and QoS) the config asks for.
+    pub fn wanted(&self) -> Vec<(String, u8)> {
+        self.config
+            .subscriptions
+            .iter()
+            .map(|s| (s.filter.clone(), s.qos))
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum End {
+    /// ferry is stopping: everything read was stored and acknowledged.
+    Shutdown,
+    /// The link's config changed: reconnect with the new one.
+    Reconfigure,
+    /// The connection failed or the broker misbehaved; retry after a pause.
+    Failed(String),
+    /// Storing failed (outbox full under `reject`, disk): no more acks on
+    /// this connection; retry after a pause.
+    Store(StoreError),
+}
+
+/// What one read's messages need once their batch is committed.
+#[derive(Default)]
+struct Batch {
+    /// (packet id, reason code), in arrival order.
+    acks: Vec<(u16, u8)>,
+    /// Marks of the QoS 1 messages stored by this batch.
+    marks: Vec<Mark>,
+    /// `None` while the batch awaits its commit.
+    outcome: Option<Result<(), StoreError>>,
+}
+
+/// A 64-bit digest of a message: CRC-32C over topic, properties and
+/// payload, and the payload's length.
+pub fn digest(p: &Publish<'_>) -> u64 {
+    let mut crc = crc32c::crc32c(p.topic.as_bytes());
+    crc = crc32c::crc32c_append(crc, p.properties);
+    crc = crc32c::crc32c_append(crc, p.payload);
+    ((crc as u64) << 32) | (p.payload.len() as u32 as u64)
+}
+
+/// One connection's state.
+pub(super) struct Session<'l> {
+    link: &'l LinkState,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    unanswered: VecDeque<Batch>,
+    appender: Appender,
+    /// Bytes of an oversized packet still to be discarded.
+    skip: usize,
+    /// Marks of committed batches (moved into the link's marks at the end).
+    pub(super) marks_stored: Vec<Mark>,
+    /// Marks acknowledged since the last confirmation ping.
+    unconfirmed: Vec<Mark>,
+    /// Marks a PINGREQ in flight will confirm.
+    confirming: Option<Vec<Mark>>,
+    /// Marks the broker has seen acknowledged.
+    pub(super) confirmed: Vec<Mark>,
+    ping_sent: Option<Instant>,
+    last_confirm: Instant,
+    /// Scratch buffers for each message: Kafka topic, key, headers.
+    topic: String,
+    key: String,
+    headers: Vec<u8>,
+    max_packet: usize,
+    next_packet_id: u16,
+    /// Packet ids of this connection's SUBSCRIBE and UNSUBSCRIBE.
+    subscribe_id: Option<u16>,
+    unsubscribe_id: Option<u16>,
+    /// The broker granted the subscription / confirmed the unsubscription.
+    pub(super) subscribed: bool,
+    pub(super) unsubscribed: bool,
+}
+
+impl<'l> Session<'l> {
+    pub(super) fn new(link: &'l LinkState, early: Vec<u8>) -> Self {
+        let mut buf = early;
+        buf.reserve(READ_CHUNK);
+        Session {
+            link,
+            buf,
+            out: Vec::with_capacity(256),
+            unanswered: VecDeque::with_capacity(Appender::DEPTH + 1),
+            appender: Appender::new(&link.ctx.outbox),
+            skip: 0,
+            marks_stored: Vec::new(),
+            unconfirmed: Vec::new(),
+            confirming: None,
+            confirmed: Vec::new(),
+            ping_sent: None,
+            last_confirm: Instant::now(),
+            topic: String::new(),
+            key: String::new(),
+            headers: Vec::new(),
+            max_packet: link.ctx.max_event_bytes + PACKET_OVERHEAD,
+            next_packet_id: 1,
+            subscribe_id: None,
+            unsubscribe_id: None,
+            subscribed: false,
+            unsubscribed: false,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.link.config.name
+    }
+
+    fn level(&self) -> u8 {
+        self.link.level
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        stream: &mut Stream,
+        watched: &mut Watched,
+        shutdown: &mut Shutdown,
+    ) -> End {
+        if let Err(e) = self.subscribe(stream).await {
+            return End::Failed(e);
+        }
+        let keep_alive = self.link.config.keep_alive;
+        let mut tick = tokio::time::interval(keep_alive / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut closing: Option<End> = None;
+        // Messages that came right behind the CONNACK.
+        if !self.buf.is_empty()
+            && let Err(e) = self.take_packets().await
+        {
+            self.drain().await;
+            return End::Failed(e);
+        }
+        loop {
+            // Acknowledge, in order, every batch whose commit is done.
+            while self.unanswered.front().is_some_and(|b| b.outcome.is_some()) {
+                let Some(done) = self.unanswered.pop_front() else {
+                    break;
+                };
+                match done.outcome {
+                    Some(Err(e)) => {
+                        // No acknowledgement may follow a message not
+                        // stored; learn which later batches were stored.
+                        self.drain().await;
+                        return End::Store(e);
+                    }
+                    _ => {
+                        if let Err(e) = self.acknowledge(stream, done).await {
+                            self.drain().await;
+                            return End::Failed(e);
+                        }
+                    }
+                }
+            }
+            if let Some(end) = closing.take() {
+                if self.unanswered.is_empty() {
+                    if matches!(end, End::Shutdown | End::Reconfigure) {
+                        self.out.clear();
+                        codec::encode_disconnect(&mut self.out);
+                        let _ = stream.write_all(&self.out).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    return end;
+                }
+                let result = self.appender.answer().await;
+                self.settle(result);
+                closing = Some(end);
+                continue;
+            }
+            if let Err(e) = self.confirm(stream, false).await {
+                self.drain().await;
+                return End::Failed(e);
+            }
+            if self.unanswered.len() >= Appender::DEPTH {
+                let result = self.appender.answer().await;
+                self.settle(result);
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let waiting = self.unanswered.iter().any(|b| b.outcome.is_none());
+            let n = tokio::select! {
+                r = stream.read_buf(&mut self.buf) => match r {
+                    Ok(0) => {
+                        self.drain().await;
+                        return End::Failed(format!("{} closed the connection", self.link.config.broker));
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.drain().await;
+                        return End::Failed(format!("read from {} failed: {e}", self.link.config.broker));
+                    }
+                },
+                result = self.appender.answer(), if waiting => {
+                    self.settle(result);
+                    continue;
+                }
+                _ = tick.tick() => {
+                    if let Some(sent) = self.ping_sent
+                        && sent.elapsed() > keep_alive
+                    {
+                        self.drain().await;
+                        return End::Failed(format!("no answer to PINGREQ within {keep_alive:?} (mqtt.keep_alive)"));
+                    }
+                    if let Err(e) = self.confirm(stream, true).await {
+                        self.drain().await;
+                        return End::Failed(e);
+                    }
+                    continue;
+                }
+                r = watched.changed(), if closing.is_none() => {
+                    if r.is_err() {
+                        // The daemon is going away.
+                        closing = Some(End::Shutdown);
+                    } else if watched.borrow().as_deref() != Some(&*self.link.config) {
+                        closing = Some(End::Reconfigure);
+                    }
+                    continue;
+                }
+                _ = shutdown.recv() => {
+                    closing = Some(End::Shutdown);
+                    continue;
+                }
+            };
+            let _ = n;
+            match self.take_packets().await {
+                Ok(()) => {}
+                Err(e) => {
+                    self.drain().await;
+                    return End::Failed(e);
+                }
+            }
+        }
+    }
+
+    /// SUBSCRIBE to every filter unless this session already has them, and
+    /// UNSUBSCRIBE filters a reload removed. Their answers come in the loop.
+    async fn subscribe(&mut self, stream: &mut Stream) -> Result<(), String> {
+        self.out.clear();
+        let level = self.level();
+        if !self.link.unsubscribe.is_empty() {
+            let filters: Vec<&str> = self.link.unsubscribe.iter().map(String::as_str).collect();
+            let id = self.packet_id();
+            self.unsubscribe_id = Some(id);
+            codec::encode_unsubscribe(&mut self.out, level, id, &filters);
+        }
+        let wanted = self.link.wanted();
+        if self.link.subscribed.as_ref() != Some(&wanted) {
+            let filters: Vec<(&str, u8)> = wanted.iter().map(|(f, q)| (f.as_str(), *q)).collect();
+            let id = self.packet_id();
+            self.subscribe_id = Some(id);
+            codec::encode_subscribe(&mut self.out, level, id, &filters);
+        }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        stream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| format!("cannot subscribe: {e}"))
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        let id = self.next_packet_id;
+        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// The oldest batch awaiting its commit has its answer.
+    fn settle(&mut self, result: Result<(), StoreError>) {
+        if let Some(b) = self.unanswered.iter_mut().find(|b| b.outcome.is_none()) {
+            if result.is_ok() {
+                self.marks_stored.extend_from_slice(&b.marks);
+            }
+            b.outcome = Some(result);
+        }
+    }
+
+    /// Wait for every submitted batch's answer without acknowledging any:
+    /// the connection is ending; marks of what was stored are kept.
+    async fn drain(&mut self) {
+        while self.unanswered.iter().any(|b| b.outcome.is_none()) {
+            let result = self.appender.answer().await;
+            self.settle(result);
+        }
+        self.unanswered.clear();
+    }
+
+    /// Write one committed batch's PUBACKs.
+    async fn acknowledge(&mut self, stream: &mut Stream, batch: Batch) -> Result<(), String> {
+        if batch.acks.is_empty() {
+            return Ok(());
+        }
+        self.out.clear();
+        let level = self.level();
+        for (id, reason) in &batch.acks {
+            codec::encode_puback(&mut self.out, level, *id, *reason);
+        }
+        stream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| format!("cannot write PUBACK: {e}"))?;
+        self.link
+            .stats
+            .acknowledged
+            .fetch_add(batch.acks.len() as u64, Relaxed);
+        self.unconfirmed.extend_from_slice(&batch.marks);
+        Ok(())
+    }
+
+    /// Send a PINGREQ when acknowledged marks wait to be confirmed (or,
+    /// with `keep_alive`, in any case) and none is in flight.
+    async fn confirm(&mut self, stream: &mut Stream, keep_alive: bool) -> Result<(), String> {
+        if self.ping_sent.is_some() {
+            return Ok(());
+        }
+        let due = !self.unconfirmed.is_empty() && self.last_confirm.elapsed() >= CONFIRM_EVERY;
+        if !(due || keep_alive) {
+            return Ok(());
+        }
+        self.out.clear();
+        codec::encode_pingreq(&mut self.out);
+        stream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| format!("cannot write PINGREQ: {e}"))?;
+        self.ping_sent = Some(Instant::now());
+        self.last_confirm = Instant::now();
+        self.confirming = Some(std::mem::take(&mut self.unconfirmed));
+        Ok(())
+    }
+
+    /// Decode every whole packet in the buffer; messages become one batch.
+    async fn take_packets(&mut self) -> Result<(), String> {
+        if self.skip > 0 {
+            let d = self.skip.min(self.buf.len());
+            self.buf.drain(..d);
+            self.skip -= d;
+        }
+        let ctx = self.link.ctx.clone();
+        let now = ctx.clock.read();
+        let mut batch = Batch::default();
+        let mut events = self.appender.batch(self.buf.len() + self.buf.len() / 4);
+        let mut pos = 0usize;
+        let mut failure = None;
+        let buf = std::mem::take(&mut self.buf);
+        while pos < buf.len() {
+            let (body_start, total) = match codec::check(&buf[pos..]) {
+                Err(e) => {
+                    failure = Some(format!("malformed packet from the broker: {e}"));
+                    break;
+                }
+                Ok(Check::Incomplete { total }) => {
+                    if let Some(total) = total.filter(|t| *t > self.max_packet) {
+                        match codec::publish_head(&buf[pos..]) {
+                            Err(e) => {
+                                failure = Some(format!("malformed packet from the broker: {e}"))
+                            }
+                            Ok(None) if buf[pos] >> 4 != 3 => {
+                                failure = Some(format!(
+                                    "the broker sent a packet of {total} bytes (type {})",
+                                    buf[pos] >> 4
+                                ))
+                            }
+                            Ok(None) => {}
+                            Ok(Some((qos, id, topic))) => {
+                                self.link.stats.received.fetch_add(1, Relaxed);
+                                ctx.stats.received.fetch_add(1, Relaxed);
+                                self.refuse(
+                                    &mut batch,
+                                    qos,
+                                    id,
+                                    codec::REASON_QUOTA_EXCEEDED,
+                                    &format!(
+                                        "a message of {total} bytes on `{topic}` is larger than ingest.max_event_bytes ({} bytes); acknowledged and dropped",
+                                        ctx.max_event_bytes
+                                    ),
+                                );
+                                self.skip = total - (buf.len() - pos);
+                                pos = buf.len();
+                            }
+                        }
+                    }
+                    break;
+                }
+                Ok(Check::Complete { body_start, total }) => (body_start, total),
+            };
+            let packet = &buf[pos..pos + total];
+            pos += total;
+            match codec::decode(packet, body_start, self.level()) {
+                Err(e) => {
+                    failure = Some(format!("malformed packet from the broker: {e}"));
+                    break;
+                }
+                Ok(Incoming::Publish(p)) => {
+                    self.take_publish(&p, &now, &mut batch, &mut events);
+                }
+                Ok(Incoming::PingResp) => {
+                    self.ping_sent = None;
+                    if let Some(c) = self.confirming.take() {
+                        self.confirmed.extend(c);
+                    }
+                }
+                Ok(Incoming::SubAck { packet_id, codes }) => {
+                    if Some(packet_id) == self.subscribe_id {
+                        self.subscribed = true;
+                    }
+                    let wanted = self.link.wanted();
+                    for (i, code) in codes.iter().enumerate() {
+                        if *code >= 0x80 {
+                            let filter = wanted.get(i).map_or("?", |w| w.0.as_str());
+                            let msg = format!(
+                                "MQTT link {}: {} refused the subscription to `{filter}` (code 0x{code:02x}: not authorized by its ACL?); messages on it are not received",
+                                self.name(),
+                                self.link.config.broker
+                            );
+                            error!("{msg}");
+                            self.link.stats.set_error(Some(msg));
+                        }
+                    }
+                }
+                Ok(Incoming::UnsubAck { packet_id }) => {
+                    if Some(packet_id) == self.unsubscribe_id {
+                        self.unsubscribed = true;
+                    }
+                }
+                Ok(Incoming::Disconnect { code, reason }) => {
+                    failure = Some(format!(
+                        "the broker disconnected ferry (reason 0x{code:02x}{})",
+                        reason.map(|r| format!(", \"{r}\"")).unwrap_or_default()
+                    ));
+                    break;
+                }
+                Ok(Incoming::ConnAck { .. }) => {
+                    failure = Some("a second CONNACK on one connection".into());
+                    break;
+                }
+                Ok(Incoming::Unexpected(kind)) => {
+                    failure = Some(format!(
+                        "packet type {kind}, which a QoS 1 subscriber never expects"
+                    ));
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+        self.buf.drain(..pos);
+        // On a failure what this read stored is still committed but not
+        // acknowledged: the broker redelivers it and the marks recognise it.
+        if events.count > 0 && !batch.marks.is_empty() {
+            events.marks = Some(Box::new(LinkMarks {
+                link: self.name().to_string(),
+                marks: batch.marks.clone(),
+            }));
+        }
+        batch.outcome = match self.appender.submit(events).await {
+            Ok(true) => None,
+            Ok(false) => Some(Ok(())),
+            Err(e) => Some(Err(e)),
+        };
+        if !batch.acks.is_empty() || batch.outcome.is_none() {
+            self.unanswered.push_back(batch);
+        }
+        match failure {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    fn refuse(&self, batch: &mut Batch, qos: u8, id: u16, reason: u8, why: &str) {
+        let stats = &self.link.stats;
+        stats.rejected.fetch_add(1, Relaxed);
+        self.link.ctx.stats.rejected.fetch_add(1, Relaxed);
+        self.link
+            .limiter
+            .warn(&format!("MQTT link {}: {why}", self.name()));
+        if qos > 0 {
+            batch.acks.push((id, reason));
+        }
+    }
+
+    fn take_publish(
+        &mut self,
+        p: &Publish<'_>,
+        now: &Reading,
+        batch: &mut Batch,
+        events: &mut crate::outbox::AppendBatch,
+    ) {
+        let link = self.link;
+        link.stats.received.fetch_add(1, Relaxed);
+        link.ctx.stats.received.fetch_add(1, Relaxed);
+        if p.qos > 1 {
+            // Subscriptions ask for QoS 1 at most; a broker must downgrade.
+            self.refuse(
+                batch,
+                0,
+                0,
+                0,
+                &format!(
+                    "a QoS {} message on `{}` (ferry subscribes at QoS 1 at most) was dropped",
+                    p.qos, p.topic
+                ),
+            );
+            return;
+        }
+        let digest = (p.qos == 1).then(|| digest(p));
+        if p.dup {
+            log::debug!(
+                "MQTT link {}: redelivery of packet id {} ({})",
+                self.name(),
+                p.packet_id,
+                match (link.marks.get(&p.packet_id), digest) {
+                    (Some(m), Some(d)) if *m == d => "stored before: acknowledged only",
+                    (Some(_), _) => "a different message had that id: stored",
+                    (None, _) => "not stored before: stored",
+                }
+            );
+        }
+        if p.dup
+            && let Some(d) = digest
+            && link.marks.get(&p.packet_id) == Some(&d)
+        {
+            link.stats.redeliveries.fetch_add(1, Relaxed);
+            batch.acks.push((p.packet_id, codec::REASON_SUCCESS));
+            return;
+        }
+        let has_key = match link.mapping.map(p.topic, &mut self.topic, &mut self.key) {
+            Ok(k) => k,
+            Err(Unroutable::NoRoute) => {
+                self.refuse(
+                    batch,
+                    p.qos,
+                    p.packet_id,
+                    0x10,
+                    &format!(
+                        "a message on `{}` matches no [[mqtt.subscribe]] filter (a subscription the persistent session kept from an earlier config?); acknowledged and not stored",
+                        p.topic
+                    ),
+                );
+                return;
+            }
+            Err(Unroutable::BadTopic(why)) => {
+                self.refuse(
+                    batch,
+                    p.qos,
+                    p.packet_id,
+                    codec::REASON_TOPIC_NAME_INVALID,
+                    &format!("{why}; acknowledged and not stored"),
+                );
+                return;
+            }
+        };
+        self.headers.clear();
+        let mut count: u16 = 0;
+        let mut put = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value);
+            count = count.saturating_add(1);
+        };
+        self.headers.extend_from_slice(&[0, 0]);
+        put(&mut self.headers, "mqtt-topic", p.topic.as_bytes());
+        if p.retain {
+            put(&mut self.headers, "mqtt-retained", b"1");
+        }
+        let mut props = codec::Properties::new(p.properties);
+        while let Ok(Some(prop)) = props.next_property() {
+            if let Property::User(name, value) = prop {
+                put(&mut self.headers, name, value.as_bytes());
+            }
+        }
+        self.headers[..2].copy_from_slice(&count.to_be_bytes());
+        let event = Event {
+            topic: &self.topic,
+            key: has_key.then_some(self.key.as_bytes()),
+            headers: &self.headers,
+            value: p.payload,
+            timestamp_ms: now.wall_ms,
+            clock: now.stamp(),
+        };
+        let len = event.payload_len();
+        if len > link.ctx.max_event_bytes {
+            self.refuse(
+                batch,
+                p.qos,
+                p.packet_id,
+                codec::REASON_QUOTA_EXCEEDED,
+                &format!(
+                    "a message on `{}` of {len} bytes (key, headers and payload) is larger than ingest.max_event_bytes ({} bytes); acknowledged and dropped",
+                    p.topic, link.ctx.max_event_bytes
+                ),
+            );
+            return;
+        }
+        event.encode_into(&mut events.data);
+        events.count += 1;
+        if let Some(d) = digest {
+            batch.acks.push((p.packet_id, codec::REASON_SUCCESS));
+            batch.marks.push((p.packet_id, d));
+        }
+    }
+}
