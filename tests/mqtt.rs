@@ -664,3 +664,51 @@ fn check_config_connect_logs_in_to_each_mqtt_broker_and_subscribes() {
     );
     assert!(!out.contains("wrong-secret-123"));
 }
+
+#[test]
+fn tls_to_mosquitto_with_the_configured_ca_and_refused_with_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path();
+    common::pki::make_pki(pki, "good");
+    common::pki::make_pki(pki, "other");
+    // TLS for ferry; a plain listener beside it for the publisher.
+    let plain = free_port();
+    let broker = Mosquitto::start(
+        &tmp.path().join("mosquitto"),
+        &format!(
+            "certfile {}\nkeyfile {}\nlistener {plain} 127.0.0.1\n",
+            pki.join("good-server.pem").display(),
+            pki.join("good-server.key").display()
+        ),
+    );
+    let model = KafkaModel::start(1);
+    model.create_topic("sensors", 1);
+    let tls = |ca: &str| {
+        link(
+            "local",
+            &broker.address(),
+            "sensors",
+            &format!("[mqtt.tls]\nca_file = \"{}\"", pki.join(ca).display()),
+        )
+    };
+    // Another CA: refused, and said so.
+    let bad = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(bad.path(), &model.bootstrap(), &tls("other-ca.pem"));
+    f.start();
+    f.wait_status(Duration::from_secs(10), "TLS refused", |s| {
+        s.mqtt[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("TLS with") && e.contains("failed"))
+    });
+    drop(f);
+    let mut f = Ferry::new(tmp.path(), &model.bootstrap(), &tls("good-ca.pem"));
+    f.start();
+    wait_connected(&f, 1);
+    let mut p = Publisher::connect(&format!("127.0.0.1:{plain}"), "s", None).unwrap();
+    let values: Vec<String> = (0..20).map(|n| format!("p0|{n}")).collect();
+    for v in &values {
+        p.publish("sensors/p0/data", v.as_bytes()).unwrap();
+    }
+    check_exactly_once(&model, "sensors", &values, &f);
+}

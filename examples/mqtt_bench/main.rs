@@ -56,7 +56,10 @@ mod bench {
                 other => panic!("unknown argument {other}; use --runs N --messages N"),
             }
         }
-        assert!(a.messages < 60_000, "keep --messages under 60000 (Mosquitto's packet ids)");
+        assert!(
+            a.messages < 60_000,
+            "keep --messages under 60000 (Mosquitto's packet ids)"
+        );
         a
     }
 
@@ -122,7 +125,15 @@ mod bench {
         // One publisher per topic level would reorder nothing here: one
         // stream, keys from the payload's device are not needed.
         let mut child = Command::new("mosquitto_pub")
-            .args(["-p", &port.to_string(), "-q", "1", "-t", "bench/readings", "-l"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "bench/readings",
+                "-l",
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .expect("mosquitto_pub");
@@ -170,7 +181,11 @@ mod bench {
             c
         };
         // Create the session, then leave.
-        let mut first = sub(1).args(["-W", "1"]).stdout(Stdio::null()).spawn().unwrap();
+        let mut first = sub(1)
+            .args(["-W", "1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let _ = first.kill();
         let _ = first.wait();
@@ -282,11 +297,29 @@ mod bench {
         let mut ferry: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
         for run in 0..=a.runs {
             let s = run_sub(broker.port, a.messages, tmp.path());
-            let r = run_ferry(&bin, broker.port, a.messages, tmp.path(), &bootstrap, "relaxed");
-            let f = run_ferry(&bin, broker.port, a.messages, tmp.path(), &bootstrap, "fsync");
+            let r = run_ferry(
+                &bin,
+                broker.port,
+                a.messages,
+                tmp.path(),
+                &bootstrap,
+                "relaxed",
+            );
+            let f = run_ferry(
+                &bin,
+                broker.port,
+                a.messages,
+                tmp.path(),
+                &bootstrap,
+                "fsync",
+            );
             eprintln!(
                 "run {run}{}: mosquitto_sub {:.0}/s; ferry relaxed {:.0}/s, fsync {:.0}/s",
-                if run == 0 { " (warm-up, not counted)" } else { "" },
+                if run == 0 {
+                    " (warm-up, not counted)"
+                } else {
+                    ""
+                },
                 s.0,
                 r.0,
                 f.0

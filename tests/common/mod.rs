@@ -588,6 +588,7 @@ impl Cursor<'_> {
 pub mod kafka_model;
 pub mod latency;
 pub mod mosquitto;
+pub mod pki;
 pub mod powercut;
 pub mod proxy;
 pub mod tansu;
