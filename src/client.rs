@@ -329,6 +329,27 @@ pub fn status(config: &Config, json: bool) -> i32 {
         if !snap.forward.delivery.is_empty() {
             println!("delivery:    {}", snap.forward.delivery);
         }
+        for l in &snap.mqtt {
+            println!(
+                "mqtt {}: {} {}; received {}, acknowledged {}, redeliveries recognised {}, rejected {}{}",
+                l.name,
+                if l.connected {
+                    "connected to"
+                } else {
+                    "NOT connected to"
+                },
+                l.broker,
+                l.received,
+                l.acknowledged,
+                l.redeliveries,
+                l.rejected,
+                l.last_error
+                    .as_deref()
+                    .filter(|_| !l.connected)
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
         println!(
             "all time:    dropped {} events ({} bytes) by policy, quarantined {}, dead-lettered {}",
             snap.dropped_events, snap.dropped_bytes, snap.quarantined, snap.dead_letters

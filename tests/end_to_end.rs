@@ -668,23 +668,6 @@ fn watchdog_is_fed_while_alive_and_stops_while_the_outbox_is_wedged() {
     );
 }
 
-/// (status code, body) of `GET path` over plain HTTP/1.1.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
-    (code, body)
-}
-
 /// Parse the exposition with the Python client's own parser; returns
 /// `{family: {sample name: value}}` as JSON.
 fn parse_prometheus(text: &str) -> serde_json::Value {

@@ -217,8 +217,13 @@ fn topics_keys_and_headers_over_mqtt_5_and_3_1_1() {
         (by_name["tasmota"].received, by_name["tasmota"].acknowledged),
         (1, 1)
     );
-    let metrics = f.cli(&["status", "--json"], None).1;
-    assert!(metrics.contains("\"mqtt\""), "{metrics}");
+    let json = f.cli(&["status", "--json"], None).1;
+    assert!(json.contains("\"mqtt\""), "{json}");
+    let text = f.cli(&["status"], None).1;
+    assert!(
+        text.contains("mqtt zigbee: connected to") && text.contains("received 1, acknowledged 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -319,14 +324,18 @@ fn ferry_started_before_mosquitto_and_mosquitto_restarted_under_load() {
     let port = free_port();
     let model = KafkaModel::start(1);
     model.create_topic("sensors", 3);
+    let metrics = free_port();
     let mut f = Ferry::new(
         tmp.path(),
         &model.bootstrap(),
-        &link(
-            "local",
-            &format!("127.0.0.1:{port}"),
-            "sensors",
-            "[retry]\nmax = \"500ms\"",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n{}",
+            link(
+                "local",
+                &format!("127.0.0.1:{port}"),
+                "sensors",
+                "[retry]\nmax = \"500ms\"",
+            )
         ),
     );
     // Nothing listens yet: ferry runs, buffers nothing, says why.
@@ -339,8 +348,23 @@ fn ferry_started_before_mosquitto_and_mosquitto_restarted_under_load() {
                 .as_deref()
                 .is_some_and(|e| e.contains("cannot connect"))
     });
+    let (code, body) = http_get(metrics, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("MQTT link local (127.0.0.1:"), "{body}");
+    assert!(
+        http_get(metrics, "/metrics")
+            .1
+            .contains("ferry_mqtt_connected{link=\"local\"} 0")
+    );
     let mut broker = Mosquitto::start_on(&tmp.path().join("mosquitto"), port, "");
     wait_connected(&f, 1);
+    let (code, body) = http_get(metrics, "/health");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        http_get(metrics, "/metrics")
+            .1
+            .contains("ferry_mqtt_connected{link=\"local\"} 1")
+    );
     let publishers = Publishers::start(&broker.address(), 3, Duration::from_micros(250));
     std::thread::sleep(Duration::from_millis(1500));
     broker.restart();
