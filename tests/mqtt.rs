@@ -268,6 +268,15 @@ fn a_redelivery_after_a_lost_puback_is_recognised_not_stored_twice() {
     assert_eq!(s.mqtt[0].redeliveries, 20, "{:?}", s.mqtt);
     assert_eq!(s.stored, 50);
     assert!(f.log_text().contains("session resumed"), "{}", f.log_text());
+    // Every mark was confirmed by a PINGRESP and removed: none outlive
+    // the messages they guard.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(f.terminate().0, Some(0));
+    let db = rusqlite::Connection::open(tmp.path().join("data/outbox.db")).unwrap();
+    let left: i64 = db
+        .query_row("SELECT count(*) FROM mqtt_marks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "redelivery marks left behind");
 }
 
 #[test]

@@ -256,35 +256,21 @@ impl Link {
         watched: &mut Watched,
         shutdown: &mut Shutdown,
     ) -> End {
-        let mut s = Session::new(&self.state, early);
+        let marks = std::mem::take(&mut self.state.marks);
+        let mut s = Session::new(&self.state, marks, early);
         let end = s.run(&mut stream, watched, shutdown).await;
         let Session {
-            marks_stored,
-            confirmed,
+            marks,
             subscribed,
             unsubscribed,
             ..
         } = s;
+        self.state.marks = marks;
         if subscribed {
             self.state.subscribed = Some(self.state.wanted());
         }
         if unsubscribed {
             self.state.unsubscribe.clear();
-        }
-        for (id, digest) in marks_stored {
-            self.state.marks.insert(id, digest);
-        }
-        if !confirmed.is_empty() {
-            for (id, digest) in &confirmed {
-                if self.state.marks.get(id) == Some(digest) {
-                    self.state.marks.remove(id);
-                }
-            }
-            self.state
-                .ctx
-                .outbox
-                .mqtt_forget(self.name(), confirmed)
-                .await;
         }
         end
     }

@@ -43,7 +43,8 @@ pub(super) struct LinkState {
     pub ctx: Arc<Context>,
     pub stats: Arc<MqttLinkStats>,
     /// Packet id → digest of messages stored whose PUBACK the broker may
-    /// not have seen (loaded from the outbox at start).
+    /// not have seen (loaded from the outbox at start; a session holds
+    /// them while it runs).
     pub marks: HashMap<u16, u64>,
     /// Protocol level in use; `Protocol::Auto` falls back to 3.1.1 once.
     pub level: u8,
@@ -85,6 +86,9 @@ struct Batch {
     acks: Vec<(u16, u8)>,
     /// Marks of the QoS 1 messages stored by this batch.
     marks: Vec<Mark>,
+    /// Marks of redeliveries recognised (stored before): acknowledged
+    /// again, then confirmed and removed like the others.
+    redelivered: Vec<Mark>,
     /// `None` while the batch awaits its commit.
     outcome: Option<Result<(), StoreError>>,
 }
@@ -107,14 +111,14 @@ pub(super) struct Session<'l> {
     appender: Appender,
     /// Bytes of an oversized packet still to be discarded.
     skip: usize,
-    /// Marks of committed batches (moved into the link's marks at the end).
-    pub(super) marks_stored: Vec<Mark>,
+    /// The link's marks while this connection runs: committed batches add
+    /// theirs, PINGRESPs take the confirmed ones away (so the map holds
+    /// about what is in flight, however long the connection lasts).
+    pub(super) marks: HashMap<u16, u64>,
     /// Marks acknowledged since the last confirmation ping.
     unconfirmed: Vec<Mark>,
     /// Marks a PINGREQ in flight will confirm.
     confirming: Option<Vec<Mark>>,
-    /// Marks the broker has seen acknowledged.
-    pub(super) confirmed: Vec<Mark>,
     ping_sent: Option<Instant>,
     last_confirm: Instant,
     /// Scratch buffers for each message: Kafka topic, key, headers.
@@ -132,7 +136,7 @@ pub(super) struct Session<'l> {
 }
 
 impl<'l> Session<'l> {
-    pub(super) fn new(link: &'l LinkState, early: Vec<u8>) -> Self {
+    pub(super) fn new(link: &'l LinkState, marks: HashMap<u16, u64>, early: Vec<u8>) -> Self {
         let mut buf = early;
         buf.reserve(READ_CHUNK);
         Session {
@@ -142,10 +146,9 @@ impl<'l> Session<'l> {
             unanswered: VecDeque::with_capacity(Appender::DEPTH + 1),
             appender: Appender::new(&link.ctx.outbox),
             skip: 0,
-            marks_stored: Vec::new(),
+            marks,
             unconfirmed: Vec::new(),
             confirming: None,
-            confirmed: Vec::new(),
             ping_sent: None,
             last_confirm: Instant::now(),
             topic: String::new(),
@@ -238,6 +241,9 @@ impl<'l> Session<'l> {
                 self.buf.reserve(READ_CHUNK);
             }
             let waiting = self.unanswered.iter().any(|b| b.outcome.is_none());
+            // Acknowledged marks wait at most CONFIRM_EVERY for their PINGREQ.
+            let confirm_due = !self.unconfirmed.is_empty() && self.ping_sent.is_none();
+            let confirm_at = tokio::time::Instant::from_std(self.last_confirm + CONFIRM_EVERY);
             let n = tokio::select! {
                 r = stream.read_buf(&mut self.buf) => match r {
                     Ok(0) => {
@@ -254,6 +260,7 @@ impl<'l> Session<'l> {
                     self.settle(result);
                     continue;
                 }
+                _ = tokio::time::sleep_until(confirm_at), if confirm_due => continue,
                 _ = tick.tick() => {
                     if let Some(sent) = self.ping_sent
                         && sent.elapsed() > keep_alive
@@ -329,7 +336,7 @@ impl<'l> Session<'l> {
     fn settle(&mut self, result: Result<(), StoreError>) {
         if let Some(b) = self.unanswered.iter_mut().find(|b| b.outcome.is_none()) {
             if result.is_ok() {
-                self.marks_stored.extend_from_slice(&b.marks);
+                self.marks.extend(b.marks.iter().copied());
             }
             b.outcome = Some(result);
         }
@@ -364,6 +371,7 @@ impl<'l> Session<'l> {
             .acknowledged
             .fetch_add(batch.acks.len() as u64, Relaxed);
         self.unconfirmed.extend_from_slice(&batch.marks);
+        self.unconfirmed.extend_from_slice(&batch.redelivered);
         Ok(())
     }
 
@@ -456,8 +464,19 @@ impl<'l> Session<'l> {
                 }
                 Ok(Incoming::PingResp) => {
                     self.ping_sent = None;
-                    if let Some(c) = self.confirming.take() {
-                        self.confirmed.extend(c);
+                    if let Some(confirmed) = self.confirming.take()
+                        && !confirmed.is_empty()
+                    {
+                        for (id, digest) in &confirmed {
+                            if self.marks.get(id) == Some(digest) {
+                                self.marks.remove(id);
+                            }
+                        }
+                        self.link
+                            .ctx
+                            .outbox
+                            .mqtt_forget(&self.link.config.name, confirmed)
+                            .await;
                     }
                 }
                 Ok(Incoming::SubAck { packet_id, codes }) => {
@@ -568,7 +587,7 @@ impl<'l> Session<'l> {
                 "MQTT link {}: redelivery of packet id {} ({})",
                 self.name(),
                 p.packet_id,
-                match (link.marks.get(&p.packet_id), digest) {
+                match (self.marks.get(&p.packet_id), digest) {
                     (Some(m), Some(d)) if *m == d => "stored before: acknowledged only",
                     (Some(_), _) => "a different message had that id: stored",
                     (None, _) => "not stored before: stored",
@@ -577,10 +596,11 @@ impl<'l> Session<'l> {
         }
         if p.dup
             && let Some(d) = digest
-            && link.marks.get(&p.packet_id) == Some(&d)
+            && self.marks.get(&p.packet_id) == Some(&d)
         {
             link.stats.redeliveries.fetch_add(1, Relaxed);
             batch.acks.push((p.packet_id, codec::REASON_SUCCESS));
+            batch.redelivered.push((p.packet_id, d));
             return;
         }
         let has_key = match link.mapping.map(p.topic, &mut self.topic, &mut self.key) {

@@ -224,6 +224,8 @@ impl Writer {
                 self.handle(cmd);
             }
         }
+        let r = self.flush_mqtt_forget();
+        self.log_mqtt_failure(r);
         info!("outbox {} closed", self.path.display());
     }
 
