@@ -686,6 +686,58 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_entries_are_checked_and_errors_name_the_key() {
+        let ok = "[[mqtt]]\nbroker = \"127.0.0.1:1883\"\n[[mqtt.subscribe]]\nfilter = \"z2m/+\"\ntopic = \"zigbee\"\nkey = \"{2}\"\n";
+        let c = parse(ok).unwrap();
+        assert_eq!(c.mqtt[0].client_id_for("gw1"), "ferry-gw1");
+        assert_eq!(c.mqtt[0].subscriptions[0].qos, 1);
+        assert!(c.named_topics().contains(&"zigbee".to_string()));
+        for (bad, key, why) in [
+            (
+                ok.replace("z2m/+", "z2m/#/x"),
+                "mqtt.subscribe.filter",
+                "`#` must be the last level",
+            ),
+            (
+                ok.replace("{2}", "{3}"),
+                "mqtt.subscribe.key",
+                "uses level {3}",
+            ),
+            (
+                ok.replace("\"zigbee\"", "\"zig bee\""),
+                "mqtt.subscribe.topic",
+                "invalid topic name",
+            ),
+            (
+                ok.replace("key = ", "qos = 2\nkey = "),
+                "mqtt.subscribe.qos",
+                "qos 2 is not offered",
+            ),
+            (
+                ok.replace("127.0.0.1:1883", "localhost"),
+                "mqtt.broker",
+                "not host:port",
+            ),
+            (
+                format!("{ok}{ok}"),
+                "mqtt.name",
+                "two [[mqtt]] entries are named `mqtt`",
+            ),
+            (
+                ok.replace(
+                    "[[mqtt.subscribe]]",
+                    "password_file = \"/p\"\n[[mqtt.subscribe]]",
+                ),
+                "mqtt.username",
+                "password_file is set but username is not",
+            ),
+        ] {
+            let text = parse(&bad).unwrap_err().to_string();
+            assert!(text.contains(key) && text.contains(why), "{bad}\n{text}");
+        }
+    }
+
+    #[test]
     fn env_overrides_file() {
         let env = vec![
             ("FERRY_BROKERS".to_string(), "a:1, b:2".to_string()),
