@@ -119,8 +119,10 @@ pub enum Incoming<'a> {
         /// 3.1.1 return code or MQTT 5 reason code; 0 is success.
         code: u8,
         /// MQTT 5: the broker's Receive Maximum, Maximum QoS and the like
-        /// are not needed by a subscriber; the reason string is.
+        /// are not needed by a subscriber; the reason string is, and the
+        /// Server Keep Alive, which the client must use instead of its own.
         reason: Option<&'a str>,
+        server_keep_alive: Option<u16>,
     },
     Publish(Publish<'a>),
     SubAck {
@@ -187,16 +189,23 @@ pub fn decode(packet: &[u8], body_start: usize, level: u8) -> Result<Incoming<'_
             if body.len() < 2 {
                 return bad("CONNACK shorter than 2 bytes");
             }
-            let reason = if v5 && body.len() > 2 {
+            let (mut reason, mut server_keep_alive) = (None, None);
+            if v5 && body.len() > 2 {
                 let (props, _) = properties_at(body, 2)?;
-                Properties::new(props).reason_string()?
-            } else {
-                None
-            };
+                let mut it = Properties::new(props);
+                while let Some(p) = it.next_property()? {
+                    match p {
+                        Property::Str(0x1f, s) => reason = Some(s),
+                        Property::U16(0x13, v) => server_keep_alive = Some(v),
+                        _ => {}
+                    }
+                }
+            }
             Ok(Incoming::ConnAck {
                 session_present: body[0] & 1 == 1,
                 code: body[1],
                 reason,
+                server_keep_alive,
             })
         }
         3 => {
@@ -218,6 +227,10 @@ pub fn decode(packet: &[u8], body_start: usize, level: u8) -> Result<Incoming<'_
             let properties = if v5 {
                 let (props, end) = properties_at(body, at)?;
                 at = end;
+                // Every property must be well formed: what is not MQTT is
+                // refused here, not skipped when the headers are built.
+                let mut it = Properties::new(props);
+                while it.next_property()?.is_some() {}
                 props
             } else {
                 &[]
@@ -275,6 +288,9 @@ pub fn publish_head(buf: &[u8]) -> Result<Option<(u8, u16, &str)>, Malformed> {
         return Ok(None);
     }
     let qos = (first >> 1) & 3;
+    if qos == 3 {
+        return bad("PUBLISH with QoS 3");
+    }
     let Some((_, used)) = read_varint(&buf[1..])? else {
         return Ok(None);
     };
@@ -288,6 +304,9 @@ pub fn publish_head(buf: &[u8]) -> Result<Option<(u8, u16, &str)>, Malformed> {
     }
     let (topic, at) = str_at(body, 0)?;
     let packet_id = if qos > 0 { u16_at(body, at)? } else { 0 };
+    if qos > 0 && packet_id == 0 {
+        return bad("PUBLISH at QoS 1 or 2 with packet id 0");
+    }
     Ok(Some((qos, packet_id, topic)))
 }
 
@@ -301,6 +320,8 @@ pub struct Properties<'a> {
 pub enum Property<'a> {
     User(&'a str, &'a str),
     Str(u8, &'a str),
+    /// Two-byte integers (Server Keep Alive, Receive Maximum, ...).
+    U16(u8, u16),
     Other(u8),
 }
 
@@ -326,7 +347,7 @@ impl<'a> Properties<'a> {
         // Fixed widths from MQTT 5.0 section 2.2.2.2.
         let (property, used) = match id {
             0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => (Property::Other(id), 1),
-            0x13 | 0x21 | 0x22 | 0x23 => (Property::Other(id), 2),
+            0x13 | 0x21 | 0x22 | 0x23 => (Property::U16(id, u16_at(after, 0)?), 2),
             0x02 | 0x11 | 0x18 | 0x27 => (Property::Other(id), 4),
             0x0b => match read_varint(after)? {
                 Some((_, n)) => (Property::Other(id), n),
@@ -603,16 +624,18 @@ mod tests {
             Incoming::ConnAck {
                 session_present: true,
                 code: 0,
-                reason: None
+                reason: None,
+                server_keep_alive: None
             }
         );
-        let connack5 = [0x20, 8, 0, 0x86, 5, 0x1f, 0, 2, b'n', b'o'];
+        let connack5 = [0x20, 11, 0, 0x86, 8, 0x1f, 0, 2, b'n', b'o', 0x13, 0, 10];
         assert_eq!(
             one(&connack5, LEVEL_5),
             Incoming::ConnAck {
                 session_present: false,
                 code: 0x86,
-                reason: Some("no")
+                reason: Some("no"),
+                server_keep_alive: Some(10)
             }
         );
         assert_eq!(
@@ -641,6 +664,10 @@ mod tests {
         assert!(decode(&[0x30, 4, 0, 1, b't', 1], 2, LEVEL_5).is_err());
         assert!(decode(&[0x30, 3, 0, 9, b't'], 2, LEVEL_3_1_1).is_err());
         assert!(decode(&[0x32, 3, 0, 1, b't'], 2, LEVEL_3_1_1).is_err());
+        // An unknown property inside a PUBLISH; a head with QoS 3 or id 0.
+        assert!(decode(&[0x30, 5, 0, 1, b't', 1, 0x7f], 2, LEVEL_5).is_err());
+        assert!(publish_head(&[0x36, 9, 0, 1, b't', 0, 1]).is_err());
+        assert!(publish_head(&[0x32, 9, 0, 1, b't', 0, 0]).is_err());
     }
 
     #[test]

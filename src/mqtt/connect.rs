@@ -20,15 +20,42 @@ pub(super) struct ConnectError {
     pub auth: bool,
 }
 
-/// TCP (and TLS), CONNECT and its CONNACK.
-/// Also any bytes that came behind the CONNACK (a resumed session's
-/// messages may).
+/// A connection that the broker accepted.
+pub(super) struct Connected {
+    pub stream: Stream,
+    pub session_present: bool,
+    /// Bytes that came behind the CONNACK (a resumed session's messages may).
+    pub early: Vec<u8>,
+    /// MQTT 5: the keep-alive the broker wants instead of ferry's.
+    pub server_keep_alive: Option<u16>,
+}
+
+/// TCP (and TLS), CONNECT and its CONNACK. `level` is the protocol level
+/// to try; under `protocol = "auto"` it falls to 3.1.1 when the broker
+/// refuses 5, and stays there only once a 3.1.1 CONNACK came back (a
+/// broker that merely closed the connection is tried with 5 again next time).
 pub(super) async fn connect(
     c: &MqttConfig,
     client_id: &str,
     level: &mut u8,
     clean_start: bool,
-) -> Result<(Stream, bool, Vec<u8>), ConnectError> {
+) -> Result<Connected, ConnectError> {
+    let tried = *level;
+    let mut closed_on_5 = false;
+    let r = connect_at(c, client_id, level, clean_start, &mut closed_on_5).await;
+    if r.is_err() && closed_on_5 {
+        *level = tried;
+    }
+    r
+}
+
+async fn connect_at(
+    c: &MqttConfig,
+    client_id: &str,
+    level: &mut u8,
+    clean_start: bool,
+    closed_on_5: &mut bool,
+) -> Result<Connected, ConnectError> {
     loop {
         let fail = |message: String| ConnectError {
             message,
@@ -97,7 +124,12 @@ pub(super) async fn connect(
             keep_alive_s: c.keep_alive.as_secs().min(u16::MAX as u64) as u16,
             username: c.username.as_deref(),
             password: password.as_deref(),
-            session_expiry_s: c.session_expiry.as_secs().min(u32::MAX as u64) as u32,
+            // A clean session (the connection check) leaves nothing behind.
+            session_expiry_s: if clean_start {
+                0
+            } else {
+                c.session_expiry.as_secs().min(u32::MAX as u64) as u32
+            },
             receive_maximum: c.receive_maximum,
         }
         .encode_into(&mut out);
@@ -120,6 +152,7 @@ pub(super) async fn connect(
                 if *level >= codec::LEVEL_5 && c.protocol == Protocol::Auto {
                     // Some 3.1.1 brokers just close on a level they do not know.
                     *level = codec::LEVEL_3_1_1;
+                    *closed_on_5 = true;
                     continue;
                 }
                 return Err(fail(format!(
@@ -144,10 +177,16 @@ pub(super) async fn connect(
             Ok(Incoming::ConnAck {
                 session_present,
                 code: 0,
+                server_keep_alive,
                 ..
             }) => {
                 buf.drain(..total);
-                return Ok((stream, session_present, buf));
+                return Ok(Connected {
+                    stream,
+                    session_present,
+                    early: buf,
+                    server_keep_alive,
+                });
             }
             Ok(Incoming::ConnAck { code, reason, .. }) => {
                 if *level >= codec::LEVEL_5
@@ -229,7 +268,11 @@ pub async fn check(config: &MqttConfig, node_id: &str) -> Vec<Finding> {
     let subject = format!("MQTT {} ({})", config.name, config.broker);
     let client_id = format!("{}-check", config.client_id_for(node_id));
     let mut level = initial_level(config.protocol);
-    let (mut stream, _, mut buf) = match connect(config, &client_id, &mut level, true).await {
+    let Connected {
+        mut stream,
+        early: mut buf,
+        ..
+    } = match connect(config, &client_id, &mut level, true).await {
         Ok(c) => c,
         Err(e) => return vec![Finding::bad(subject, e.message)],
     };

@@ -12,7 +12,7 @@
 
 use super::codec;
 use super::config::MqttConfig;
-use super::connect::{Stream, connect, initial_level};
+use super::connect::{Connected, connect, initial_level};
 use super::session::{End, LinkState, Session, Watched};
 use crate::backoff::{Backoff, RetryConfig};
 use crate::ingest::Context;
@@ -87,19 +87,40 @@ impl Link {
             }
             let client_id = self.state.config.client_id_for(&self.state.ctx.node_id);
             let config = self.state.config.clone();
-            let end = match connect(&config, &client_id, &mut self.state.level, false).await {
-                Ok((stream, session_present, early)) => {
+            // A broker that stalls the handshake holds up neither a stop
+            // nor a reload.
+            let connected = tokio::select! {
+                c = connect(&config, &client_id, &mut self.state.level, false) => c,
+                _ = shutdown.recv() => return,
+                r = watched.changed() => {
+                    if r.is_err() || !self.apply_config(&watched) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let end = match connected {
+                Ok(c) => {
                     self.state.stats.connected.store(true, Relaxed);
                     self.state.stats.connects.fetch_add(1, Relaxed);
                     self.state.stats.set_error(None);
-                    backoff.reset();
-                    self.on_connected(session_present, was_up).await;
+                    self.on_connected(c.session_present).await;
                     was_up = true;
-                    let end = self
-                        .session(stream, early, &mut watched, &mut shutdown)
+                    let keep_alive = match c.server_keep_alive {
+                        Some(s) if s > 0 => config.keep_alive.min(Duration::from_secs(s as u64)),
+                        _ => config.keep_alive,
+                    };
+                    let (end, progressed) = self
+                        .session(c, keep_alive, &mut watched, &mut shutdown)
                         .await;
                     self.state.stats.connected.store(false, Relaxed);
-                    end
+                    // Only a connection that carried something resets the
+                    // backoff: one that fails at once (a full outbox, a
+                    // broker that throws ferry out) must not loop fast.
+                    if progressed {
+                        backoff.reset();
+                    }
+                    (end, progressed)
                 }
                 Err(e) => {
                     self.state.stats.set_error(Some(e.message.clone()));
@@ -121,6 +142,7 @@ impl Link {
                     continue;
                 }
             };
+            let (end, progressed) = end;
             match end {
                 End::Shutdown => return,
                 End::Reconfigure => {
@@ -133,11 +155,18 @@ impl Link {
                     }
                 }
                 End::Failed(why) => {
-                    warn!(
+                    let msg = format!(
                         "MQTT link {} to {}: connection lost: {why}; connecting again",
                         self.name(),
                         self.state.config.broker
                     );
+                    // Once per loss after a working connection; a link that
+                    // fails again at once is logged rate-limited.
+                    if progressed {
+                        warn!("{msg}");
+                    } else {
+                        self.state.limiter.warn(&msg);
+                    }
                     self.state.stats.set_error(Some(why));
                     if self
                         .pause(backoff.next_delay(), &mut watched, &mut shutdown)
@@ -215,7 +244,7 @@ impl Link {
         true
     }
 
-    async fn on_connected(&mut self, session_present: bool, _was_up: bool) {
+    async fn on_connected(&mut self, session_present: bool) {
         info!(
             "MQTT link {}: connected to {} as {} (MQTT {}, session {})",
             self.name(),
@@ -238,9 +267,14 @@ impl Link {
                 );
             }
             // The broker's packet ids start afresh: old marks mean nothing.
-            if !self.state.marks.is_empty() {
-                self.state.marks.clear();
-                self.state.ctx.outbox.mqtt_clear(self.name()).await;
+            // Awaited, so the clear is done before this session's first
+            // commit stores new marks.
+            self.state.marks.clear();
+            if let Err(e) = self.state.ctx.outbox.mqtt_clear(self.name()).await {
+                warn!(
+                    "MQTT link {}: cannot clear old redelivery marks: {e}",
+                    self.name()
+                );
             }
             self.state.subscribed = None;
         }
@@ -249,20 +283,28 @@ impl Link {
 
     /// Subscribe (if this connection needs it) and carry messages until
     /// the connection ends.
+    /// Also whether the connection carried anything (a PUBACK written).
     async fn session(
         &mut self,
-        mut stream: Stream,
-        early: Vec<u8>,
+        c: Connected,
+        keep_alive: Duration,
         watched: &mut Watched,
         shutdown: &mut Shutdown,
-    ) -> End {
+    ) -> (End, bool) {
+        let Connected {
+            mut stream,
+            session_present,
+            early,
+            ..
+        } = c;
         let marks = std::mem::take(&mut self.state.marks);
-        let mut s = Session::new(&self.state, marks, early);
+        let mut s = Session::new(&self.state, marks, session_present, keep_alive, early);
         let end = s.run(&mut stream, watched, shutdown).await;
         let Session {
             marks,
             subscribed,
             unsubscribed,
+            progressed,
             ..
         } = s;
         self.state.marks = marks;
@@ -272,6 +314,6 @@ impl Link {
         if unsubscribed {
             self.state.unsubscribe.clear();
         }
-        end
+        (end, progressed)
     }
 }

@@ -155,6 +155,11 @@ fn check_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
         return Err("a topic filter must not be empty".into());
     }
+    if filter.starts_with("$share/") {
+        return Err(format!(
+            "`{filter}`: shared subscriptions are not supported: each gateway's ferry needs every message of its own session"
+        ));
+    }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         let wild = level.contains('+') || level.contains('#');
@@ -323,5 +328,7 @@ mod tests {
         assert_eq!(e.0, "topic");
         let e = Route::new(sub("a/+", "t", "{x}")).unwrap_err();
         assert_eq!(e.0, "key");
+        let e = Route::new(sub("$share/g/a/+", "t", "")).unwrap_err();
+        assert_eq!(e.0, "filter");
     }
 }

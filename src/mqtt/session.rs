@@ -93,11 +93,12 @@ struct Batch {
     outcome: Option<Result<(), StoreError>>,
 }
 
-/// A 64-bit digest of a message: CRC-32C over topic, properties and
-/// payload, and the payload's length.
+/// A 64-bit digest of a message: CRC-32C over topic and payload, and the
+/// payload's length. Not the MQTT 5 properties: a broker rewrites some on
+/// each send (the Message Expiry Interval counts down), so a redelivery's
+/// may differ from the first delivery's.
 pub fn digest(p: &Publish<'_>) -> u64 {
     let mut crc = crc32c::crc32c(p.topic.as_bytes());
-    crc = crc32c::crc32c_append(crc, p.properties);
     crc = crc32c::crc32c_append(crc, p.payload);
     ((crc as u64) << 32) | (p.payload.len() as u32 as u64)
 }
@@ -121,6 +122,17 @@ pub(super) struct Session<'l> {
     confirming: Option<Vec<Mark>>,
     ping_sent: Option<Instant>,
     last_confirm: Instant,
+    /// When anything last came from the broker (a busy broker is alive
+    /// even if its PINGRESP is still queued behind messages).
+    last_read: Instant,
+    keep_alive: Duration,
+    /// A resumed session: the marks from before it. The broker resends
+    /// what it has unacknowledged right behind the CONNACK; marks not
+    /// redelivered by the first PINGRESP are stale (their PUBACK arrived
+    /// but was never confirmed) and go then.
+    inherited: Option<HashMap<u16, u64>>,
+    /// A PUBACK was written on this connection.
+    pub(super) progressed: bool,
     /// Scratch buffers for each message: Kafka topic, key, headers.
     topic: String,
     key: String,
@@ -136,10 +148,21 @@ pub(super) struct Session<'l> {
 }
 
 impl<'l> Session<'l> {
-    pub(super) fn new(link: &'l LinkState, marks: HashMap<u16, u64>, early: Vec<u8>) -> Self {
+    pub(super) fn new(
+        link: &'l LinkState,
+        marks: HashMap<u16, u64>,
+        session_present: bool,
+        keep_alive: Duration,
+        early: Vec<u8>,
+    ) -> Self {
         let mut buf = early;
         buf.reserve(READ_CHUNK);
+        let inherited = (session_present && !marks.is_empty()).then(|| marks.clone());
         Session {
+            last_read: Instant::now(),
+            keep_alive,
+            inherited,
+            progressed: false,
             link,
             buf,
             out: Vec::with_capacity(256),
@@ -180,7 +203,7 @@ impl<'l> Session<'l> {
         if let Err(e) = self.subscribe(stream).await {
             return End::Failed(e);
         }
-        let keep_alive = self.link.config.keep_alive;
+        let keep_alive = self.keep_alive;
         let mut tick = tokio::time::interval(keep_alive / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -216,9 +239,10 @@ impl<'l> Session<'l> {
             if let Some(end) = closing.take() {
                 if self.unanswered.is_empty() {
                     if matches!(end, End::Shutdown | End::Reconfigure) {
+                        self.confirm_before_leaving(stream).await;
                         self.out.clear();
                         codec::encode_disconnect(&mut self.out);
-                        let _ = stream.write_all(&self.out).await;
+                        let _ = self.write_out(stream, "DISCONNECT").await;
                         let _ = stream.shutdown().await;
                     }
                     return end;
@@ -246,11 +270,14 @@ impl<'l> Session<'l> {
             let confirm_at = tokio::time::Instant::from_std(self.last_confirm + CONFIRM_EVERY);
             let n = tokio::select! {
                 r = stream.read_buf(&mut self.buf) => match r {
-                    Ok(0) => {
+                    Ok(n) if n > 0 => {
+                        self.last_read = Instant::now();
+                        n
+                    }
+                    Ok(_) => {
                         self.drain().await;
                         return End::Failed(format!("{} closed the connection", self.link.config.broker));
                     }
-                    Ok(n) => n,
                     Err(e) => {
                         self.drain().await;
                         return End::Failed(format!("read from {} failed: {e}", self.link.config.broker));
@@ -264,6 +291,7 @@ impl<'l> Session<'l> {
                 _ = tick.tick() => {
                     if let Some(sent) = self.ping_sent
                         && sent.elapsed() > keep_alive
+                        && self.last_read < sent
                     {
                         self.drain().await;
                         return End::Failed(format!("no answer to PINGREQ within {keep_alive:?} (mqtt.keep_alive)"));
@@ -320,10 +348,80 @@ impl<'l> Session<'l> {
         if self.out.is_empty() {
             return Ok(());
         }
-        stream
-            .write_all(&self.out)
-            .await
-            .map_err(|e| format!("cannot subscribe: {e}"))
+        self.write_out(stream, "SUBSCRIBE").await
+    }
+
+    /// Write `self.out`, within the keep-alive (a broker that stops
+    /// reading is a dead connection, not a reason to wait forever).
+    async fn write_out(&mut self, stream: &mut Stream, what: &str) -> Result<(), String> {
+        match tokio::time::timeout(self.keep_alive, stream.write_all(&self.out)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot write {what}: {e}")),
+            Err(_) => Err(format!(
+                "cannot write {what}: the broker has not read for {:?}",
+                self.keep_alive
+            )),
+        }
+    }
+
+    /// Before a clean DISCONNECT: have the last PUBACKs confirmed (a
+    /// PINGREQ and its PINGRESP, at most 2 s), so their marks go now
+    /// rather than linger. Messages arriving meanwhile are left to the
+    /// broker's redelivery.
+    async fn confirm_before_leaving(&mut self, stream: &mut Stream) {
+        if self.unconfirmed.is_empty() && self.confirming.is_none() {
+            return;
+        }
+        if self.ping_sent.is_none() && self.confirm(stream, true).await.is_err() {
+            return;
+        }
+        let waited = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let mut pos = 0;
+                while let Ok(Check::Complete { body_start, total }) = codec::check(&self.buf[pos..])
+                {
+                    let packet = &self.buf[pos..pos + total];
+                    pos += total;
+                    if let Ok(Incoming::PingResp) = codec::decode(packet, body_start, self.level())
+                    {
+                        return true;
+                    }
+                }
+                self.buf.drain(..pos);
+                match stream.read_buf(&mut self.buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return false,
+                }
+            }
+        })
+        .await;
+        if waited == Ok(true) {
+            self.pingresp().await;
+        }
+    }
+
+    /// A PINGRESP: the broker has handled every PUBACK written before the
+    /// PINGREQ; their marks go. The first one also ends what a resumed
+    /// session inherited and did not see redelivered.
+    async fn pingresp(&mut self) {
+        self.ping_sent = None;
+        let mut gone = self.confirming.take().unwrap_or_default();
+        if let Some(inherited) = self.inherited.take() {
+            gone.extend(inherited);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        for (id, digest) in &gone {
+            if self.marks.get(id) == Some(digest) {
+                self.marks.remove(id);
+            }
+        }
+        self.link
+            .ctx
+            .outbox
+            .mqtt_forget(&self.link.config.name, gone)
+            .await;
     }
 
     fn packet_id(&mut self) -> u16 {
@@ -362,10 +460,8 @@ impl<'l> Session<'l> {
         for (id, reason) in &batch.acks {
             codec::encode_puback(&mut self.out, level, *id, *reason);
         }
-        stream
-            .write_all(&self.out)
-            .await
-            .map_err(|e| format!("cannot write PUBACK: {e}"))?;
+        self.write_out(stream, "PUBACK").await?;
+        self.progressed = true;
         self.link
             .stats
             .acknowledged
@@ -387,10 +483,7 @@ impl<'l> Session<'l> {
         }
         self.out.clear();
         codec::encode_pingreq(&mut self.out);
-        stream
-            .write_all(&self.out)
-            .await
-            .map_err(|e| format!("cannot write PINGREQ: {e}"))?;
+        self.write_out(stream, "PINGREQ").await?;
         self.ping_sent = Some(Instant::now());
         self.last_confirm = Instant::now();
         self.confirming = Some(std::mem::take(&mut self.unconfirmed));
@@ -462,23 +555,7 @@ impl<'l> Session<'l> {
                 Ok(Incoming::Publish(p)) => {
                     self.take_publish(&p, &now, &mut batch, &mut events);
                 }
-                Ok(Incoming::PingResp) => {
-                    self.ping_sent = None;
-                    if let Some(confirmed) = self.confirming.take()
-                        && !confirmed.is_empty()
-                    {
-                        for (id, digest) in &confirmed {
-                            if self.marks.get(id) == Some(digest) {
-                                self.marks.remove(id);
-                            }
-                        }
-                        self.link
-                            .ctx
-                            .outbox
-                            .mqtt_forget(&self.link.config.name, confirmed)
-                            .await;
-                    }
-                }
+                Ok(Incoming::PingResp) => self.pingresp().await,
                 Ok(Incoming::SubAck { packet_id, codes }) => {
                     if Some(packet_id) == self.subscribe_id {
                         self.subscribed = true;
@@ -552,7 +629,9 @@ impl<'l> Session<'l> {
         self.link
             .limiter
             .warn(&format!("MQTT link {}: {why}", self.name()));
-        if qos > 0 {
+        // QoS 2 is never asked for; a broker that sends it anyway gets no
+        // PUBACK (that would be the wrong answer).
+        if qos == 1 {
             batch.acks.push((id, reason));
         }
     }
@@ -599,6 +678,9 @@ impl<'l> Session<'l> {
             && self.marks.get(&p.packet_id) == Some(&d)
         {
             link.stats.redeliveries.fetch_add(1, Relaxed);
+            if let Some(inherited) = &mut self.inherited {
+                inherited.remove(&p.packet_id);
+            }
             batch.acks.push((p.packet_id, codec::REASON_SUCCESS));
             batch.redelivered.push((p.packet_id, d));
             return;
@@ -630,13 +712,13 @@ impl<'l> Session<'l> {
             }
         };
         self.headers.clear();
-        let mut count: u16 = 0;
+        let mut count: u32 = 0;
         let mut put = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&(value.len() as u32).to_be_bytes());
             out.extend_from_slice(value);
-            count = count.saturating_add(1);
+            count += 1;
         };
         self.headers.extend_from_slice(&[0, 0]);
         put(&mut self.headers, "mqtt-topic", p.topic.as_bytes());
@@ -649,6 +731,19 @@ impl<'l> Session<'l> {
                 put(&mut self.headers, name, value.as_bytes());
             }
         }
+        let Ok(count) = u16::try_from(count) else {
+            self.refuse(
+                batch,
+                p.qos,
+                p.packet_id,
+                codec::REASON_PAYLOAD_FORMAT_INVALID,
+                &format!(
+                    "a message on `{}` carries {count} user properties; a record takes at most 65,535 headers; acknowledged and dropped",
+                    p.topic
+                ),
+            );
+            return;
+        };
         self.headers[..2].copy_from_slice(&count.to_be_bytes());
         let event = Event {
             topic: &self.topic,

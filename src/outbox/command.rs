@@ -137,6 +137,7 @@ pub(super) enum Command {
     },
     MqttClear {
         link: String,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Present {
         seq_firsts: Vec<i64>,

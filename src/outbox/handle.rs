@@ -264,10 +264,16 @@ impl Outbox {
         let _ = self.tx.send(Command::MqttForget { link, marks }).await;
     }
 
-    /// The broker lost link `link`'s session.
-    pub async fn mqtt_clear(&self, link: &str) {
-        let link = link.to_string();
-        let _ = self.tx.send(Command::MqttClear { link }).await;
+    /// The broker lost link `link`'s session: remove its marks (answered
+    /// once done, so no later commit's marks can be removed with them).
+    pub async fn mqtt_clear(&self, link: &str) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Command::MqttClear {
+            link: link.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
     }
 
     /// Ask the writer to drop events older than `max_age`.

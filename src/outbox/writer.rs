@@ -208,6 +208,10 @@ impl Writer {
                         raw += batch.data.len();
                         group.push((batch, reply));
                     }
+                    // In order with the appends around it: a mark forgotten
+                    // before a commit that stores the same one again must
+                    // not remove the new one.
+                    Command::MqttForget { link, marks } => self.mqtt_forget.push((link, marks)),
                     other => deferred.push(other),
                 }
                 if raw < GROUP_COMMIT_MAX_RAW {
@@ -239,17 +243,14 @@ impl Writer {
                     .map_err(|e| format!("outbox {}: MQTT marks: {e}", self.path.display()));
                 let _ = reply.send(r);
             }
-            Command::MqttForget { link, marks } => {
-                self.mqtt_forget.push((link, marks));
-                if self.mqtt_forget.len() > 64 {
-                    let r = self.flush_mqtt_forget();
-                    self.log_mqtt_failure(r);
-                }
-            }
-            Command::MqttClear { link } => {
+            // Taken while gathering a group (see `run`); kept for the
+            // next transaction like there.
+            Command::MqttForget { link, marks } => self.mqtt_forget.push((link, marks)),
+            Command::MqttClear { link, reply } => {
                 self.mqtt_forget.retain(|(l, _)| *l != link);
-                let r = mqtt_marks::clear(&self.conn, &link);
-                self.log_mqtt_failure(r);
+                let r = mqtt_marks::clear(&self.conn, &link)
+                    .map_err(|e| format!("outbox {}: MQTT marks: {e}", self.path.display()));
+                let _ = reply.send(r);
             }
             Command::Read {
                 cursors,
@@ -519,6 +520,10 @@ impl Writer {
         let written = self
             .write_group_in_transaction(group)
             .and_then(|totals| self.hot.commit().map(|()| totals));
+        if written.is_ok() {
+            // Removed with this commit (kept for the next one if it failed).
+            self.mqtt_forget.clear();
+        }
         let (added, dropped) = match written {
             Ok(totals) => totals,
             Err(e) => {
@@ -590,15 +595,13 @@ impl Writer {
             added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
             self.next_seq += b.count as i64;
         }
+        // Marks forgotten before this group's, then the group's own.
+        for (link, marks) in &self.mqtt_forget {
+            mqtt_marks::forget(&self.conn, link, marks)?;
+        }
         for (batch, _) in group {
             if let Some(m) = &batch.marks {
                 mqtt_marks::insert(&self.conn, &m.link, &m.marks)?;
-            }
-        }
-        if !self.mqtt_forget.is_empty() {
-            let forget = std::mem::take(&mut self.mqtt_forget);
-            for (link, marks) in &forget {
-                mqtt_marks::forget(&self.conn, link, marks)?;
             }
         }
         self.hot.add_appended(
