@@ -427,21 +427,26 @@ fn ferry_started_before_mosquitto_and_mosquitto_restarted_under_load() {
     assert!(f.status().mqtt[0].connects >= 3);
 }
 
-#[test]
-fn a_wrong_password_is_reported_clearly_and_loses_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("mosquitto");
-    std::fs::create_dir_all(&dir).unwrap();
+/// Mosquitto under `dir`, anonymous clients refused, with users `ferry`
+/// ("right-password") and `sensor` ("sensor-password").
+fn broker_with_logins(dir: &std::path::Path) -> Mosquitto {
+    std::fs::create_dir_all(dir).unwrap();
     let passwd = dir.join("passwd");
     Mosquitto::add_user(&passwd, "ferry", "right-password");
     Mosquitto::add_user(&passwd, "sensor", "sensor-password");
-    let broker = Mosquitto::start(
-        &dir,
+    Mosquitto::start(
+        dir,
         &format!(
             "allow_anonymous false\npassword_file {}\n",
             passwd.display()
         ),
-    );
+    )
+}
+
+#[test]
+fn a_wrong_password_is_reported_clearly_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = broker_with_logins(&tmp.path().join("mosquitto"));
     let model = KafkaModel::start(1);
     model.create_topic("sensors", 1);
     let secret = tmp.path().join("mqtt.pass");
@@ -684,20 +689,10 @@ fn reload_changes_subscriptions_without_losing_what_is_in_flight() {
 #[test]
 fn check_config_connect_logs_in_to_each_mqtt_broker_and_subscribes() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("mosquitto");
-    std::fs::create_dir_all(&dir).unwrap();
-    let passwd = dir.join("passwd");
-    Mosquitto::add_user(&passwd, "ferry", "right-password");
     // Mosquitto (2.0.11, acl_file) grants any subscription and applies its
     // ACL when it delivers, so the check can show a login and a granted
     // filter, not a read the ACL will deny.
-    let broker = Mosquitto::start(
-        &dir,
-        &format!(
-            "allow_anonymous false\npassword_file {}\n",
-            passwd.display()
-        ),
-    );
+    let broker = broker_with_logins(&tmp.path().join("mosquitto"));
     let model = KafkaModel::start(1);
     model.create_topic("sensors", 1);
     model.create_topic("secrets", 1);
