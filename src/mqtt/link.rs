@@ -110,9 +110,11 @@ impl Link {
                         Some(s) if s > 0 => config.keep_alive.min(Duration::from_secs(s as u64)),
                         _ => config.keep_alive,
                     };
-                    let (end, progressed) = self
+                    let began = std::time::Instant::now();
+                    let (end, stored) = self
                         .session(c, keep_alive, &mut watched, &mut shutdown)
                         .await;
+                    let progressed = stored || began.elapsed() >= keep_alive;
                     self.state.stats.connected.store(false, Relaxed);
                     // Only a connection that carried something resets the
                     // backoff: one that fails at once (a full outbox, a
@@ -283,7 +285,7 @@ impl Link {
 
     /// Subscribe (if this connection needs it) and carry messages until
     /// the connection ends.
-    /// Also whether the connection carried anything (a PUBACK written).
+    /// Also whether the connection stored anything.
     async fn session(
         &mut self,
         c: Connected,

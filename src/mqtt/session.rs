@@ -89,6 +89,8 @@ struct Batch {
     /// Marks of redeliveries recognised (stored before): acknowledged
     /// again, then confirmed and removed like the others.
     redelivered: Vec<Mark>,
+    /// It carries messages to store.
+    stores: bool,
     /// `None` while the batch awaits its commit.
     outcome: Option<Result<(), StoreError>>,
 }
@@ -131,7 +133,9 @@ pub(super) struct Session<'l> {
     /// redelivered by the first PINGRESP are stale (their PUBACK arrived
     /// but was never confirmed) and go then.
     inherited: Option<HashMap<u16, u64>>,
-    /// A PUBACK was written on this connection.
+    /// A commit stored messages from this connection (acknowledging only
+    /// redeliveries is not progress: a link that stores nothing must not
+    /// have its backoff reset by them).
     pub(super) progressed: bool,
     /// Scratch buffers for each message: Kafka topic, key, headers.
     topic: String,
@@ -435,6 +439,7 @@ impl<'l> Session<'l> {
         if let Some(b) = self.unanswered.iter_mut().find(|b| b.outcome.is_none()) {
             if result.is_ok() {
                 self.marks.extend(b.marks.iter().copied());
+                self.progressed |= b.stores;
             }
             b.outcome = Some(result);
         }
@@ -461,7 +466,6 @@ impl<'l> Session<'l> {
             codec::encode_puback(&mut self.out, level, *id, *reason);
         }
         self.write_out(stream, "PUBACK").await?;
-        self.progressed = true;
         self.link
             .stats
             .acknowledged
@@ -608,6 +612,7 @@ impl<'l> Session<'l> {
                 marks: batch.marks.clone(),
             }));
         }
+        batch.stores = events.count > 0;
         batch.outcome = match self.appender.submit(events).await {
             Ok(true) => None,
             Ok(false) => Some(Ok(())),
