@@ -68,6 +68,7 @@ pub struct Stats {
 pub struct MqttLinkStats {
     pub name: String,
     pub broker: String,
+    /// The session is up and its subscriptions granted (messages flow).
     pub connected: AtomicBool,
     /// PUBLISH packets received (redeliveries included).
     pub received: AtomicU64,

@@ -49,6 +49,7 @@ impl Link {
                 level: initial_level(config.protocol),
                 config,
                 mapping,
+                retired: None,
                 ctx,
                 stats,
                 marks: HashMap::new(),
@@ -101,7 +102,6 @@ impl Link {
             };
             let end = match connected {
                 Ok(c) => {
-                    self.state.stats.connected.store(true, Relaxed);
                     self.state.stats.connects.fetch_add(1, Relaxed);
                     self.state.stats.set_error(None);
                     self.on_connected(c.session_present).await;
@@ -233,7 +233,7 @@ impl Link {
                 if new.protocol != self.state.config.protocol {
                     self.state.level = initial_level(new.protocol);
                 }
-                self.state.mapping = mapping;
+                self.state.retired = Some(std::mem::replace(&mut self.state.mapping, mapping));
                 self.state.config = new;
                 self.state.subscribed = None;
                 info!("MQTT link {}: new config applied", self.name());

@@ -40,6 +40,9 @@ pub type Watched = watch::Receiver<Option<Arc<MqttConfig>>>;
 pub(super) struct LinkState {
     pub config: Arc<MqttConfig>,
     pub mapping: Mapping,
+    /// The mapping before the last reload: messages of a filter it removed
+    /// that the broker had already queued still go where they were meant to.
+    pub retired: Option<Mapping>,
     pub ctx: Arc<Context>,
     pub stats: Arc<MqttLinkStats>,
     /// Packet id → digest of messages stored whose PUBACK the broker may
@@ -206,6 +209,11 @@ impl<'l> Session<'l> {
     ) -> End {
         if let Err(e) = self.subscribe(stream).await {
             return End::Failed(e);
+        }
+        // Connected means messages flow: at once on a session that has its
+        // subscriptions, else once the broker granted them (SUBACK).
+        if self.subscribe_id.is_none() {
+            self.link.stats.connected.store(true, Relaxed);
         }
         let keep_alive = self.keep_alive;
         let mut tick = tokio::time::interval(keep_alive / 2);
@@ -563,6 +571,7 @@ impl<'l> Session<'l> {
                 Ok(Incoming::SubAck { packet_id, codes }) => {
                     if Some(packet_id) == self.subscribe_id {
                         self.subscribed = true;
+                        self.link.stats.connected.store(true, Relaxed);
                     }
                     let wanted = self.link.wanted();
                     for (i, code) in codes.iter().enumerate() {
@@ -690,7 +699,13 @@ impl<'l> Session<'l> {
             batch.redelivered.push((p.packet_id, d));
             return;
         }
-        let has_key = match link.mapping.map(p.topic, &mut self.topic, &mut self.key) {
+        let mut mapped = link.mapping.map(p.topic, &mut self.topic, &mut self.key);
+        if mapped == Err(Unroutable::NoRoute)
+            && let Some(retired) = &link.retired
+        {
+            mapped = retired.map(p.topic, &mut self.topic, &mut self.key);
+        }
+        let has_key = match mapped {
             Ok(k) => k,
             Err(Unroutable::NoRoute) => {
                 self.refuse(
