@@ -5,6 +5,7 @@
 
 use super::codec::{self, Check, Incoming};
 use super::config::{MqttConfig, Protocol};
+use super::encode;
 use crate::forward::probe::Finding;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -117,7 +118,7 @@ async fn connect_at(
             }
         };
         let mut out = Vec::with_capacity(128);
-        codec::Connect {
+        encode::Connect {
             level: *level,
             client_id,
             clean_start,
@@ -196,8 +197,8 @@ async fn connect_at(
                     *level = codec::LEVEL_3_1_1;
                     continue;
                 }
-                let meaning = codec::connack_meaning(*level, code);
-                let auth = codec::is_auth_refusal(*level, code);
+                let meaning = encode::connack_meaning(*level, code);
+                let auth = encode::is_auth_refusal(*level, code);
                 let hint = if auth {
                     format!(
                         "; check mqtt.username (`{}`) and mqtt.password_file ({}) against the broker's users and ACL",
@@ -287,7 +288,7 @@ pub async fn check(config: &MqttConfig, node_id: &str) -> Vec<Finding> {
         .iter()
         .map(|s| (s.filter.as_str(), s.qos))
         .collect();
-    codec::encode_subscribe(&mut out, level, 1, &filters);
+    encode::encode_subscribe(&mut out, level, 1, &filters);
     let answer = tokio::time::timeout(config.connect_timeout, async {
         stream.write_all(&out).await?;
         loop {
@@ -311,7 +312,7 @@ pub async fn check(config: &MqttConfig, node_id: &str) -> Vec<Finding> {
     })
     .await;
     out.clear();
-    codec::encode_disconnect(&mut out);
+    encode::encode_disconnect(&mut out);
     let _ = stream.write_all(&out).await;
     let mut findings = vec![Finding::ok(
         subject.clone(),

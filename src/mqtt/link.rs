@@ -13,7 +13,8 @@
 use super::codec;
 use super::config::MqttConfig;
 use super::connect::{Connected, connect, initial_level};
-use super::session::{End, LinkState, Session, Watched};
+use super::session::Session;
+use super::state::{End, LinkState, Watched};
 use crate::backoff::{Backoff, RetryConfig};
 use crate::ingest::Context;
 use crate::log_limit::LogLimiter;

@@ -2,7 +2,8 @@
 //! and templates (`{N}` for the N-th level, `{topic}` for all of it).
 //! Pure; rendering writes into buffers the caller reuses.
 
-use crate::event::validate_topic;
+use super::codec::{Properties, Property, Publish};
+use crate::event::{encode_headers, validate_topic};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -194,6 +195,35 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// The record headers of a message, in the event's header encoding, into
+/// `out`: `mqtt-topic`, `mqtt-retained` for a retained message, then every
+/// MQTT 5 user property in order. `Err(count)` if there are more than a
+/// record's header list holds (65,535).
+pub fn record_headers(p: &Publish<'_>, out: &mut Vec<u8>) -> Result<(), usize> {
+    let user_properties = || {
+        let mut it = Properties::new(p.properties);
+        std::iter::from_fn(move || it.next_property().ok().flatten()).filter_map(
+            |prop| match prop {
+                Property::User(name, value) => Some((name, value.as_bytes())),
+                _ => None,
+            },
+        )
+    };
+    let count = 1 + usize::from(p.retain) + user_properties().count();
+    if count > u16::MAX as usize {
+        return Err(count);
+    }
+    let retained = p.retain.then_some(("mqtt-retained", &b"1"[..]));
+    encode_headers(
+        [("mqtt-topic", p.topic.as_bytes())]
+            .into_iter()
+            .chain(retained)
+            .chain(user_properties()),
+        out,
+    );
+    Ok(())
+}
+
 /// Every subscription of one link, in config order.
 #[derive(Debug, Clone)]
 pub struct Mapping {
@@ -271,6 +301,34 @@ mod tests {
             topic,
             key,
         }
+    }
+
+    #[test]
+    fn headers_are_the_topic_retained_flag_and_user_properties_in_order() {
+        let props = [
+            0x26, 0, 1, b'k', 0, 1, b'v', 0x03, 0, 1, b'x', 0x26, 0, 1, b'k', 0, 0,
+        ];
+        let p = Publish {
+            dup: false,
+            qos: 1,
+            retain: true,
+            topic: "a/b",
+            packet_id: 1,
+            properties: &props,
+            payload: b"",
+        };
+        let mut out = Vec::new();
+        record_headers(&p, &mut out).unwrap();
+        let got: Vec<(&str, &[u8])> = crate::event::HeaderIter::new(&out).collect();
+        assert_eq!(
+            got,
+            [
+                ("mqtt-topic", &b"a/b"[..]),
+                ("mqtt-retained", b"1"),
+                ("k", b"v"),
+                ("k", b"")
+            ]
+        );
     }
 
     #[test]

@@ -13,20 +13,24 @@
 //! mod       Links: one task per link, reloads added, changed and removed links
 //!   link      one link: connect again after failures, reloads, session marks
 //!     session   one connection: subscribe, store each read, acknowledge in order
+//!       state     what a link keeps across connections; why one ended; the digest
 //!     connect   TCP/TLS, CONNECT and CONNACK; check-config --connect
 //!     mapping   topic filters and the Kafka topic and key templates
-//!     codec     MQTT 3.1.1 and 5 packets (pure)
+//!     codec     MQTT 3.1.1 and 5 packets from the broker (pure)
+//!     encode    the packets ferry sends (pure)
 //!     config    the [[mqtt]] entries
 //! ```
 
 pub mod codec;
 pub mod config;
 pub mod connect;
+pub mod encode;
 pub mod link;
 pub mod mapping;
 mod session;
+mod state;
 
-pub use session::digest;
+pub use state::digest;
 
 use crate::backoff::RetryConfig;
 use crate::ingest::Context;

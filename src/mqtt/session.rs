@@ -3,27 +3,21 @@
 //! order once that batch is committed. Up to [`Appender::DEPTH`] batches
 //! wait for their commit while the next read is decoded.
 
-use super::codec::{self, Check, Incoming, Property, Publish};
-use super::config::MqttConfig;
+use super::codec::{self, Check, Incoming, Publish};
 use super::connect::Stream;
-use super::mapping::Mapping;
-use super::mapping::Unroutable;
+use super::encode;
+use super::mapping::{Unroutable, record_headers};
+use super::state::{End, LinkState, Watched, digest};
 use crate::clock::Reading;
 use crate::event::Event;
-use crate::ingest::Context;
-use crate::log_limit::LogLimiter;
 use crate::outbox::mqtt_marks::{LinkMarks, Mark};
 use crate::outbox::{Appender, StoreError};
 use crate::shutdown::Shutdown;
-use crate::stats::MqttLinkStats;
 use log::error;
-use std::collections::HashMap;
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 /// Read this much at a time at first.
 const READ_CHUNK: usize = 64 * 1024;
@@ -31,56 +25,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const PACKET_OVERHEAD: usize = 70 * 1024;
 /// Acknowledged marks are confirmed (a PINGREQ after them) at most this often.
 const CONFIRM_EVERY: Duration = Duration::from_millis(250);
-
-/// Why a session ended.
-/// The config a link runs with; `None` once the link was removed.
-pub type Watched = watch::Receiver<Option<Arc<MqttConfig>>>;
-
-/// What a link keeps across its connections, and each connection reads.
-pub(super) struct LinkState {
-    pub config: Arc<MqttConfig>,
-    pub mapping: Mapping,
-    /// The mapping before the last reload: messages of a filter it removed
-    /// that the broker had already queued still go where they were meant to.
-    pub retired: Option<Mapping>,
-    pub ctx: Arc<Context>,
-    pub stats: Arc<MqttLinkStats>,
-    /// Packet id → digest of messages stored whose PUBACK the broker may
-    /// not have seen (loaded from the outbox at start; a session holds
-    /// them while it runs).
-    pub marks: HashMap<u16, u64>,
-    /// Protocol level in use; `Protocol::Auto` falls back to 3.1.1 once.
-    pub level: u8,
-    /// Filters subscribed in this process (a changed config subscribes again).
-    pub subscribed: Option<Vec<(String, u8)>>,
-    /// Filters of an earlier config to unsubscribe on the next connection.
-    pub unsubscribe: Vec<String>,
-    pub limiter: LogLimiter,
-}
-
-impl LinkState {
-    /// The filters (and QoS) the config asks for.
-    pub fn wanted(&self) -> Vec<(String, u8)> {
-        self.config
-            .subscriptions
-            .iter()
-            .map(|s| (s.filter.clone(), s.qos))
-            .collect()
-    }
-}
-
-#[derive(Debug)]
-pub(super) enum End {
-    /// ferry is stopping: everything read was stored and acknowledged.
-    Shutdown,
-    /// The link's config changed: reconnect with the new one.
-    Reconfigure,
-    /// The connection failed or the broker misbehaved; retry after a pause.
-    Failed(String),
-    /// Storing failed (outbox full under `reject`, disk): no more acks on
-    /// this connection; retry after a pause.
-    Store(StoreError),
-}
 
 /// What one read's messages need once their batch is committed.
 #[derive(Default)]
@@ -96,16 +40,6 @@ struct Batch {
     stores: bool,
     /// `None` while the batch awaits its commit.
     outcome: Option<Result<(), StoreError>>,
-}
-
-/// A 64-bit digest of a message: CRC-32C over topic and payload, and the
-/// payload's length. Not the MQTT 5 properties: a broker rewrites some on
-/// each send (the Message Expiry Interval counts down), so a redelivery's
-/// may differ from the first delivery's.
-pub fn digest(p: &Publish<'_>) -> u64 {
-    let mut crc = crc32c::crc32c(p.topic.as_bytes());
-    crc = crc32c::crc32c_append(crc, p.payload);
-    ((crc as u64) << 32) | (p.payload.len() as u32 as u64)
 }
 
 /// One connection's state.
@@ -253,7 +187,7 @@ impl<'l> Session<'l> {
                     if matches!(end, End::Shutdown | End::Reconfigure) {
                         self.confirm_before_leaving(stream).await;
                         self.out.clear();
-                        codec::encode_disconnect(&mut self.out);
+                        encode::encode_disconnect(&mut self.out);
                         let _ = self.write_out(stream, "DISCONNECT").await;
                         let _ = stream.shutdown().await;
                     }
@@ -348,14 +282,14 @@ impl<'l> Session<'l> {
             let filters: Vec<&str> = self.link.unsubscribe.iter().map(String::as_str).collect();
             let id = self.packet_id();
             self.unsubscribe_id = Some(id);
-            codec::encode_unsubscribe(&mut self.out, level, id, &filters);
+            encode::encode_unsubscribe(&mut self.out, level, id, &filters);
         }
         let wanted = self.link.wanted();
         if self.link.subscribed.as_ref() != Some(&wanted) {
             let filters: Vec<(&str, u8)> = wanted.iter().map(|(f, q)| (f.as_str(), *q)).collect();
             let id = self.packet_id();
             self.subscribe_id = Some(id);
-            codec::encode_subscribe(&mut self.out, level, id, &filters);
+            encode::encode_subscribe(&mut self.out, level, id, &filters);
         }
         if self.out.is_empty() {
             return Ok(());
@@ -471,7 +405,7 @@ impl<'l> Session<'l> {
         self.out.clear();
         let level = self.level();
         for (id, reason) in &batch.acks {
-            codec::encode_puback(&mut self.out, level, *id, *reason);
+            encode::encode_puback(&mut self.out, level, *id, *reason);
         }
         self.write_out(stream, "PUBACK").await?;
         self.link
@@ -494,7 +428,7 @@ impl<'l> Session<'l> {
             return Ok(());
         }
         self.out.clear();
-        codec::encode_pingreq(&mut self.out);
+        encode::encode_pingreq(&mut self.out);
         self.write_out(stream, "PINGREQ").await?;
         self.ping_sent = Some(Instant::now());
         self.last_confirm = Instant::now();
@@ -732,39 +666,19 @@ impl<'l> Session<'l> {
             }
         };
         self.headers.clear();
-        let mut count: u32 = 0;
-        let mut put = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
-            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            out.extend_from_slice(value);
-            count += 1;
-        };
-        self.headers.extend_from_slice(&[0, 0]);
-        put(&mut self.headers, "mqtt-topic", p.topic.as_bytes());
-        if p.retain {
-            put(&mut self.headers, "mqtt-retained", b"1");
-        }
-        let mut props = codec::Properties::new(p.properties);
-        while let Ok(Some(prop)) = props.next_property() {
-            if let Property::User(name, value) = prop {
-                put(&mut self.headers, name, value.as_bytes());
-            }
-        }
-        let Ok(count) = u16::try_from(count) else {
+        if let Err(count) = record_headers(p, &mut self.headers) {
             self.refuse(
                 batch,
                 p.qos,
                 p.packet_id,
                 codec::REASON_PAYLOAD_FORMAT_INVALID,
                 &format!(
-                    "a message on `{}` carries {count} user properties; a record takes at most 65,535 headers; acknowledged and dropped",
+                    "a message on `{}` carries {count} headers with its user properties; a record takes at most 65,535; acknowledged and dropped",
                     p.topic
                 ),
             );
             return;
-        };
-        self.headers[..2].copy_from_slice(&count.to_be_bytes());
+        }
         let event = Event {
             topic: &self.topic,
             key: has_key.then_some(self.key.as_bytes()),
