@@ -171,17 +171,18 @@ impl LaneJob {
                     },
                 };
                 let i = out.sent;
-                let batch = self.writers.with(&self.node_id, |w| {
-                    w.batch(
-                        &self.blocks,
-                        &self.items,
-                        &self.batches[i],
-                        &clock,
-                        self.fields(i),
-                        self.codec,
-                    )
-                });
-                match producer::send_batch(
+                // The writer is held until its batch is on the wire: the
+                // request is written from the writer's own buffer.
+                let mut writer = self.writers.take(&self.node_id);
+                let batch = writer.batch(
+                    &self.blocks,
+                    &self.items,
+                    &self.batches[i],
+                    &clock,
+                    self.fields(i),
+                    self.codec,
+                );
+                let sent = producer::send_batch(
                     &self.conn,
                     self.version,
                     &name,
@@ -189,8 +190,9 @@ impl LaneJob {
                     batch,
                     self.timeout_ms,
                 )
-                .await
-                {
+                .await;
+                self.writers.put(writer);
+                match sent {
                     Ok(p) => inflight.push_back((i, p, Instant::now(), slot)),
                     Err(f) => {
                         out.failure = Some(self.context(f));
@@ -353,21 +355,30 @@ impl LaneJob {
 
 /// Record writers kept between batches, so that their buffers (grown to a
 /// batch's size) and LZ4 tables are not allocated again for every lane.
-/// Encoding a batch takes one for that moment only (it never waits on the
-/// network), so there are at most as many as there are worker threads.
+/// A lane holds one from encoding a batch until the batch is written to
+/// the socket (it is sent from the writer's buffer), so there are at most
+/// as many as there are lanes writing at one moment.
 #[derive(Clone, Default)]
 pub struct WriterPool(Arc<std::sync::Mutex<Vec<RecordWriter>>>);
 
 impl WriterPool {
-    /// Run `f` with a writer from the pool (a new one if none is free).
-    pub fn with<T>(&self, node_id: &Arc<str>, f: impl FnOnce(&mut RecordWriter) -> T) -> T {
+    /// A writer from the pool (a new one if none is free), to [`put`] back.
+    ///
+    /// [`put`]: WriterPool::put
+    pub fn take(&self, node_id: &Arc<str>) -> RecordWriter {
         let taken = self.0.lock().ok().and_then(|mut p| p.pop());
-        let mut w = taken.unwrap_or_else(|| RecordWriter::new(node_id.clone()));
-        let out = f(&mut w);
+        taken.unwrap_or_else(|| RecordWriter::new(node_id.clone()))
+    }
+
+    /// Give a writer back for the next batch; a burst's one huge batch
+    /// does not stay with it.
+    pub fn put(&self, mut w: RecordWriter) {
+        if w.out.capacity() > 4 * 1024 * 1024 {
+            w.out = Vec::new();
+        }
         if let Ok(mut p) = self.0.lock() {
             p.push(w);
         }
-        out
     }
 
     /// Hand the writers' memory back (ferry is idle).
@@ -401,7 +412,9 @@ impl RecordWriter {
         }
     }
 
-    /// The record batch of `batch`'s items.
+    /// The record batch of `batch`'s items, in the writer's buffers: in
+    /// two parts to send one after the other (see
+    /// [`BatchEncoder::finish_parts`]).
     pub fn batch(
         &mut self,
         blocks: &[Block],
@@ -410,7 +423,7 @@ impl RecordWriter {
         clock: &Reading,
         fields: ProducerFields,
         codec: Codec,
-    ) -> Bytes {
+    ) -> (&[u8], &[u8]) {
         let from = batch.start as usize;
         for item in &items[from..from + batch.len as usize] {
             let Some(event) = blocks[item.block as usize].event_at(item.offset as usize) else {
@@ -418,7 +431,7 @@ impl RecordWriter {
             };
             self.push(&event, item.seq, clock);
         }
-        self.finish(fields, codec)
+        self.encoder.finish_parts(codec, fields, &mut self.out)
     }
 
     /// Add one event: the producer's headers exactly as sent (order and
@@ -490,7 +503,8 @@ impl RecordWriter {
             .push(timestamp_ms, event.key, event.value, headers);
     }
 
-    /// Finish the records pushed so far into one batch.
+    /// Finish the records pushed so far into one batch of its own (for
+    /// ferry's side records: loss markers, dead letters).
     pub fn finish(&mut self, fields: ProducerFields, codec: Codec) -> Bytes {
         self.encoder.finish_into(codec, fields, &mut self.out);
         let bytes = Bytes::copy_from_slice(&self.out);

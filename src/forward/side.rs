@@ -293,7 +293,8 @@ impl Forwarder {
             };
             let version = producer::produce_version(&conn, codec)?;
             let pending =
-                producer::send_batch(&conn, version, &name, partition, batch, timeout_ms).await?;
+                producer::send_batch(&conn, version, &name, partition, (&batch, &[]), timeout_ms)
+                    .await?;
             producer::answer(&conn, pending, &name, partition).await
         };
         // The answer of a request cut off here is dropped when it comes;

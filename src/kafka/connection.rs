@@ -11,9 +11,12 @@ use super::sasl::{Exchange, SaslCredentials};
 use super::uplink::Uplink;
 use super::wire::{self, Request};
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiVersionsRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -119,6 +122,49 @@ impl<R: Request> Pending<R> {
     }
 }
 
+/// Write `head` and then each of `rest`, in as few system calls as the
+/// stream allows (vectored writes: no part is copied to join them).
+async fn write_all_parts<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    head: &[u8],
+    rest: &[&[u8]],
+) -> std::io::Result<()> {
+    const MAX_PARTS: usize = 4;
+    let mut parts = [&[][..]; MAX_PARTS];
+    let mut count = 0;
+    for part in std::iter::once(head).chain(rest.iter().copied()) {
+        if part.is_empty() {
+            continue;
+        }
+        if count == MAX_PARTS {
+            return Err(std::io::Error::other("a request in more than four parts"));
+        }
+        parts[count] = part;
+        count += 1;
+    }
+    let mut first = 0;
+    while first < count {
+        let slices = [
+            IoSlice::new(parts[first]),
+            IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
+            IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
+            IoSlice::new(parts.get(first + 3).copied().unwrap_or_default()),
+        ];
+        let mut n = out.write_vectored(&slices[..count - first]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while first < count && n >= parts[first].len() {
+            n -= parts[first].len();
+            first += 1;
+        }
+        if first < count {
+            parts[first] = &parts[first][n..];
+        }
+    }
+    Ok(())
+}
+
 fn closed_failure(state: &Mutex<State>, addr: &str) -> Failure {
     state
         .lock()
@@ -216,6 +262,43 @@ impl Connection {
     /// Send `body` as version `version`; the answer comes by [`Pending::wait`].
     /// Waits first if the broker throttled this connection.
     pub async fn send<R: Request>(&self, body: &R, version: i16) -> Result<Pending<R>, Failure> {
+        self.send_frame(
+            version,
+            |buf, id| wire::encode_request(buf, version, id, &self.client_id, body),
+            &[],
+        )
+        .await
+    }
+
+    /// Send a Produce request for one partition whose record batch is
+    /// `records` (one part after the other; `body` names the partition,
+    /// its records `None`): the request's head is encoded here and the
+    /// batch goes to the socket from the caller's buffers in the same
+    /// (vectored) write, not copied.
+    pub async fn send_produce(
+        &self,
+        body: &ProduceRequest,
+        version: i16,
+        records: (&[u8], &[u8]),
+    ) -> Result<Pending<ProduceRequest>, Failure> {
+        let len = records.0.len() + records.1.len();
+        self.send_frame(
+            version,
+            |buf, id| wire::encode_produce_head(buf, version, id, &self.client_id, body, len),
+            &[records.0, records.1, wire::produce_tail(version)],
+        )
+        .await
+    }
+
+    /// Send one request: `encode` writes the frame (all of it, or its
+    /// head) for the correlation id it is given; `rest` follows it on the
+    /// wire. Waits first if the broker throttled this connection.
+    async fn send_frame<R: Request>(
+        &self,
+        version: i16,
+        encode: impl FnOnce(&mut BytesMut, i32) -> Result<(), wire::WireError>,
+        rest: &[&[u8]],
+    ) -> Result<Pending<R>, Failure> {
         loop {
             let until = self.state.lock().ok().and_then(|s| s.throttled_until);
             match until {
@@ -239,19 +322,21 @@ impl Connection {
         }
         let Writer { half, buf, .. } = &mut *w;
         buf.clear();
-        if let Err(e) = wire::encode_request(buf, version, id, &self.client_id, body) {
+        if let Err(e) = encode(buf, id) {
             if let Ok(mut s) = self.state.lock() {
                 s.pending.remove(&id);
             }
             return Err(Failure::new(Class::ConfigCluster, "ENCODE", e.0));
         }
+        let len = buf.len() + rest.iter().map(|r| r.len()).sum::<usize>();
         // Under a bandwidth cap the request waits its turn here, holding
         // this connection's later requests behind it (they keep order).
-        self.uplink.admit(buf.len()).await;
-        let written = tokio::time::timeout(self.request_timeout, half.write_all(buf)).await;
+        self.uplink.admit(len).await;
+        let written =
+            tokio::time::timeout(self.request_timeout, write_all_parts(half, buf, rest)).await;
         let failure = match written {
             Ok(Ok(())) => {
-                self.uplink.sent(buf.len());
+                self.uplink.sent(len);
                 None
             }
             Ok(Err(e)) => Some(format!("cannot send to broker {}: {e}", self.addr)),
@@ -582,6 +667,80 @@ mod tests {
             tls: None,
             sasl: None,
             uplink: Arc::new(Uplink::new(0)),
+        }
+    }
+
+    /// Takes at most `per_call` bytes per write, spread over the slices
+    /// as a socket with little buffer room would.
+    struct Trickle {
+        got: Vec<u8>,
+        per_call: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.per_call);
+            self.got.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut left = self.per_call;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.got.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(self.per_call - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_are_written_whole_and_in_order_however_the_stream_cuts_them() {
+        let head: Vec<u8> = (0..10).collect();
+        let batch: Vec<u8> = (10..200).collect();
+        let tail = [200u8, 201, 202];
+        for per_call in [1, 3, 9, 10, 11, 199, 203, 1000] {
+            let mut out = Trickle {
+                got: Vec::new(),
+                per_call,
+                calls: 0,
+            };
+            write_all_parts(&mut out, &head, &[&batch, &[], &tail])
+                .await
+                .unwrap();
+            let want: Vec<u8> = (0..=202).collect();
+            assert_eq!(out.got, want, "{per_call} bytes per call");
+            assert_eq!(out.calls, 203usize.div_ceil(per_call), "{per_call}");
         }
     }
 

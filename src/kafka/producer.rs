@@ -9,7 +9,6 @@ use super::connection::{Connection, Pending};
 use super::errors::{Class, Failure};
 use super::record_batch::{Codec, ZSTD_MIN_PRODUCE_VERSION};
 use super::wire::Request as _;
-use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -92,13 +91,15 @@ pub fn produce_version(conn: &Connection, codec: Codec) -> Result<i16, Failure> 
 }
 
 /// Send one record batch for `topic`/`partition` (acks = all, as
-/// idempotence requires).
+/// idempotence requires). The batch, in one or two parts (see
+/// `BatchEncoder::finish_parts`), goes to the socket from where it is
+/// (see [`Connection::send_produce`]).
 pub async fn send_batch(
     conn: &Connection,
     version: i16,
     topic: &TopicName,
     partition: i32,
-    batch: Bytes,
+    batch: (&[u8], &[u8]),
     timeout_ms: i32,
 ) -> Result<Pending<ProduceRequest>, Failure> {
     let request = ProduceRequest::default()
@@ -111,10 +112,10 @@ pub async fn send_batch(
                 .with_partition_data(vec![
                     PartitionProduceData::default()
                         .with_index(partition)
-                        .with_records(Some(batch)),
+                        .with_records(None),
                 ]),
         ]);
-    conn.send(&request, version).await
+    conn.send_produce(&request, version, batch).await
 }
 
 /// Wait for the answer to [`send_batch`]; a throttled answer holds the

@@ -76,6 +76,9 @@ pub struct BatchEncoder {
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
+    /// The records belong to a finished batch (sent from this buffer, see
+    /// [`BatchEncoder::finish_parts`]): the next record starts a new one.
+    finished: bool,
 }
 
 impl Default for BatchEncoder {
@@ -87,6 +90,7 @@ impl Default for BatchEncoder {
             count: 0,
             base_timestamp: 0,
             max_timestamp: 0,
+            finished: false,
         }
     }
 }
@@ -96,6 +100,7 @@ impl BatchEncoder {
     pub fn clear(&mut self) {
         self.records.clear();
         self.count = 0;
+        self.finished = false;
     }
 
     pub fn count(&self) -> usize {
@@ -113,6 +118,9 @@ impl BatchEncoder {
     where
         H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
     {
+        if self.finished {
+            self.clear();
+        }
         if self.count == 0 {
             self.base_timestamp = timestamp_ms;
             self.max_timestamp = timestamp_ms;
@@ -162,8 +170,51 @@ impl BatchEncoder {
             Codec::Lz4 => self.lz4_frame_into(out),
             Codec::Zstd(level) => self.zstd_frame_into(level, out),
         }
-        let batch_length = (out.len() - 12) as i32;
-        let mut h = &mut out[..HEADER_LEN];
+        let records_len = out.len() - HEADER_LEN;
+        self.write_header(codec, producer, &mut out[..HEADER_LEN], records_len);
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        self.clear();
+    }
+
+    /// The finished batch as two parts to send one after the other, with
+    /// no copy of the records: uncompressed, the header (in `out`) and the
+    /// encoder's own records (kept until the next record is pushed);
+    /// compressed, the whole batch in `out` (compression wrote it there)
+    /// and nothing.
+    pub fn finish_parts<'a>(
+        &'a mut self,
+        codec: Codec,
+        producer: ProducerFields,
+        out: &'a mut Vec<u8>,
+    ) -> (&'a [u8], &'a [u8]) {
+        if codec != Codec::None {
+            self.finish_into(codec, producer, out);
+            return (out, &[]);
+        }
+        out.clear();
+        out.resize(HEADER_LEN, 0);
+        let records_len = self.records.len();
+        self.write_header(codec, producer, &mut out[..HEADER_LEN], records_len);
+        // The CRC covers the header's tail and then the records.
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[ATTRIBUTES_AT..]), &self.records);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        self.finished = true;
+        (out, &self.records)
+    }
+
+    /// The batch header for `records_len` bytes of (compressed) records,
+    /// all but its CRC (the CRC-32C of the attributes onwards, which the
+    /// caller computes once the header is written).
+    fn write_header(
+        &self,
+        codec: Codec,
+        producer: ProducerFields,
+        header: &mut [u8],
+        records_len: usize,
+    ) {
+        let batch_length = (HEADER_LEN + records_len - 12) as i32;
+        let mut h = header;
         put_i64(&mut h, 0); // base offset: the broker assigns offsets
         put_i32(&mut h, batch_length);
         put_i32(&mut h, -1); // partition leader epoch
@@ -177,9 +228,6 @@ impl BatchEncoder {
         put_i16(&mut h, producer.producer_epoch);
         put_i32(&mut h, producer.base_sequence);
         put_i32(&mut h, self.count);
-        let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
-        self.clear();
     }
 
     /// The records as an LZ4 frame of independent blocks.
@@ -341,6 +389,48 @@ mod tests {
         // CRC-32C of "123456789" is the standard check value.
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
         assert_eq!(crc, crc32c::crc32c(&out[ATTRIBUTES_AT..]));
+    }
+
+    #[test]
+    fn a_batch_in_parts_is_the_batch_in_one_piece() {
+        let fields = ProducerFields {
+            producer_id: 42,
+            producer_epoch: 3,
+            base_sequence: 17,
+        };
+        for codec in [Codec::None, Codec::Lz4, Codec::Zstd(3)] {
+            let mut enc = BatchEncoder::default();
+            let mut whole = Vec::new();
+            let mut out = Vec::new();
+            // Twice: the second batch must not carry the first's records.
+            for round in 0..2 {
+                for i in 0..50 {
+                    let value = format!("{{\"round\":{round},\"reading\":{i}}}");
+                    let headers = [(&b"h"[..], &b"v"[..])];
+                    enc.push(
+                        1_700_000_000_000 + i,
+                        Some(b"k"),
+                        value.as_bytes(),
+                        headers.iter().copied(),
+                    );
+                }
+                let mut twin = BatchEncoder::default();
+                for i in 0..50 {
+                    let value = format!("{{\"round\":{round},\"reading\":{i}}}");
+                    let headers = [(&b"h"[..], &b"v"[..])];
+                    twin.push(
+                        1_700_000_000_000 + i,
+                        Some(b"k"),
+                        value.as_bytes(),
+                        headers.iter().copied(),
+                    );
+                }
+                twin.finish_into(codec, fields, &mut whole);
+                let (head, rest) = enc.finish_parts(codec, fields, &mut out);
+                assert_eq!([head, rest].concat(), whole, "{codec:?}, batch {round}");
+                assert_eq!(rest.is_empty(), codec != Codec::None);
+            }
+        }
     }
 
     #[test]

@@ -104,6 +104,78 @@ pub fn encode_request<R: Request>(
     Ok(())
 }
 
+/// The end of a Produce request's frame after its one partition's records
+/// (see [`encode_produce_head`]): from v9 the partition's, the topic's and
+/// the request's empty tagged fields; nothing before.
+pub fn produce_tail(version: i16) -> &'static [u8] {
+    if version >= 9 { &[0, 0, 0] } else { &[] }
+}
+
+/// Append the frame of a Produce request up to its one partition's
+/// records, for a batch of `records_len` bytes that the caller writes
+/// next, from its own buffer, followed by [`produce_tail`]: the batch is
+/// not copied into the request (it is the bulk of it). `body` names one
+/// topic and one partition whose records are `None`; the crate encodes it,
+/// and the null records at its end become the batch's length.
+pub fn encode_produce_head(
+    out: &mut BytesMut,
+    version: i16,
+    correlation_id: i32,
+    client_id: &StrBytes,
+    body: &ProduceRequest,
+    records_len: usize,
+) -> Result<(), WireError> {
+    let one_null_partition = body.topic_data.len() == 1
+        && body.topic_data[0].partition_data.len() == 1
+        && body.topic_data[0].partition_data[0].records.is_none()
+        && body.unknown_tagged_fields.is_empty()
+        && body.topic_data[0].unknown_tagged_fields.is_empty()
+        && body.topic_data[0].partition_data[0]
+            .unknown_tagged_fields
+            .is_empty();
+    if !one_null_partition {
+        return Err(WireError(
+            "a Produce request sent in parts names one partition without records".into(),
+        ));
+    }
+    let start = out.len();
+    encode_request(out, version, correlation_id, client_id, body)?;
+    // Null records: INT32 -1 before v9, UNSIGNED_VARINT 0 from v9 (then
+    // the tail's three empty tagged fields).
+    let null: &[u8] = if version >= 9 {
+        &[0, 0, 0, 0]
+    } else {
+        &[0xff; 4]
+    };
+    if !out.ends_with(null) {
+        return Err(WireError(format!(
+            "a Produce v{version} request does not end with its null records"
+        )));
+    }
+    out.truncate(out.len() - null.len());
+    let len = i32::try_from(records_len).map_err(|_| {
+        WireError(format!(
+            "a record batch of {records_len} bytes is too large"
+        ))
+    })?;
+    if version >= 9 {
+        // COMPACT_BYTES: the length plus one, as an unsigned varint.
+        let mut n = len as u32 + 1;
+        while n >= 0x80 {
+            out.extend_from_slice(&[(n as u8 & 0x7f) | 0x80]);
+            n >>= 7;
+        }
+        out.extend_from_slice(&[n as u8]);
+    } else {
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    let size = out.len() - start - 4 + records_len + produce_tail(version).len();
+    let size = u32::try_from(size)
+        .map_err(|_| WireError(format!("a Produce request of {size} bytes is too large")))?;
+    out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+    Ok(())
+}
+
 /// The size of the frame at the front of `buf`, once its size prefix is
 /// there; an error if the size cannot be a Kafka response.
 pub fn frame_size(prefix: [u8; 4]) -> Result<usize, WireError> {
@@ -176,6 +248,59 @@ mod tests {
         assert_eq!(correlation_id(&frame), Some(9));
         let got = decode_response::<ApiVersionsRequest>(frame, 2).unwrap();
         assert_eq!(got.throttle_time_ms, 5);
+    }
+
+    fn produce(records: Option<Bytes>) -> ProduceRequest {
+        use kafka_protocol::messages::TopicName;
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("telemetry")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(7)
+                            .with_records(records),
+                    ]),
+            ])
+    }
+
+    #[test]
+    fn a_produce_request_in_parts_is_the_request_the_crate_encodes() {
+        let client = StrBytes::from_static_str("ferry");
+        // Lengths on both sides of each varint width (127/128, 16383/16384).
+        for len in [0usize, 1, 126, 127, 128, 16_382, 16_383, 16_384, 70_000] {
+            let records = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+            for version in 3..=12 {
+                let mut whole = BytesMut::new();
+                encode_request(
+                    &mut whole,
+                    version,
+                    5,
+                    &client,
+                    &produce(Some(records.clone())),
+                )
+                .unwrap();
+                let mut parts = BytesMut::new();
+                encode_produce_head(&mut parts, version, 5, &client, &produce(None), len).unwrap();
+                parts.extend_from_slice(&records);
+                parts.extend_from_slice(produce_tail(version));
+                assert_eq!(parts, whole, "v{version}, {len} bytes of records");
+            }
+        }
+    }
+
+    #[test]
+    fn a_produce_request_in_parts_must_name_one_partition_without_records() {
+        let client = StrBytes::from_static_str("ferry");
+        let mut out = BytesMut::new();
+        let with_records = produce(Some(Bytes::from_static(b"x")));
+        assert!(encode_produce_head(&mut out, 9, 1, &client, &with_records, 1).is_err());
+        let mut two = produce(None);
+        two.topic_data.push(two.topic_data[0].clone());
+        assert!(encode_produce_head(&mut out, 9, 1, &client, &two, 1).is_err());
     }
 
     #[test]
