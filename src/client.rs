@@ -317,6 +317,11 @@ pub fn status(config: &Config, json: bool) -> i32 {
             "uplink data: {} bytes today (UTC), {} in total; {cap}",
             snap.uplink_bytes_today, snap.uplink_bytes_total
         );
+        println!(
+            "in flight: {} KiB of events now, {} KiB at most since start (kafka.max_in_flight_bytes)",
+            snap.in_flight_bytes / 1024,
+            snap.in_flight_peak_bytes / 1024
+        );
         if !snap.forward.waiting_for_leader.is_empty() {
             println!(
                 "no leader:   {} (their events wait; other partitions go on)",

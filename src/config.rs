@@ -316,6 +316,17 @@ impl Config {
                 "must be at least 1024 bytes".into(),
             ));
         }
+        if self.kafka.max_in_flight_bytes < crate::forward::config::MIN_IN_FLIGHT_BYTES {
+            return Err((
+                "kafka.max_in_flight_bytes".into(),
+                format!(
+                    "{} bytes is below the smallest budget, {} KiB (one stored block of events); the default is {} MiB",
+                    self.kafka.max_in_flight_bytes,
+                    crate::forward::config::MIN_IN_FLIGHT_BYTES / 1024,
+                    crate::forward::config::DEFAULT_MAX_IN_FLIGHT_BYTES / (1024 * 1024)
+                ),
+            ));
+        }
         if self.ingest.max_event_bytes == 0 || self.ingest.max_event_bytes > KAFKA_MAX_EVENT_BYTES {
             return Err((
                 "ingest.max_event_bytes".into(),
@@ -683,6 +694,19 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("line 2"), "{text}");
         assert!(text.contains("ingest.max_event_bytes"), "{text}");
+    }
+
+    #[test]
+    fn the_memory_budget_has_a_default_and_a_floor() {
+        let c = parse("").unwrap();
+        assert_eq!(c.kafka.max_in_flight_bytes, 8 * 1024 * 1024);
+        let c = parse("[kafka]\nmax_in_flight_bytes = \"16MiB\"\n").unwrap();
+        assert_eq!(c.kafka.max_in_flight_bytes, 16 * 1024 * 1024);
+        let e = parse("[kafka]\nmax_in_flight_bytes = \"100KiB\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("kafka.max_in_flight_bytes"), "{text}");
+        assert!(text.contains("256 KiB"), "{text}");
     }
 
     #[test]

@@ -135,6 +135,18 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
         s.uplink_held_s,
     );
     metric(
+        "ferry_in_flight_bytes",
+        "gauge",
+        "Events held by the delivery windows in flight, decompressed (bounded by kafka.max_in_flight_bytes).",
+        s.in_flight_bytes as f64,
+    );
+    metric(
+        "ferry_in_flight_peak_bytes",
+        "gauge",
+        "The most the delivery windows in flight held since ferry started.",
+        s.in_flight_peak_bytes as f64,
+    );
+    metric(
         "ferry_retries_total",
         "counter",
         "Delivery attempts retried after a failure.",

@@ -54,6 +54,11 @@ pub struct Stats {
     pub uplink_held_ms: AtomicU64,
     /// The bandwidth cap (bytes per second), 0 for none.
     pub uplink_cap: AtomicU64,
+    /// Events held by the delivery windows in flight (decompressed), and
+    /// the most they held since start: the memory budget at work
+    /// (`kafka.max_in_flight_bytes`).
+    pub in_flight_bytes: AtomicU64,
+    pub in_flight_peak_bytes: AtomicU64,
     /// Produce request latency.
     pub produce_latency: Histogram,
     /// When the forwarder loop last showed it was alive (ms on `monotonic_ms`).
@@ -151,6 +156,12 @@ pub struct Snapshot {
     /// `kafka.max_bytes_per_second`, 0 for no cap.
     #[serde(default)]
     pub max_bytes_per_second: u64,
+    /// Events held by the delivery windows in flight (bytes, decompressed),
+    /// now and at most since start (within `kafka.max_in_flight_bytes`).
+    #[serde(default)]
+    pub in_flight_bytes: u64,
+    #[serde(default)]
+    pub in_flight_peak_bytes: u64,
     pub retries: u64,
     pub dead_letters: u64,
     pub backlog_events: u64,
@@ -196,6 +207,8 @@ impl Stats {
             uplink_bytes_total: uplink.total,
             uplink_held_s: self.uplink_held_ms.load(Relaxed) as f64 / 1000.0,
             max_bytes_per_second: self.uplink_cap.load(Relaxed),
+            in_flight_bytes: self.in_flight_bytes.load(Relaxed),
+            in_flight_peak_bytes: self.in_flight_peak_bytes.load(Relaxed),
             retries: self.retries.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             backlog_events,

@@ -83,6 +83,44 @@ fn kill_9_with_two_priorities_in_flight_into_one_topic_over_a_slow_link() {
     assert!(replays >= 3, "windows were in flight at the kills");
 }
 
+/// Over a distant link (every answer held 150 ms) a stored backlog goes
+/// out with several windows in flight, and never more events in them than
+/// `kafka.max_in_flight_bytes` (the memory budget); every event arrives
+/// once, in per-key order.
+#[test]
+fn windows_in_flight_stay_within_the_memory_budget_on_a_distant_link() {
+    let model = KafkaModel::start(1);
+    model.create_topic("far", 4);
+    model.set_answer_delay(Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let acked = store_backlog(dir.path(), "far", 30_000, 24, 40);
+    let budget: u64 = 768 * 1024;
+    let mut f = Ferry::new(
+        dir.path(),
+        &model.bootstrap(),
+        &format!("[kafka]\nmax_in_flight_bytes = {budget}\n"),
+    );
+    f.start();
+    f.wait_status(Duration::from_secs(120), "backlog delivered", |s| {
+        s.backlog_events == 0
+    });
+    let status = f.status();
+    f.wait_log("the uplink is distant", 1, Duration::from_secs(5));
+    let got = model.records("far");
+    assert_eq!(check_delivery(&acked, &got), 0, "a record arrived twice");
+    assert_eq!(got.len(), acked.len());
+    let peak = status.in_flight_peak_bytes;
+    eprintln!("peak in flight: {peak} bytes of a {budget}-byte budget");
+    assert!(
+        peak <= budget,
+        "{peak} bytes in flight, over the budget of {budget}"
+    );
+    // The budget was used, by more than one window (each alone is at most
+    // what is left of it): not a window at a time.
+    assert!(peak > budget / 2, "only {peak} bytes were ever in flight");
+    assert_eq!(status.in_flight_bytes, 0, "nothing left in flight");
+}
+
 /// The same, made certain: an older low-priority window is launched after
 /// a newer high-priority one into the same partition, so its sequences
 /// follow the newer window's; a stalled broker has processed neither when

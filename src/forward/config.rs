@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `max_in_flight_bytes` by default: a small share of a 1 GiB Pi, and
+/// over a 200 ms round trip it carries as much as ferry can encode
+/// (BENCHMARKS.md measures it against twice as much).
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 8 * 1024 * 1024;
+/// The smallest `max_in_flight_bytes`: one stored block's worth of events.
+pub const MIN_IN_FLIGHT_BYTES: u64 = 256 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -23,6 +30,11 @@ pub struct KafkaConfig {
     /// 0 = no cap.
     #[serde(with = "size")]
     pub max_bytes_per_second: u64,
+    /// The memory budget of delivery windows in flight: the events they
+    /// hold, decompressed, as read from the outbox. One window always
+    /// goes, whatever its size.
+    #[serde(with = "size")]
+    pub max_in_flight_bytes: u64,
     /// Metadata requests let the broker create a topic ferry produces to
     /// (as the Java producer's do); the broker's own setting decides.
     pub allow_auto_create_topics: bool,
@@ -58,6 +70,7 @@ impl Default for KafkaConfig {
             max_batch_bytes: 1_000_000,
             max_batch_events: 10_000,
             max_bytes_per_second: 0,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             allow_auto_create_topics: true,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),

@@ -139,6 +139,9 @@ struct Window {
     /// The cursor it was read after (to read it again if it never started).
     after: i64,
     blocks: Arc<Vec<Block>>,
+    /// Its events' bytes, decompressed: what it holds of the memory budget
+    /// (`kafka.max_in_flight_bytes`).
+    raw_bytes: usize,
     /// Planned on its first attempt.
     lanes: Option<Vec<Lane>>,
     /// Its plan is in the outbox (removed with its blocks).
@@ -157,6 +160,7 @@ impl Window {
     fn new(after: i64, blocks: Vec<Block>) -> Self {
         Self {
             after,
+            raw_bytes: blocks.iter().map(|b| b.data.len()).sum(),
             blocks: Arc::new(blocks),
             lanes: None,
             saved: false,
@@ -304,6 +308,26 @@ fn window_raw_bytes(cap: u64) -> usize {
         0 => WINDOW_RAW_BYTES,
         cap => ((cap / 2) as usize).clamp(16 * 1024, WINDOW_RAW_BYTES),
     }
+}
+
+/// The smallest window worth reading while others are in flight.
+const MIN_WINDOW_RAW_BYTES: usize = 64 * 1024;
+
+/// The raw bytes the next window may hold: `wanted`, within what the
+/// memory budget `budget` leaves beside the `in_flight` bytes of the
+/// windows running; `None` (wait for one to finish) when that is under a
+/// useful window. With none running a window always goes.
+fn window_allowance(
+    wanted: usize,
+    in_flight: usize,
+    budget: usize,
+    any_running: bool,
+) -> Option<usize> {
+    if !any_running {
+        return Some(wanted.min(budget));
+    }
+    let left = budget.saturating_sub(in_flight);
+    (left >= wanted.min(MIN_WINDOW_RAW_BYTES)).then_some(wanted.min(left))
 }
 
 /// What one window's delivery came to.
@@ -467,6 +491,7 @@ impl Forwarder {
             self.stats.beat_forward();
             self.account_uplink();
             self.take_reload();
+            self.note_in_flight(&running);
             if running.is_empty() {
                 chain.clear();
                 self.slots.trim();
@@ -493,22 +518,33 @@ impl Forwarder {
             } else {
                 WINDOWS_IN_FLIGHT
             };
+            let (events, raw) = if (widen || long_link) && self.config.max_bytes_per_second == 0 {
+                (
+                    WINDOW_EVENTS * LONG_LINK_WINDOW_SCALE,
+                    WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE,
+                )
+            } else {
+                (WINDOW_EVENTS, self.window_raw_bytes)
+            };
+            // What the memory budget leaves for another window.
+            let allowance = window_allowance(
+                raw,
+                running.iter().map(|r| r.window.raw_bytes).sum(),
+                self.config.max_in_flight_bytes as usize,
+                !running.is_empty(),
+            );
             let room = running.is_empty()
-                || (running.len() < limit && self.breaker.state(Instant::now()) == State::Closed);
+                || (running.len() < limit
+                    && allowance.is_some()
+                    && self.breaker.state(Instant::now()) == State::Closed);
             let mut window = None;
-            if room && !self.unpark_due() && !self.deferral.due(Instant::now()) {
+            if let (true, Some(raw)) = (room, allowance)
+                && !self.unpark_due()
+                && !self.deferral.due(Instant::now())
+            {
                 let skip = self.parked_sources();
                 let skip_blocks = self.deferral.blocks();
                 let order = schedule.order();
-                let (events, raw) = if (widen || long_link) && self.config.max_bytes_per_second == 0
-                {
-                    (
-                        WINDOW_EVENTS * LONG_LINK_WINDOW_SCALE,
-                        WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE,
-                    )
-                } else {
-                    (WINDOW_EVENTS, self.window_raw_bytes)
-                };
                 let blocks = tokio::select! {
                     r = self.outbox.read_by_priority(cursors, order, events, raw, skip, skip_blocks) => r,
                     _ = shutdown.recv() => break,
@@ -550,6 +586,7 @@ impl Forwarder {
                             launched: Instant::now(),
                             left,
                         });
+                        self.note_in_flight(&running);
                         continue;
                     }
                     // Not started: it is read again after the recovery
@@ -573,14 +610,19 @@ impl Forwarder {
                 }
             }
             // (Once widened, a window that was not launched means the
-            // outbox had nothing more: then wait for the oldest.)
-            if !widen && self.link_is_long(&running, long_link, &mut shutdown).await {
+            // outbox had nothing more: then wait for the oldest. With the
+            // memory budget spent, more windows could not go anyway.)
+            if !widen
+                && allowance.is_some()
+                && self.link_is_long(&running, long_link, &mut shutdown).await
+            {
                 if !said_distant {
                     said_distant = true;
                     info!(
-                        "the uplink is distant (answers take over {} ms): up to {MAX_WINDOWS_IN_FLIGHT} delivery windows of up to {} MiB in flight",
+                        "the uplink is distant (answers take over {} ms): up to {MAX_WINDOWS_IN_FLIGHT} delivery windows of up to {} MiB in flight, {} KiB of events at most (kafka.max_in_flight_bytes)",
                         LONG_LINK.as_millis(),
-                        WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE / (1024 * 1024)
+                        WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE / (1024 * 1024),
+                        self.config.max_in_flight_bytes / 1024
                     );
                 }
                 widen = true;
@@ -630,6 +672,15 @@ impl Forwarder {
         };
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, grace).await;
         info!("forwarder stopped");
+    }
+
+    /// The memory the windows in flight hold, for status and metrics.
+    fn note_in_flight(&self, running: &VecDeque<Running>) {
+        let bytes: usize = running.iter().map(|r| r.window.raw_bytes).sum();
+        self.stats.in_flight_bytes.store(bytes as u64, Relaxed);
+        self.stats
+            .in_flight_peak_bytes
+            .fetch_max(bytes as u64, Relaxed);
     }
 
     /// Before waiting for the oldest window in flight: whether the link
@@ -1798,5 +1849,43 @@ async fn until_shutdown<T>(
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn the_first_window_always_goes_within_the_budget() {
+        assert_eq!(window_allowance(3 * MIB, 0, 8 * MIB, false), Some(3 * MIB));
+        // A budget below one window: the window shrinks to it.
+        assert_eq!(window_allowance(3 * MIB, 0, MIB, false), Some(MIB));
+    }
+
+    #[test]
+    fn windows_in_flight_share_the_budget_and_the_last_one_is_cut_to_fit() {
+        let budget = 8 * MIB;
+        assert_eq!(
+            window_allowance(3 * MIB, 3 * MIB, budget, true),
+            Some(3 * MIB)
+        );
+        assert_eq!(
+            window_allowance(3 * MIB, 6 * MIB, budget, true),
+            Some(2 * MIB)
+        );
+        // What is left is under a useful window: wait for one to finish.
+        let almost = budget - MIN_WINDOW_RAW_BYTES + 1;
+        assert_eq!(window_allowance(3 * MIB, almost, budget, true), None);
+        assert_eq!(window_allowance(3 * MIB, budget + MIB, budget, true), None);
+    }
+
+    #[test]
+    fn small_windows_under_a_bandwidth_cap_use_what_is_left() {
+        let small = 16 * 1024;
+        assert_eq!(window_allowance(small, MIB - small, MIB, true), Some(small));
+        assert_eq!(window_allowance(small, MIB - small + 1, MIB, true), None);
     }
 }

@@ -84,8 +84,10 @@ impl Outbox {
     }
 
     /// The next blocks of the first priority in `order` that has any after
-    /// its cursor (`cursors[priority]`), in sequence order, up to
-    /// `max_events` or `max_raw_bytes` (at least one), leaving out blocks
+    /// its cursor (`cursors[priority]`), in sequence order, until they
+    /// hold `max_events`, and within `max_raw_bytes` of decompressed
+    /// events (a block that would exceed it is left for the next read,
+    /// unless it is the first: at least one comes), leaving out blocks
     /// of `skip_topics` and the blocks `skip_blocks` (sorted); and that
     /// priority. Each priority is read by the `(priority, seq_first)`
     /// index, without a scan.

@@ -729,6 +729,15 @@ impl Writer {
                         continue;
                     }
                 }
+                // The size is a limit, not a target: a block that would
+                // take the window over it waits for the next one (the
+                // forwarder's memory budget counts on it), unless the
+                // window would be empty.
+                let block_raw: i64 = row.get(2).map_err(|e| e.to_string())?;
+                if !out.is_empty() && raw.saturating_add(block_raw.max(0) as usize) > max_raw_bytes
+                {
+                    break;
+                }
                 match stored_block(row, topic.to_string())? {
                     Ok(block) => {
                         events += block.count as usize;
