@@ -49,7 +49,8 @@ mod bench {
         runs: usize,
         events: usize,
         out: PathBuf,
-        /// Only this part (`e2e`, `kcat`, `drain`, `rtt`, `tcp` or `codecs`),
+        /// Only this part (`e2e`, `kcat`, `drain`, `rtt`, `tcp`, `instr` or
+        /// `codecs`),
         /// printed, no report.
         only: Option<String>,
         /// The round trip of the distant uplink (`rtt` part).
@@ -75,7 +76,7 @@ mod bench {
                 "--only" => a.only = Some(next),
                 "--rtt-ms" => a.rtt = Duration::from_millis(next.parse().expect("--rtt-ms N")),
                 other => panic!(
-                    "unknown argument {other}; use --runs N --events N --out FILE --rtt-ms N --only e2e|kcat|drain|rtt|tcp|codecs"
+                    "unknown argument {other}; use --runs N --events N --out FILE --rtt-ms N --only e2e|kcat|drain|rtt|tcp|instr|codecs"
                 ),
             }
             i += 2;
@@ -132,7 +133,25 @@ mod bench {
 
     impl Ferry {
         fn start(bin: &Path, dir: &Path, brokers: &str, durability: &str, extra: &str) -> Self {
+            Self::start_under(&[], bin, dir, brokers, durability, extra)
+        }
+
+        /// As [`Ferry::start`], run by `wrapper` (e.g. valgrind) when given.
+        fn start_under(
+            wrapper: &[&str],
+            bin: &Path,
+            dir: &Path,
+            brokers: &str,
+            durability: &str,
+            extra: &str,
+        ) -> Self {
             let config = dir.join("ferry.toml");
+            // Extra `[kafka]` keys join the section written here (TOML
+            // takes a table once).
+            let (kafka_extra, extra) = match extra.strip_prefix("[kafka]\n") {
+                Some(keys) => (keys, ""),
+                None => ("", extra),
+            };
             let list = brokers
                 .split(',')
                 .map(|b| format!("\"{b}\""))
@@ -141,7 +160,7 @@ mod bench {
             std::fs::write(
             &config,
             format!(
-                "node_id = \"bench\"\ndata_dir = \"{}\"\n[kafka]\nbrokers = [{list}]\n[outbox]\ndurability = \"{durability}\"\nmax_bytes = \"4GiB\"\n{extra}",
+                "node_id = \"bench\"\ndata_dir = \"{}\"\n[kafka]\nbrokers = [{list}]\n{kafka_extra}[outbox]\ndurability = \"{durability}\"\nmax_bytes = \"4GiB\"\n{extra}",
                 dir.join("data").display()
             ),
         )
@@ -150,9 +169,17 @@ mod bench {
             let _ = std::fs::remove_file(&notify_path);
             let notify = UnixDatagram::bind(&notify_path).unwrap();
             notify
-                .set_read_timeout(Some(Duration::from_secs(30)))
+                .set_read_timeout(Some(Duration::from_secs(120)))
                 .unwrap();
-            let child = Command::new(bin)
+            let mut command = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(bin);
+                    c
+                }
+                None => Command::new(bin),
+            };
+            let child = command
                 .args(["run", "-c"])
                 .arg(&config)
                 .env("NOTIFY_SOCKET", &notify_path)
@@ -192,6 +219,78 @@ mod bench {
         fn status(&self) -> ferry::stats::Snapshot {
             ferry::client::query_status(&self.socket()).expect("status")
         }
+    }
+
+    /// Events of the fixed run counted under cachegrind.
+    const INSTR_EVENTS: usize = 100_000;
+
+    /// The total instructions a cachegrind output file counted.
+    fn cachegrind_total(file: &Path) -> f64 {
+        let text = std::fs::read_to_string(file).expect("cachegrind output");
+        text.lines()
+            .find_map(|l| l.strip_prefix("summary:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("a summary line in the cachegrind output")
+    }
+
+    /// Instructions per event, counted by `valgrind --tool=cachegrind`
+    /// (this machine has no hardware counters): ferry's whole daemon, from
+    /// exec to its stop, carrying the first [`INSTR_EVENTS`] events of the
+    /// data set end to end (`relaxed`), and kcat producing the same events
+    /// from exec to exit. Start-up is counted on both sides.
+    fn instructions(
+        bin: &Path,
+        work: &Path,
+        data: &[(String, String)],
+        bootstrap: &str,
+        consumer: &BaseConsumer,
+    ) -> (f64, f64) {
+        let n = data.len().min(INSTR_EVENTS);
+        let data = &data[..n];
+        let out = |name: &str| work.join(format!("cachegrind.{name}"));
+        let valgrind = |name: &str| {
+            vec![
+                "valgrind".to_string(),
+                "--tool=cachegrind".to_string(),
+                "-q".to_string(),
+                "--cache-sim=no".to_string(),
+                format!("--cachegrind-out-file={}", out(name).display()),
+            ]
+        };
+        let frames = encode_frames(data, true);
+        let dir = tempfile::tempdir_in(work).unwrap();
+        let wrapper = valgrind("ferry");
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let f = Ferry::start_under(&wrapper, bin, dir.path(), bootstrap, "relaxed", "");
+        let before = end_offsets(consumer, TOPIC_FERRY);
+        send_frames(&f.socket(), &frames, n);
+        wait_offsets(consumer, TOPIC_FERRY, before + n as i64);
+        f.stop();
+        let ferry = cachegrind_total(&out("ferry")) / n as f64;
+
+        let file = work.join("instr-data.txt");
+        {
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+            for (k, v) in data {
+                writeln!(w, "{k}|{v}").unwrap();
+            }
+        }
+        let before = end_offsets(consumer, TOPIC_KCAT);
+        let st = Command::new("valgrind")
+            .args(&valgrind("kcat")[1..])
+            .args([
+                "kcat", "-P", "-b", bootstrap, "-t", TOPIC_KCAT, "-z", "lz4", "-K", "|", "-l",
+            ])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("valgrind (apt install valgrind) and kcat");
+        assert!(st.success(), "kcat under valgrind failed");
+        wait_offsets(consumer, TOPIC_KCAT, before + n as i64);
+        let kcat = cachegrind_total(&out("kcat")) / n as f64;
+        (ferry, kcat)
     }
 
     /// Time from exec to READY=1 of a ferry on `dir` (broker unreachable).
@@ -327,6 +426,11 @@ mod bench {
         rtt_peak_rss_kib: u64,
         /// kcat as an idempotent producer (as ferry is), same link.
         rtt_kcat_idempotent: f64,
+        /// ferry over the same link with twice the default memory budget.
+        rtt_ferry_double: f64,
+        rtt_double_peak_rss_kib: u64,
+        /// The most the windows in flight held (status), default budget.
+        rtt_in_flight_peak: u64,
         /// Keyless events: lines over tcp, frames over the unix socket.
         tcp_lines: f64,
         keyless_frames: f64,
@@ -341,6 +445,9 @@ mod bench {
         kcat_peak_rss_kib: u64,
         ferry_cpu_per_m: f64,
         kcat_cpu_per_m: f64,
+        /// Instructions per event under cachegrind, the fixed run.
+        ferry_instructions: f64,
+        kcat_instructions: f64,
         outbox_bytes_per_event: f64,
         device_bytes_per_event: f64,
         ready_ms: f64,
@@ -544,6 +651,20 @@ mod bench {
                 wait_offsets(&consumer, TOPIC_FERRY, before + n as i64);
                 r.rtt_ferry = n as f64 / t.elapsed().as_secs_f64();
                 r.rtt_peak_rss_kib = proc_field(f.pid(), "status", "VmHWM:");
+                r.rtt_in_flight_peak = f.status().in_flight_peak_bytes;
+                f.stop();
+                let dir = tempfile::tempdir_in(work.path()).unwrap();
+                let double = format!(
+                    "[kafka]\nmax_in_flight_bytes = {}\n",
+                    2 * ferry::forward::config::DEFAULT_MAX_IN_FLIGHT_BYTES
+                );
+                let f = Ferry::start(&bin, dir.path(), &link.bootstrap, "relaxed", &double);
+                let before = end_offsets(&consumer, TOPIC_FERRY);
+                let t = Instant::now();
+                send_frames(&f.socket(), &frames, n);
+                wait_offsets(&consumer, TOPIC_FERRY, before + n as i64);
+                r.rtt_ferry_double = n as f64 / t.elapsed().as_secs_f64();
+                r.rtt_double_peak_rss_kib = proc_field(f.pid(), "status", "VmHWM:");
                 f.stop();
                 r.rtt_kcat = kcat(&data_file, &link.bootstrap, n, &consumer).0;
                 r.rtt_kcat_idempotent = kcat_with(
@@ -555,10 +676,13 @@ mod bench {
                 )
                 .0;
                 eprintln!(
-                    "  over a {} ms round trip: ferry {:.0}/s (peak {} KiB), kcat {:.0}/s, kcat idempotent {:.0}/s",
+                    "  over a {} ms round trip: ferry {:.0}/s (peak {} KiB, {} KiB in flight), with twice the budget {:.0}/s (peak {} KiB), kcat {:.0}/s, kcat idempotent {:.0}/s",
                     a.rtt.as_millis(),
                     r.rtt_ferry,
                     r.rtt_peak_rss_kib,
+                    r.rtt_in_flight_peak / 1024,
+                    r.rtt_ferry_double,
+                    r.rtt_double_peak_rss_kib,
                     r.rtt_kcat,
                     r.rtt_kcat_idempotent
                 );
@@ -590,7 +714,20 @@ mod bench {
                     r.tcp_lines, r.keyless_frames
                 );
             }
-            if a.only.as_deref().is_some_and(|o| o == "rtt" || o == "tcp") {
+            // Instructions per event, a fixed run under cachegrind.
+            if part("instr") {
+                let (ferry, kcat) = instructions(&bin, work.path(), &data, &bootstrap, &consumer);
+                r.ferry_instructions = ferry;
+                r.kcat_instructions = kcat;
+                eprintln!(
+                    "  instructions per event (cachegrind, {} events): ferry {ferry:.0}, kcat {kcat:.0}",
+                    data.len().min(INSTR_EVENTS)
+                );
+            }
+            if a.only
+                .as_deref()
+                .is_some_and(|o| o == "rtt" || o == "tcp" || o == "instr")
+            {
                 continue;
             }
 
@@ -751,8 +888,26 @@ mod bench {
                     m(|r| r.rtt_kcat),
                     mib(m(|r| r.rtt_peak_rss_kib as f64))
                 ),
-                "≥ 1.0×",
+                "≥ 1.0×, within the default memory budget",
                 verdict(m(|r| r.rtt_ferry) / m(|r| r.rtt_kcat) >= 1.0),
+            ),
+            (
+                "the same, twice the default memory budget (`max_in_flight_bytes` 16 MiB); at the default the windows in flight held at most",
+                format!(
+                    "{:.0} ev/s = {:.2}× librdkafka, peak RSS {:.1} MiB; {:.1} MiB",
+                    m(|r| r.rtt_ferry_double),
+                    m(|r| r.rtt_ferry_double) / m(|r| r.rtt_kcat),
+                    mib(m(|r| r.rtt_double_peak_rss_kib as f64)),
+                    m(|r| r.rtt_in_flight_peak as f64) / 1048576.0
+                ),
+                "(context)",
+                "",
+            ),
+            (
+                "peak RSS over the distant uplink",
+                format!("{:.1} MiB", mib(m(|r| r.rtt_peak_rss_kib as f64))),
+                "≤ 16 MiB",
+                verdict(mib(m(|r| r.rtt_peak_rss_kib as f64)) <= 16.0),
             ),
             (
                 "the same, librdkafka as an idempotent producer (as ferry is; `-X enable.idempotence=true`)",
@@ -817,6 +972,17 @@ mod bench {
                 ),
                 "≤ kcat's",
                 verdict(m(|r| r.ferry_cpu_per_m) <= m(|r| r.kcat_cpu_per_m)),
+            ),
+            (
+                "instructions per event, ferry (kcat): a fixed 100 k-event run under `valgrind --tool=cachegrind`, start-up included",
+                format!(
+                    "{:.0} ({:.0}) = {:.2}× kcat's",
+                    m(|r| r.ferry_instructions),
+                    m(|r| r.kcat_instructions),
+                    m(|r| r.ferry_instructions) / m(|r| r.kcat_instructions)
+                ),
+                "≤ kcat's",
+                verdict(m(|r| r.ferry_instructions) <= m(|r| r.kcat_instructions)),
             ),
             (
                 "outbox bytes at rest per event",

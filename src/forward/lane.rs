@@ -171,27 +171,29 @@ impl LaneJob {
                     },
                 };
                 let i = out.sent;
-                // The writer is held until its batch is on the wire: the
-                // request is written from the writer's own buffer.
-                let mut writer = self.writers.take(&self.node_id);
-                let batch = writer.batch(
-                    &self.blocks,
-                    &self.items,
-                    &self.batches[i],
-                    &clock,
-                    self.fields(i),
-                    self.codec,
-                );
+                // The batch goes to the socket from the buffers it was
+                // encoded into; they come back for another batch.
+                let batch = self.writers.encode(&self.node_id, |w, spare| {
+                    w.batch(
+                        &self.blocks,
+                        &self.items,
+                        &self.batches[i],
+                        &clock,
+                        self.fields(i),
+                        self.codec,
+                        spare,
+                    )
+                });
                 let sent = producer::send_batch(
                     &self.conn,
                     self.version,
                     &name,
                     self.partition,
-                    batch,
+                    batch.parts(),
                     self.timeout_ms,
                 )
                 .await;
-                self.writers.put(writer);
+                self.writers.recycle(batch);
                 match sent {
                     Ok(p) => inflight.push_back((i, p, Instant::now(), slot)),
                     Err(f) => {
@@ -353,39 +355,81 @@ impl LaneJob {
     }
 }
 
-/// Record writers kept between batches, so that their buffers (grown to a
-/// batch's size) and LZ4 tables are not allocated again for every lane.
-/// A lane holds one from encoding a batch until the batch is written to
-/// the socket (it is sent from the writer's buffer), so there are at most
-/// as many as there are lanes writing at one moment.
+/// Record writers kept between batches, so that their buffers and LZ4
+/// tables are not allocated again for every lane. Encoding a batch takes
+/// one for that moment only (it never waits on the network), so there are
+/// at most as many as there are worker threads. The encoded batch leaves
+/// the writer in buffers of its own ([`EncodedBatch`]), held by the lane
+/// until the batch is on the wire and then kept for another batch (a few).
 #[derive(Clone, Default)]
-pub struct WriterPool(Arc<std::sync::Mutex<Vec<RecordWriter>>>);
+pub struct WriterPool(Arc<std::sync::Mutex<Pools>>);
+
+#[derive(Default)]
+struct Pools {
+    writers: Vec<RecordWriter>,
+    spares: Vec<EncodedBatch>,
+}
+
+/// Batch buffers kept for reuse: a lane's next batch, or another lane's.
+const SPARE_BATCHES: usize = 4;
+/// A buffer grown larger than this by a burst's huge batch is not kept.
+const KEEP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 impl WriterPool {
-    /// A writer from the pool (a new one if none is free), to [`put`] back.
-    ///
-    /// [`put`]: WriterPool::put
-    pub fn take(&self, node_id: &Arc<str>) -> RecordWriter {
-        let taken = self.0.lock().ok().and_then(|mut p| p.pop());
-        taken.unwrap_or_else(|| RecordWriter::new(node_id.clone()))
+    /// Run `f` with a writer from the pool (a new one if none is free) and
+    /// spare batch buffers for it to encode into.
+    pub fn encode(
+        &self,
+        node_id: &Arc<str>,
+        f: impl FnOnce(&mut RecordWriter, EncodedBatch) -> EncodedBatch,
+    ) -> EncodedBatch {
+        let (writer, spare) = match self.0.lock() {
+            Ok(mut p) => (p.writers.pop(), p.spares.pop()),
+            Err(_) => (None, None),
+        };
+        let mut w = writer.unwrap_or_else(|| RecordWriter::new(node_id.clone()));
+        let out = f(&mut w, spare.unwrap_or_default());
+        if let Ok(mut p) = self.0.lock() {
+            p.writers.push(w);
+        }
+        out
     }
 
-    /// Give a writer back for the next batch; a burst's one huge batch
-    /// does not stay with it.
-    pub fn put(&self, mut w: RecordWriter) {
-        if w.out.capacity() > 4 * 1024 * 1024 {
-            w.out = Vec::new();
+    /// A batch on the wire: its buffers may serve another.
+    pub fn recycle(&self, mut batch: EncodedBatch) {
+        if batch.head.capacity() > KEEP_BUFFER_BYTES || batch.body.capacity() > KEEP_BUFFER_BYTES {
+            return;
         }
-        if let Ok(mut p) = self.0.lock() {
-            p.push(w);
+        batch.head.clear();
+        batch.body.clear();
+        if let Ok(mut p) = self.0.lock()
+            && p.spares.len() < SPARE_BATCHES
+        {
+            p.spares.push(batch);
         }
     }
 
     /// Hand the writers' memory back (ferry is idle).
     pub fn release(&self) {
         if let Ok(mut p) = self.0.lock() {
-            p.clear();
+            p.writers.clear();
+            p.spares.clear();
         }
+    }
+}
+
+/// A finished record batch in two parts, sent one after the other: the
+/// whole batch and nothing (compressed: the compressor wrote it there), or
+/// the header and the records (uncompressed: the records as encoded).
+#[derive(Default)]
+pub struct EncodedBatch {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl EncodedBatch {
+    pub fn parts(&self) -> (&[u8], &[u8]) {
+        (&self.head, &self.body)
     }
 }
 
@@ -412,9 +456,9 @@ impl RecordWriter {
         }
     }
 
-    /// The record batch of `batch`'s items, in the writer's buffers: in
-    /// two parts to send one after the other (see
-    /// [`BatchEncoder::finish_parts`]).
+    /// The record batch of `batch`'s items, encoded into the buffers of
+    /// `spare` (no copy after compression).
+    #[allow(clippy::too_many_arguments)]
     pub fn batch(
         &mut self,
         blocks: &[Block],
@@ -423,7 +467,8 @@ impl RecordWriter {
         clock: &Reading,
         fields: ProducerFields,
         codec: Codec,
-    ) -> (&[u8], &[u8]) {
+        spare: EncodedBatch,
+    ) -> EncodedBatch {
         let from = batch.start as usize;
         for item in &items[from..from + batch.len as usize] {
             let Some(event) = blocks[item.block as usize].event_at(item.offset as usize) else {
@@ -431,7 +476,18 @@ impl RecordWriter {
             };
             self.push(&event, item.seq, clock);
         }
-        self.encoder.finish_parts(codec, fields, &mut self.out)
+        let EncodedBatch { mut head, body } = spare;
+        let uncompressed = !self
+            .encoder
+            .finish_parts(codec, fields, &mut head)
+            .1
+            .is_empty();
+        let body = if uncompressed {
+            self.encoder.take_records(body)
+        } else {
+            body
+        };
+        EncodedBatch { head, body }
     }
 
     /// Add one event: the producer's headers exactly as sent (order and

@@ -55,7 +55,7 @@ use crate::log_limit::LogLimiter;
 use crate::outbox::config::Durability;
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::plan::{PlanSave, SavedWindow};
-use crate::outbox::{Block, Outbox};
+use crate::outbox::{Block, Outbox, ReadLimits};
 use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, now_ms};
@@ -545,8 +545,14 @@ impl Forwarder {
                 let skip = self.parked_sources();
                 let skip_blocks = self.deferral.blocks();
                 let order = schedule.order();
+                // Beside windows in flight the budget is strict.
+                let limits = ReadLimits {
+                    max_events: events,
+                    max_raw_bytes: raw,
+                    strict_bytes: !running.is_empty(),
+                };
                 let blocks = tokio::select! {
-                    r = self.outbox.read_by_priority(cursors, order, events, raw, skip, skip_blocks) => r,
+                    r = self.outbox.read_by_priority(cursors, order, limits, skip, skip_blocks) => r,
                     _ = shutdown.recv() => break,
                 };
                 match blocks {

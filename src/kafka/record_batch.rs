@@ -281,6 +281,14 @@ impl BatchEncoder {
         }
     }
 
+    /// The records of a batch finished by [`BatchEncoder::finish_parts`],
+    /// taken out to be sent; `with` (cleared) holds the next batch's.
+    pub fn take_records(&mut self, with: Vec<u8>) -> Vec<u8> {
+        let taken = std::mem::replace(&mut self.records, with);
+        self.clear();
+        taken
+    }
+
     /// Hand back the records buffer's memory (after a burst).
     pub fn release(&mut self) {
         self.records = Vec::new();

@@ -54,6 +54,17 @@ pub(super) type Stored = (Result<(), StoreError>, Vec<u8>);
 /// A batch waiting for the next group commit.
 pub(super) type Pending = (AppendBatch, AckSender);
 
+/// How much one read of the outbox takes: blocks until they hold
+/// `max_events`, within `max_raw_bytes` of decompressed events. A block
+/// that would exceed the bytes is left for the next read, unless it is the
+/// first (at least one comes); with `strict_bytes`, not even then.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub max_events: usize,
+    pub max_raw_bytes: usize,
+    pub strict_bytes: bool,
+}
+
 pub(super) enum Command {
     Append {
         batch: AppendBatch,
@@ -62,8 +73,7 @@ pub(super) enum Command {
     Read {
         cursors: [i64; PRIORITY_LEVELS],
         order: [u8; PRIORITY_LEVELS],
-        max_events: usize,
-        max_raw_bytes: usize,
+        limits: ReadLimits,
         skip_topics: Vec<String>,
         /// Blocks to leave out (sorted): windows put aside (see
         /// `forward::deferral`).

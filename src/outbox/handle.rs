@@ -4,7 +4,8 @@
 
 use super::block::Block;
 use super::command::{
-    AppendBatch, Command, Options, OutboxError, QUEUE_DEPTH, StoreError, Stored, Waiting, closed,
+    AppendBatch, Command, Options, OutboxError, QUEUE_DEPTH, ReadLimits, StoreError, Stored,
+    Waiting, closed,
 };
 use super::config::OutboxConfig;
 use super::dead_letter::{self, NewDeadLetter};
@@ -74,8 +75,11 @@ impl Outbox {
         self.read_by_priority(
             [after; PRIORITY_LEVELS],
             order,
-            max_events,
-            max_raw_bytes,
+            ReadLimits {
+                max_events,
+                max_raw_bytes,
+                strict_bytes: false,
+            },
             skip_topics,
             Default::default(),
         )
@@ -84,10 +88,9 @@ impl Outbox {
     }
 
     /// The next blocks of the first priority in `order` that has any after
-    /// its cursor (`cursors[priority]`), in sequence order, until they
-    /// hold `max_events`, and within `max_raw_bytes` of decompressed
-    /// events (a block that would exceed it is left for the next read,
-    /// unless it is the first: at least one comes), leaving out blocks
+    /// its cursor (`cursors[priority]`), in sequence order, within `limits`
+    /// (when even the first block exceeds strict limits, nothing, and no
+    /// lower priority instead), leaving out blocks
     /// of `skip_topics` and the blocks `skip_blocks` (sorted); and that
     /// priority. Each priority is read by the `(priority, seq_first)`
     /// index, without a scan.
@@ -95,8 +98,7 @@ impl Outbox {
         &self,
         cursors: [i64; PRIORITY_LEVELS],
         order: [u8; PRIORITY_LEVELS],
-        max_events: usize,
-        max_raw_bytes: usize,
+        limits: ReadLimits,
         skip_topics: Vec<String>,
         skip_blocks: std::sync::Arc<Vec<i64>>,
     ) -> Result<(u8, Vec<Block>), OutboxError> {
@@ -105,8 +107,7 @@ impl Outbox {
             .send(Command::Read {
                 cursors,
                 order,
-                max_events,
-                max_raw_bytes,
+                limits,
                 skip_topics,
                 skip_blocks,
                 reply,

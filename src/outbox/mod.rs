@@ -39,7 +39,7 @@ mod schema;
 mod writer;
 
 pub use block::{Block, BlockEvents, verify_block};
-pub use command::{AppendBatch, Options, OutboxError, StoreError, Waiting};
+pub use command::{AppendBatch, Options, OutboxError, ReadLimits, StoreError, Waiting};
 pub use handle::{Appender, Outbox, start};
 pub use writer::open_connection;
 

@@ -261,6 +261,51 @@ fn an_impossible_declared_size_is_corruption_not_an_allocation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stays_within_its_byte_limit_and_strictly_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        priorities: crate::pattern::Priorities(vec![("alarm".into(), 8), ("bulk".into(), 2)]),
+        ..Options::default()
+    };
+    let stats = Arc::new(Stats::default());
+    let path = dir.path().join("outbox.db");
+    let (o, h) = start(&OutboxConfig::default(), path, stats, options).unwrap();
+    // Three blocks of alarms (one per commit), one of bulk.
+    for v in ["a1", "a2", "a3"] {
+        append(&o, batch("alarm", &[v])).await.unwrap();
+    }
+    append(&o, batch("bulk", &["b1"])).await.unwrap();
+    let highest_first = std::array::from_fn(|i| (PRIORITY_LEVELS - 1 - i) as u8);
+    let read = |max_raw_bytes: usize, strict: bool| {
+        o.read_by_priority(
+            [0; PRIORITY_LEVELS],
+            highest_first,
+            ReadLimits {
+                max_events: 100,
+                max_raw_bytes,
+                strict_bytes: strict,
+            },
+            vec![],
+            Default::default(),
+        )
+    };
+    let one = read(1 << 20, false).await.unwrap().1[0].data.len();
+    // Room for two blocks and a half: two come, the third would exceed.
+    let (p, blocks) = read(2 * one + one / 2, false).await.unwrap();
+    assert_eq!(p, 8);
+    assert_eq!(values(&blocks).len(), 2);
+    // Room for half a block: the first comes all the same...
+    let (_, blocks) = read(one / 2, false).await.unwrap();
+    assert_eq!(values(&blocks), vec![(1, "a1".into())]);
+    // ...unless strictly: then nothing, and no lower priority instead.
+    let (_, blocks) = read(one / 2, true).await.unwrap();
+    assert!(blocks.is_empty());
+    let (p, blocks) = read(one, true).await.unwrap();
+    assert_eq!((p, values(&blocks)), (8, vec![(1, "a1".into())]));
+    close(o, h);
+}
+
+#[tokio::test]
 async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let config = OutboxConfig::default();
@@ -279,8 +324,11 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
         o.read_by_priority(
             [0; PRIORITY_LEVELS],
             order,
-            100,
-            1 << 20,
+            ReadLimits {
+                max_events: 100,
+                max_raw_bytes: 1 << 20,
+                strict_bytes: false,
+            },
             vec![],
             Default::default(),
         )
@@ -299,8 +347,11 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
         .read_by_priority(
             [0; PRIORITY_LEVELS],
             lowest_first,
-            100,
-            1 << 20,
+            ReadLimits {
+                max_events: 100,
+                max_raw_bytes: 1 << 20,
+                strict_bytes: false,
+            },
             vec![],
             Arc::new(vec![1]),
         )
@@ -314,8 +365,11 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
         .read_by_priority(
             cursors,
             highest_first,
-            100,
-            1 << 20,
+            ReadLimits {
+                max_events: 100,
+                max_raw_bytes: 1 << 20,
+                strict_bytes: false,
+            },
             vec![],
             Default::default(),
         )
@@ -334,8 +388,11 @@ async fn blocks_are_read_by_priority_in_the_order_asked_and_counted_across_resta
         .read_by_priority(
             [0; PRIORITY_LEVELS],
             highest_first,
-            100,
-            1 << 20,
+            ReadLimits {
+                max_events: 100,
+                max_raw_bytes: 1 << 20,
+                strict_bytes: false,
+            },
             vec![],
             Default::default(),
         )

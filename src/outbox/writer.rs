@@ -4,7 +4,7 @@
 //! age caps with loss markers, quarantines corrupt blocks.
 
 use super::block::{BLOCK_TARGET_RAW, Block, Compressor, verify_block};
-use super::command::{Command, Options, Pending, StoreError, Waiting};
+use super::command::{Command, Options, Pending, ReadLimits, StoreError, Waiting};
 use super::config::{Durability, OutboxConfig, WhenFull};
 use super::dead_letter::{self, NewDeadLetter};
 use super::hot::{self, HotStatements};
@@ -255,8 +255,7 @@ impl Writer {
             Command::Read {
                 cursors,
                 order,
-                max_events,
-                max_raw_bytes,
+                limits,
                 skip_topics,
                 skip_blocks,
                 reply,
@@ -268,9 +267,11 @@ impl Writer {
                     }
                     let after = cursors[p as usize];
                     let skip = (&skip_topics[..], &skip_blocks[..]);
-                    match self.read(p, after, max_events, max_raw_bytes, skip) {
-                        Ok(blocks) if blocks.is_empty() => continue,
-                        Ok(blocks) => found = Ok((p, blocks)),
+                    match self.read(p, after, limits, skip) {
+                        Ok(Read::Nothing) => continue,
+                        Ok(Read::Blocks(blocks)) => found = Ok((p, blocks)),
+                        // A lower priority does not go instead.
+                        Ok(Read::TooLarge) => {}
                         Err(e) => found = Err(e),
                     }
                     break;
@@ -699,13 +700,18 @@ impl Writer {
         &mut self,
         priority: u8,
         after: i64,
-        max_events: usize,
-        max_raw_bytes: usize,
+        limits: ReadLimits,
         (skip_topics, skip_blocks): (&[String], &[i64]),
-    ) -> Result<Vec<Block>, String> {
+    ) -> Result<Read, String> {
         let mut out = Vec::new();
         let mut corrupt = Vec::new();
         let (mut events, mut raw) = (0usize, 0usize);
+        let mut too_large = false;
+        let ReadLimits {
+            max_events,
+            max_raw_bytes,
+            strict_bytes,
+        } = limits;
         {
             let mut stmt = self
                 .conn
@@ -734,9 +740,13 @@ impl Writer {
                 // forwarder's memory budget counts on it), unless the
                 // window would be empty.
                 let block_raw: i64 = row.get(2).map_err(|e| e.to_string())?;
-                if !out.is_empty() && raw.saturating_add(block_raw.max(0) as usize) > max_raw_bytes
-                {
-                    break;
+                if raw.saturating_add(block_raw.max(0) as usize) > max_raw_bytes {
+                    if out.is_empty() && strict_bytes {
+                        too_large = true;
+                    }
+                    if !out.is_empty() || strict_bytes {
+                        break;
+                    }
                 }
                 match stored_block(row, topic.to_string())? {
                     Ok(block) => {
@@ -765,7 +775,13 @@ impl Writer {
                 );
             }
         }
-        Ok(out)
+        Ok(if !out.is_empty() {
+            Read::Blocks(out)
+        } else if too_large {
+            Read::TooLarge
+        } else {
+            Read::Nothing
+        })
     }
 
     /// Read the given blocks (those still stored), verified and decompressed.
@@ -1028,6 +1044,14 @@ fn insert_block(
         blocks,
         events_by,
     })
+}
+
+/// What one priority's read found.
+enum Read {
+    Blocks(Vec<Block>),
+    Nothing,
+    /// Its next block is larger than the strict size asked for.
+    TooLarge,
 }
 
 /// A corrupt block: first sequence number, events, why.
