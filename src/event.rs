@@ -93,6 +93,26 @@ impl<'a> Event<'a> {
     pub fn decode_from(bytes: &'a [u8]) -> Result<(Event<'a>, &'a [u8]), DecodeError> {
         let mut r = Reader(bytes);
         let topic = std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError::TopicNotUtf8)?;
+        Self::decode_after_topic(r, topic)
+    }
+
+    /// As [`Event::decode_from`], for an event of a stored block whose
+    /// events were all checked to be of `topic` when it was read (see
+    /// `outbox::verify_block`): the stored topic is skipped, not decoded
+    /// and validated again on every later pass over the block.
+    pub fn decode_in(
+        bytes: &'a [u8],
+        topic: &'a str,
+    ) -> Result<(Event<'a>, &'a [u8]), DecodeError> {
+        let mut r = Reader(bytes);
+        r.bytes()?;
+        Self::decode_after_topic(r, topic)
+    }
+
+    fn decode_after_topic(
+        mut r: Reader<'a>,
+        topic: &'a str,
+    ) -> Result<(Event<'a>, &'a [u8]), DecodeError> {
         let key = match r.marker()? {
             true => Some(r.bytes()?),
             false => None,
@@ -120,6 +140,12 @@ impl<'a> Event<'a> {
 
     pub fn header_iter(&self) -> HeaderIter<'a> {
         HeaderIter::new(self.headers)
+    }
+
+    /// The headers as bytes, names not checked for UTF-8 again (they were
+    /// at ingest): what a Kafka record carries.
+    pub fn raw_header_iter(&self) -> RawHeaderIter<'a> {
+        RawHeaderIter::new(self.headers)
     }
 }
 
@@ -178,12 +204,30 @@ impl<'a> Reader<'a> {
 /// Walks a header list in wire encoding; validated at ingest, so a decode
 /// failure here means corruption and simply ends the iteration.
 #[derive(Debug, Clone)]
-pub struct HeaderIter<'a> {
+pub struct HeaderIter<'a>(RawHeaderIter<'a>);
+
+impl<'a> HeaderIter<'a> {
+    pub fn new(raw: &'a [u8]) -> Self {
+        Self(RawHeaderIter::new(raw))
+    }
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value) = self.0.next()?;
+        Some((std::str::from_utf8(name).ok()?, value))
+    }
+}
+
+/// [`HeaderIter`] without the names' UTF-8 check.
+#[derive(Debug, Clone)]
+pub struct RawHeaderIter<'a> {
     rest: &'a [u8],
     remaining: u16,
 }
 
-impl<'a> HeaderIter<'a> {
+impl<'a> RawHeaderIter<'a> {
     pub fn new(raw: &'a [u8]) -> Self {
         if raw.len() < 2 {
             return Self {
@@ -198,8 +242,8 @@ impl<'a> HeaderIter<'a> {
     }
 }
 
-impl<'a> Iterator for HeaderIter<'a> {
-    type Item = (&'a str, &'a [u8]);
+impl<'a> Iterator for RawHeaderIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
             return None;
@@ -208,7 +252,7 @@ impl<'a> Iterator for HeaderIter<'a> {
         let (name, rest) = take_prefixed(self.rest, 2)?;
         let (value, rest) = take_prefixed(rest, 4)?;
         self.rest = rest;
-        Some((std::str::from_utf8(name).ok()?, value))
+        Some((name, value))
     }
 }
 

@@ -120,10 +120,11 @@ mod bench {
         };
         run(&[], "target");
         run(&["--features", "count-allocs"], "target/bench-allocs");
-        (
-            PathBuf::from("target/release/ferry"),
-            PathBuf::from("target/bench-allocs/release/ferry"),
-        )
+        // BENCH_FERRY_BIN: another build in place of the release one (an
+        // unstripped build for `cg_annotate`, or an earlier version).
+        let bin = std::env::var_os("BENCH_FERRY_BIN")
+            .map_or_else(|| PathBuf::from("target/release/ferry"), PathBuf::from);
+        (bin, PathBuf::from("target/bench-allocs/release/ferry"))
     }
 
     struct Ferry {
@@ -248,7 +249,11 @@ mod bench {
     ) -> (f64, f64) {
         let n = data.len().min(INSTR_EVENTS);
         let data = &data[..n];
-        let out = |name: &str| work.join(format!("cachegrind.{name}"));
+        // BENCH_CACHEGRIND_DIR: keep the output files there (for
+        // `cg_annotate`) instead of in the work directory.
+        let keep = std::env::var_os("BENCH_CACHEGRIND_DIR").map(PathBuf::from);
+        let out_dir = keep.unwrap_or_else(|| work.to_path_buf());
+        let out = |name: &str| out_dir.join(format!("cachegrind.{name}"));
         let valgrind = |name: &str| {
             vec![
                 "valgrind".to_string(),

@@ -550,8 +550,7 @@ impl RecordWriter {
                 Timestamp::Unsynced(ts) => (ts, Some((TS_UNSYNCED_HEADER.as_bytes(), &b"1"[..]))),
             };
         let headers = event
-            .header_iter()
-            .map(|(n, v)| (n.as_bytes(), v))
+            .raw_header_iter()
             .chain(clock_header)
             .chain(extra.iter().copied())
             .chain(seq.map(|_| (FERRY_ID_HEADER.as_bytes(), &self.id[..])));

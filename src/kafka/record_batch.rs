@@ -230,32 +230,39 @@ impl BatchEncoder {
         put_i32(&mut h, self.count);
     }
 
-    /// The records as an LZ4 frame of independent blocks.
+    /// The records as an LZ4 frame of independent blocks. Each block is
+    /// compressed in place in `out`, which grows by at most one block's
+    /// bound at a time and is cut to size once at the end: the room the
+    /// compressor needs is zero-filled once per batch (about its compressed
+    /// size), not once per block.
     fn lz4_frame_into(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&LZ4_FRAME_HEADER);
+        let mut at = out.len();
         for chunk in self.records.chunks(LZ4_BLOCK) {
-            let at = out.len();
             let max = lz4_flex::block::get_maximum_output_size(chunk.len());
-            out.resize(at + 4 + max, 0);
+            if out.len() < at + 4 + max {
+                out.resize(at + 4 + max, 0);
+            }
             let n = lz4_flex::block::compress_into_with_table(
                 chunk,
-                &mut out[at + 4..],
+                &mut out[at + 4..at + 4 + max],
                 &mut self.table,
             );
             match n {
                 // Stored compressed only when that is smaller.
                 Ok(n) if n < chunk.len() => {
                     out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
-                    out.truncate(at + 4 + n);
+                    at += 4 + n;
                 }
                 _ => {
                     let stored = chunk.len() as u32 | 0x8000_0000;
                     out[at..at + 4].copy_from_slice(&stored.to_le_bytes());
-                    out.truncate(at + 4);
-                    out.extend_from_slice(chunk);
+                    out[at + 4..at + 4 + chunk.len()].copy_from_slice(chunk);
+                    at += 4 + chunk.len();
                 }
             }
         }
+        out.truncate(at);
         out.extend_from_slice(&0u32.to_le_bytes()); // end mark
     }
 
@@ -490,6 +497,38 @@ mod tests {
             let mut frame = Vec::new();
             zstd_raw_frame_into(&data, &mut frame);
             assert_eq!(zstd::decode_all(&frame[..]).unwrap(), data, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_among_compressed_ones_and_round_trip() {
+        // Noise, then text, then noise: stored, compressed, stored blocks,
+        // each written where the one before ended.
+        let mut rng = crate::backoff::SplitMix64(7);
+        let mut value = vec![0u8; 3 * LZ4_BLOCK];
+        for (i, b) in value.iter_mut().enumerate() {
+            if !(LZ4_BLOCK..2 * LZ4_BLOCK).contains(&i) {
+                *b = rng.next_u64() as u8;
+            }
+        }
+        value[LZ4_BLOCK..2 * LZ4_BLOCK].fill(b'x');
+        let mut enc = BatchEncoder::default();
+        let mut packed = Vec::new();
+        // Twice into the same buffer: the second batch finds it long.
+        for _ in 0..2 {
+            enc.push(1, None, &value, NO_HEADERS);
+            let mut plain = BatchEncoder::default();
+            plain.push(1, None, &value, NO_HEADERS);
+            let mut whole = Vec::new();
+            plain.finish_into(Codec::None, ProducerFields::NONE, &mut whole);
+            enc.finish_into(Codec::Lz4, ProducerFields::NONE, &mut packed);
+            let mut records = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(&packed[HEADER_LEN..])
+                .read_to_end(&mut records)
+                .unwrap();
+            assert_eq!(records, whole[HEADER_LEN..]);
+            let crc = crc32c::crc32c(&packed[ATTRIBUTES_AT..]);
+            assert_eq!(packed[17..21], crc.to_be_bytes());
         }
     }
 

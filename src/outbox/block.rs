@@ -25,7 +25,7 @@ pub struct Block {
 impl Block {
     /// The event stored at `offset` (as yielded by [`Block::events`]).
     pub fn event_at(&self, offset: usize) -> Option<Event<'_>> {
-        Event::decode_from(self.data.get(offset..)?)
+        Event::decode_in(self.data.get(offset..)?, &self.topic)
             .ok()
             .map(|(e, _)| e)
     }
@@ -33,7 +33,7 @@ impl Block {
     /// The encoded bytes of the event stored at `offset`.
     pub fn event_bytes(&self, offset: usize) -> Option<&[u8]> {
         let from = self.data.get(offset..)?;
-        let (_, rest) = Event::decode_from(from).ok()?;
+        let (_, rest) = Event::decode_in(from, &self.topic).ok()?;
         Some(&from[..from.len() - rest.len()])
     }
 
@@ -41,6 +41,7 @@ impl Block {
     pub fn events(&self) -> BlockEvents<'_> {
         BlockEvents {
             rest: &self.data,
+            topic: &self.topic,
             offset: 0,
             seq: self.seq_first,
         }
@@ -49,6 +50,7 @@ impl Block {
 
 pub struct BlockEvents<'a> {
     rest: &'a [u8],
+    topic: &'a str,
     offset: usize,
     seq: i64,
 }
@@ -61,7 +63,7 @@ impl<'a> Iterator for BlockEvents<'a> {
             return None;
         }
         // Blocks are verified when read, so a failure cannot happen here.
-        let (event, rest) = Event::decode_from(&self.rest[self.offset..]).ok()?;
+        let (event, rest) = Event::decode_in(&self.rest[self.offset..], self.topic).ok()?;
         let offset = self.offset;
         self.offset = self.rest.len() - rest.len();
         let seq = self.seq;
@@ -113,12 +115,15 @@ impl Compressor {
     }
 }
 
-/// Check the CRC, decompress and check every event decodes.
+/// Check the CRC, decompress and check every event decodes and is of the
+/// block's `topic` (later passes over the block count on it: see
+/// [`Event::decode_in`]).
 pub fn verify_block(
     payload: &[u8],
     crc: u32,
     count: u32,
     raw_bytes: usize,
+    topic: &str,
 ) -> Result<Vec<u8>, String> {
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
@@ -143,6 +148,12 @@ pub fn verify_block(
     let mut rest = &data[..];
     for i in 0..count {
         match Event::decode_from(rest) {
+            Ok((e, _)) if e.topic != topic => {
+                return Err(format!(
+                    "event {i} is of topic {:?}, in a block of {topic:?}",
+                    e.topic
+                ));
+            }
             Ok((_, r)) => rest = r,
             Err(e) => return Err(format!("event {i} does not decode: {e}")),
         }

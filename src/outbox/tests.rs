@@ -249,14 +249,41 @@ async fn releasing_memory_when_idle_keeps_the_outbox_working() {
     close(o, h);
 }
 
+/// Every event of a block is of the block's topic (later passes over the
+/// block take the topic from it): one that is not makes the block corrupt.
+#[test]
+fn an_event_of_another_topic_makes_a_block_corrupt() {
+    let mut raw = Vec::new();
+    let mut first = 0;
+    for topic in ["sensors", "alarms"] {
+        first = raw.len().max(first);
+        Event {
+            topic,
+            key: None,
+            headers: &[],
+            value: b"21.5",
+            timestamp_ms: 1,
+            clock: None,
+        }
+        .encode_into(&mut raw);
+    }
+    let payload = lz4_flex::block::compress(&raw);
+    let crc = crc32fast::hash(&payload);
+    let e = super::verify_block(&payload, crc, 2, raw.len(), "sensors").unwrap_err();
+    assert!(e.contains("event 1 is of topic \"alarms\""), "{e}");
+    let payload = lz4_flex::block::compress(&raw[..first]);
+    let crc = crc32fast::hash(&payload);
+    assert!(super::verify_block(&payload, crc, 1, first, "sensors").is_ok());
+}
+
 /// A damaged row's declared size must not make ferry allocate it.
 #[test]
 fn an_impossible_declared_size_is_corruption_not_an_allocation() {
     let payload = lz4_flex::block::compress(b"0123456789");
     let crc = crc32fast::hash(&payload);
-    let e = super::verify_block(&payload, crc, 1, usize::MAX / 2).unwrap_err();
+    let e = super::verify_block(&payload, crc, 1, usize::MAX / 2, "t").unwrap_err();
     assert!(e.contains("impossible"), "{e}");
-    let e = super::verify_block(&payload, crc, 1, 1 << 30).unwrap_err();
+    let e = super::verify_block(&payload, crc, 1, 1 << 30, "t").unwrap_err();
     assert!(e.contains("impossible"), "{e}");
 }
 

@@ -1068,7 +1068,7 @@ fn stored_block(row: &rusqlite::Row<'_>, topic: String) -> Result<Result<Block, 
     let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
     let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
     let payload = payload.map_err(|e| e.to_string())?;
-    Ok(match verify_block(payload, crc, count, raw_bytes) {
+    Ok(match verify_block(payload, crc, count, raw_bytes, &topic) {
         Ok(data) => Ok(Block {
             seq_first,
             topic,
