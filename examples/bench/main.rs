@@ -229,7 +229,10 @@ mod bench {
     fn cachegrind_total(file: &Path) -> f64 {
         let text = std::fs::read_to_string(file).expect("cachegrind output");
         text.lines()
-            .find_map(|l| l.strip_prefix("summary:"))
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .expect("a summary line in the cachegrind output")
@@ -254,14 +257,20 @@ mod bench {
         let keep = std::env::var_os("BENCH_CACHEGRIND_DIR").map(PathBuf::from);
         let out_dir = keep.unwrap_or_else(|| work.to_path_buf());
         let out = |name: &str| out_dir.join(format!("cachegrind.{name}"));
+        // BENCH_VALGRIND_TOOL=callgrind: the same run with callers, for
+        // `callgrind_annotate --tree=caller`.
+        let tool = std::env::var("BENCH_VALGRIND_TOOL").unwrap_or_else(|_| "cachegrind".into());
         let valgrind = |name: &str| {
-            vec![
+            let mut args = vec![
                 "valgrind".to_string(),
-                "--tool=cachegrind".to_string(),
+                format!("--tool={tool}"),
                 "-q".to_string(),
-                "--cache-sim=no".to_string(),
-                format!("--cachegrind-out-file={}", out(name).display()),
-            ]
+                format!("--{tool}-out-file={}", out(name).display()),
+            ];
+            if tool == "cachegrind" {
+                args.push("--cache-sim=no".to_string());
+            }
+            args
         };
         let frames = encode_frames(data, true);
         let dir = tempfile::tempdir_in(work).unwrap();

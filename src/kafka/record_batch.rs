@@ -419,27 +419,17 @@ mod tests {
             let mut out = Vec::new();
             // Twice: the second batch must not carry the first's records.
             for round in 0..2 {
-                for i in 0..50 {
-                    let value = format!("{{\"round\":{round},\"reading\":{i}}}");
-                    let headers = [(&b"h"[..], &b"v"[..])];
-                    enc.push(
-                        1_700_000_000_000 + i,
-                        Some(b"k"),
-                        value.as_bytes(),
-                        headers.iter().copied(),
-                    );
-                }
+                let fill = |e: &mut BatchEncoder| {
+                    for i in 0..50 {
+                        let value = format!("{{\"round\":{round},\"reading\":{i}}}");
+                        let headers = [(&b"h"[..], &b"v"[..])];
+                        let at = 1_700_000_000_000 + i;
+                        e.push(at, Some(b"k"), value.as_bytes(), headers.iter().copied());
+                    }
+                };
+                fill(&mut enc);
                 let mut twin = BatchEncoder::default();
-                for i in 0..50 {
-                    let value = format!("{{\"round\":{round},\"reading\":{i}}}");
-                    let headers = [(&b"h"[..], &b"v"[..])];
-                    twin.push(
-                        1_700_000_000_000 + i,
-                        Some(b"k"),
-                        value.as_bytes(),
-                        headers.iter().copied(),
-                    );
-                }
+                fill(&mut twin);
                 twin.finish_into(codec, fields, &mut whole);
                 let (head, rest) = enc.finish_parts(codec, fields, &mut out);
                 assert_eq!([head, rest].concat(), whole, "{codec:?}, batch {round}");
