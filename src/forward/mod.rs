@@ -1782,6 +1782,9 @@ impl Forwarder {
         let mut routed: Vec<usize> = Vec::new();
         let mut lanes: Vec<Lane> = Vec::new();
         let cluster = self.cluster.as_ref();
+        // A lane's share of the window, with room for keys that crowd a
+        // partition: reserved once, not grown event by event.
+        let events: usize = blocks.iter().map(|b| b.count as usize).sum();
         for (b, block) in blocks.iter().enumerate() {
             if !keep[b] {
                 continue;
@@ -1825,7 +1828,10 @@ impl Forwarder {
                     let partition = partition.rem_euclid(dest.partitions);
                     let slot = &mut dest.lanes[partition as usize];
                     if *slot == u32::MAX {
-                        lanes.push(Lane::new(dest.topic.to_string(), partition));
+                        let mut lane = Lane::new(dest.topic.to_string(), partition);
+                        let share = 2 * events / dest.partitions as usize;
+                        lane.items.reserve(share.clamp(16, events));
+                        lanes.push(lane);
                         *slot = (lanes.len() - 1) as u32;
                     }
                     lanes[*slot as usize].items.push(item);

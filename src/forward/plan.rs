@@ -191,28 +191,34 @@ pub fn encode(lanes: &[Lane]) -> Vec<u8> {
             put(&mut out, b.len as i64);
             put(&mut out, b.base_sequence as i64);
         }
-        // Runs of consecutive sequence numbers: (gap from the last, length).
+        // Runs of consecutive sequence numbers: (gap from the last, length),
+        // counted first, then written (no list of them is built).
         let items = &lane.items[done..];
-        let mut runs: Vec<(i64, i64)> = Vec::new();
-        let mut last = 0i64;
-        let mut i = 0;
-        while i < items.len() {
-            let first = items[i].seq;
-            let mut n = 1;
-            while i + n < items.len() && items[i + n].seq == first + n as i64 {
-                n += 1;
-            }
-            runs.push((first - last, n as i64));
-            last = first + n as i64;
-            i += n;
-        }
-        put(&mut out, runs.len() as i64);
-        for (gap, n) in runs {
+        put(&mut out, seq_runs(items).count() as i64);
+        for (gap, n) in seq_runs(items) {
             put(&mut out, gap);
             put(&mut out, n);
         }
     }
     out
+}
+
+/// The runs of consecutive sequence numbers of `items`, each as (gap from
+/// the end of the run before, length).
+fn seq_runs(items: &[Item]) -> impl Iterator<Item = (i64, i64)> + '_ {
+    let mut last = 0i64;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = items.get(i)?.seq;
+        let mut n = 1;
+        while i + n < items.len() && items[i + n].seq == first + n as i64 {
+            n += 1;
+        }
+        let run = (first - last, n as i64);
+        last = first + n as i64;
+        i += n;
+        Some(run)
+    })
 }
 
 /// A lane as stored: items as sequence numbers, to be placed by the caller.
