@@ -1830,7 +1830,7 @@ impl Forwarder {
                     if *slot == u32::MAX {
                         let mut lane = Lane::new(dest.topic.to_string(), partition);
                         let share = 2 * events / dest.partitions as usize;
-                        lane.items.reserve(share.clamp(16, events));
+                        lane.items.reserve(share.max(16).min(events));
                         lanes.push(lane);
                         *slot = (lanes.len() - 1) as u32;
                     }
