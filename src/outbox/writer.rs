@@ -738,7 +738,7 @@ impl Writer {
                 // The size is a limit, not a target: a block that would
                 // take the window over it waits for the next one (the
                 // forwarder's memory budget counts on it), unless the
-                // window would be empty.
+                // window would be empty; with strict limits, even then.
                 let block_raw: i64 = row.get(2).map_err(|e| e.to_string())?;
                 if raw.saturating_add(block_raw.max(0) as usize) > max_raw_bytes {
                     if out.is_empty() && strict_bytes {
