@@ -70,6 +70,7 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         node_id: config.node_id.clone(),
         record_loss: config.kafka.loss_topic.is_some(),
         priorities: crate::forward::route::Router::new(&config.routes).priorities(),
+        run_shapes: Default::default(),
     };
     let (outbox, writer) =
         outbox::start(&config.outbox, config.outbox_path(), stats.clone(), options)?;

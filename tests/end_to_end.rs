@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use ferry::forward::partitioner::partition_for_key;
+use ferry::kafka::partitioner::partition_for_key;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 

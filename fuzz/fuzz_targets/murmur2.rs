@@ -4,7 +4,7 @@
 //! must land for other producers' consumers to agree.
 #![no_main]
 
-use ferry::forward::partitioner::{murmur2, partition_for_key};
+use ferry::kafka::partitioner::{murmur2, partition_for_key};
 use libfuzzer_sys::fuzz_target;
 
 /// `org.apache.kafka.common.utils.Utils.murmur2`, as Java writes it.

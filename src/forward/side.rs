@@ -9,10 +9,10 @@
 //! and, rate-limited, in the log.
 
 use super::lane::RecordWriter;
-use super::partitioner::partition_for_key;
 use super::{Forwarder, RECORD_OVERHEAD};
 use crate::breaker::State;
 use crate::kafka::errors::{Class, Failure};
+use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::producer;
 use crate::kafka::record_batch::ProducerFields;
 use crate::stats::now_ms;

@@ -12,6 +12,7 @@
 //!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
 //!       record_read  record batches read back (bounded, checked)
 //!       errors       error classes: what ferry does about each Kafka error
+//!       partitioner  the Java client's murmur2 partitioner; sticky keyless batches
 //! ```
 //!
 //! The forwarder (`forward`) decides what to send; nothing here retries on
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod errors;
+pub mod partitioner;
 pub mod producer;
 pub mod record_batch;
 pub mod record_read;

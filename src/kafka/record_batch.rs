@@ -45,6 +45,70 @@ impl Codec {
     }
 }
 
+impl Codec {
+    /// Kafka's codec number (the attributes' low bits).
+    pub fn number(self) -> u8 {
+        self.attribute() as u8
+    }
+}
+
+/// What the batch header says of its records: how many, and their first
+/// and largest timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsShape {
+    pub count: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+/// The 61-byte header of a batch whose records were compressed earlier
+/// (codec number `codec`, `records_len` bytes whose CRC-32C is
+/// `records_crc`), written into `out` (cleared first). The batch CRC is
+/// combined from the header's and the records' (CRC-32C combines), so
+/// the records are not read again.
+pub fn write_stored_run_header(
+    out: &mut Vec<u8>,
+    codec: u8,
+    producer: ProducerFields,
+    shape: RecordsShape,
+    records_len: usize,
+    records_crc: u32,
+) {
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    write_header(out, i16::from(codec), producer, shape, records_len);
+    let head = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
+    let crc = crc32c::crc32c_combine(head, records_crc, records_len);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The batch header for `records_len` bytes of (compressed) records, all
+/// but its CRC (the CRC-32C of the attributes onwards, which the caller
+/// computes once the header is written).
+fn write_header(
+    header: &mut [u8],
+    attributes: i16,
+    producer: ProducerFields,
+    shape: RecordsShape,
+    records_len: usize,
+) {
+    let batch_length = (HEADER_LEN + records_len - 12) as i32;
+    let mut h = header;
+    put_i64(&mut h, 0); // base offset: the broker assigns offsets
+    put_i32(&mut h, batch_length);
+    put_i32(&mut h, -1); // partition leader epoch
+    h[0] = 2; // magic
+    h = &mut h[5..]; // magic, then the CRC, written last
+    put_i16(&mut h, attributes);
+    put_i32(&mut h, shape.count - 1);
+    put_i64(&mut h, shape.base_timestamp);
+    put_i64(&mut h, shape.max_timestamp);
+    put_i64(&mut h, producer.producer_id);
+    put_i16(&mut h, producer.producer_epoch);
+    put_i32(&mut h, producer.base_sequence);
+    put_i32(&mut h, shape.count);
+}
+
 /// The oldest Produce version a broker reads zstd batches in.
 pub const ZSTD_MIN_PRODUCE_VERSION: i16 = 7;
 
@@ -171,7 +235,13 @@ impl BatchEncoder {
             Codec::Zstd(level) => self.zstd_frame_into(level, out),
         }
         let records_len = out.len() - HEADER_LEN;
-        self.write_header(codec, producer, &mut out[..HEADER_LEN], records_len);
+        write_header(
+            &mut out[..HEADER_LEN],
+            codec.attribute(),
+            producer,
+            self.shape(),
+            records_len,
+        );
         let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         self.clear();
@@ -195,7 +265,13 @@ impl BatchEncoder {
         out.clear();
         out.resize(HEADER_LEN, 0);
         let records_len = self.records.len();
-        self.write_header(codec, producer, &mut out[..HEADER_LEN], records_len);
+        write_header(
+            &mut out[..HEADER_LEN],
+            codec.attribute(),
+            producer,
+            self.shape(),
+            records_len,
+        );
         // The CRC covers the header's tail and then the records.
         let crc = crc32c::crc32c_append(crc32c::crc32c(&out[ATTRIBUTES_AT..]), &self.records);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -203,31 +279,28 @@ impl BatchEncoder {
         (out, &self.records)
     }
 
-    /// The batch header for `records_len` bytes of (compressed) records,
-    /// all but its CRC (the CRC-32C of the attributes onwards, which the
-    /// caller computes once the header is written).
-    fn write_header(
-        &self,
-        codec: Codec,
-        producer: ProducerFields,
-        header: &mut [u8],
-        records_len: usize,
-    ) {
-        let batch_length = (HEADER_LEN + records_len - 12) as i32;
-        let mut h = header;
-        put_i64(&mut h, 0); // base offset: the broker assigns offsets
-        put_i32(&mut h, batch_length);
-        put_i32(&mut h, -1); // partition leader epoch
-        h[0] = 2; // magic
-        h = &mut h[5..]; // magic, then the CRC, written last
-        put_i16(&mut h, codec.attribute());
-        put_i32(&mut h, self.count - 1);
-        put_i64(&mut h, self.base_timestamp);
-        put_i64(&mut h, self.max_timestamp);
-        put_i64(&mut h, producer.producer_id);
-        put_i16(&mut h, producer.producer_epoch);
-        put_i32(&mut h, producer.base_sequence);
-        put_i32(&mut h, self.count);
+    /// The count and timestamps of the records pushed so far.
+    fn shape(&self) -> RecordsShape {
+        RecordsShape {
+            count: self.count,
+            base_timestamp: self.base_timestamp,
+            max_timestamp: self.max_timestamp,
+        }
+    }
+
+    /// The records pushed so far, compressed in `codec` and appended to
+    /// `out`, with no batch header: what the outbox stores as a record
+    /// run, to be sent later behind [`write_stored_run_header`]. Starts a
+    /// new batch.
+    pub fn finish_records(&mut self, codec: Codec, out: &mut Vec<u8>) -> RecordsShape {
+        match codec {
+            Codec::None => out.extend_from_slice(&self.records),
+            Codec::Lz4 => self.lz4_frame_into(out),
+            Codec::Zstd(level) => self.zstd_frame_into(level, out),
+        }
+        let shape = self.shape();
+        self.clear();
+        shape
     }
 
     /// The records as an LZ4 frame of independent blocks. Each block is

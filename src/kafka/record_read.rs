@@ -72,14 +72,9 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
         let plain;
         let records: &[u8] = match attributes & 0x7 {
             0 => body,
-            3 => {
-                plain = bounded(lz4_flex::frame::FrameDecoder::new(body), max_batch_bytes)?;
-                &plain
-            }
-            4 => {
-                let decoder = zstd::stream::read::Decoder::new(body)
-                    .map_err(|e| format!("zstd batch at offset {base_offset}: {e}"))?;
-                plain = bounded(decoder, max_batch_bytes)?;
+            codec @ (3 | 4) => {
+                plain = decompress_records(codec as u8, body, max_batch_bytes)
+                    .map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
                 &plain
             }
             _ => {
@@ -121,6 +116,68 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
     Ok(out)
 }
 
+/// The records section of a batch in codec `codec` (Kafka's number: 0
+/// none, 3 LZ4 frame, 4 zstd), decompressed to at most `max` bytes.
+pub fn decompress_records(codec: u8, body: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    match codec {
+        0 if body.len() <= max => Ok(body.to_vec()),
+        0 => Err(format!("records of {} bytes, more than {max}", body.len())),
+        3 => bounded(lz4_flex::frame::FrameDecoder::new(body), max),
+        4 => {
+            let decoder =
+                zstd::stream::read::Decoder::new(body).map_err(|e| format!("zstd: {e}"))?;
+            bounded(decoder, max)
+        }
+        other => Err(format!("codec {other} is not one ferry writes")),
+    }
+}
+
+/// One record of an uncompressed records section, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub timestamp_delta: i64,
+    pub offset_delta: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Read the record at the front of `data` (an uncompressed records
+/// section), its headers into `headers` (cleared first; a null header
+/// value reads as empty); returns the record and the bytes after it.
+pub fn read_record<'a>(
+    data: &'a [u8],
+    headers: &mut Vec<(&'a [u8], &'a [u8])>,
+) -> Result<(RecordRef<'a>, &'a [u8]), String> {
+    headers.clear();
+    let mut r = Cursor { data, at: 0 };
+    let len = r.varint()?;
+    let start = r.at;
+    let _attributes = r.byte()?;
+    let timestamp_delta = r.varint()?;
+    let offset_delta = r.varint()?;
+    let key = r.slice()?;
+    let value = r.slice()?;
+    let count = r.varint()?;
+    for _ in 0..count.max(0) {
+        let name = r.slice()?.unwrap_or_default();
+        let value = r.slice()?.unwrap_or_default();
+        headers.push((name, value));
+    }
+    if usize::try_from(len).ok() != Some(r.at - start) {
+        return Err(format!(
+            "a record is {} bytes, its length says {len}",
+            r.at - start
+        ));
+    }
+    let record = RecordRef {
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+    };
+    Ok((record, &data[r.at..]))
+}
+
 /// Read `from` to its end, refusing more than `max` bytes.
 fn bounded(from: impl Read, max: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -150,7 +207,7 @@ struct Cursor<'a> {
     at: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
     fn skip(&mut self, n: usize) -> Result<(), String> {
         if self.data.len() - self.at < n {
             return Err("a record ends early".into());
@@ -176,6 +233,17 @@ impl Cursor<'_> {
             }
         }
         Err("a varint longer than 64 bits".into())
+    }
+
+    /// Nullable bytes, borrowed.
+    fn slice(&mut self) -> Result<Option<&'a [u8]>, String> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let start = self.at;
+        self.skip(len as usize)?;
+        Ok(Some(&self.data[start..self.at]))
     }
 
     fn nullable_bytes(&mut self) -> Result<Option<Vec<u8>>, String> {

@@ -3,7 +3,9 @@
 //! (checksum, declared size, decompression, every event decodes) before
 //! anything trusts it.
 
+use super::run::{DecodedRun, RunHeader, decode_run};
 use crate::event::Event;
+use std::sync::OnceLock;
 
 /// Cut a new block once this many raw bytes are in it.
 pub(super) const BLOCK_TARGET_RAW: usize = 256 * 1024;
@@ -12,39 +14,106 @@ pub(super) const BLOCK_TARGET_RAW: usize = 256 * 1024;
 pub(super) const MAX_BLOCK_RAW: usize =
     4 * BLOCK_TARGET_RAW + 4 * crate::event::KAFKA_MAX_EVENT_BYTES as usize;
 
-/// A stored block, decompressed and verified: events of one topic.
+/// A stored block, decompressed and verified: events of one topic; or a
+/// stored record run (see `outbox::run`), as stored.
 #[derive(Debug)]
 pub struct Block {
     pub seq_first: i64,
     pub topic: String,
     pub count: u32,
     pub created_ms: i64,
+    /// The events in the at-rest encoding; for a run, its records as
+    /// stored (compressed).
     pub data: Vec<u8>,
+    /// A run's header (`None`: a block of events).
+    pub run: Option<StoredRun>,
+}
+
+/// What a [`Block`] that is a stored run knows besides its records.
+#[derive(Debug)]
+pub struct StoredRun {
+    pub header: RunHeader,
+    /// The records' uncompressed size.
+    pub raw_bytes: usize,
+    /// Its events, decoded on first need (a run sent as stored never is).
+    decoded: OnceLock<Result<DecodedRun, String>>,
+}
+
+impl StoredRun {
+    pub fn new(header: RunHeader, raw_bytes: usize) -> Self {
+        Self {
+            header,
+            raw_bytes,
+            decoded: OnceLock::new(),
+        }
+    }
 }
 
 impl Block {
+    /// A run's events, decoded (once); `None` for a block of events.
+    pub fn decoded_run(&self) -> Option<Result<&DecodedRun, &str>> {
+        let run = self.run.as_ref()?;
+        let d = run
+            .decoded
+            .get_or_init(|| decode_run(&run.header, &self.data, run.raw_bytes, &self.topic));
+        Some(d.as_ref().map_err(String::as_str))
+    }
+
+    /// The encoded events and where the one at `offset` starts: offsets
+    /// are byte offsets in a block of events, indexes in a run.
+    fn locate(&self, offset: usize) -> Option<&[u8]> {
+        match self.decoded_run() {
+            None => self.data.get(offset..),
+            Some(Ok(d)) => d.data.get(*d.offsets.get(offset)? as usize..),
+            Some(Err(_)) => None,
+        }
+    }
+
     /// The event stored at `offset` (as yielded by [`Block::events`]).
     pub fn event_at(&self, offset: usize) -> Option<Event<'_>> {
-        Event::decode_in(self.data.get(offset..)?, &self.topic)
+        Event::decode_in(self.locate(offset)?, &self.topic)
             .ok()
             .map(|(e, _)| e)
     }
 
     /// The encoded bytes of the event stored at `offset`.
     pub fn event_bytes(&self, offset: usize) -> Option<&[u8]> {
-        let from = self.data.get(offset..)?;
+        let from = self.locate(offset)?;
         let (_, rest) = Event::decode_in(from, &self.topic).ok()?;
         Some(&from[..from.len() - rest.len()])
     }
 
-    /// The block's events with their sequence numbers and offsets.
+    /// The block's events with their sequence numbers and offsets (a
+    /// run's are decoded first; one that does not decode has none: see
+    /// [`Block::decoded_run`]).
     pub fn events(&self) -> BlockEvents<'_> {
+        let (rest, indexed) = match self.decoded_run() {
+            None => (&self.data[..], false),
+            Some(Ok(d)) => (&d.data[..], true),
+            Some(Err(_)) => (&[][..], true),
+        };
         BlockEvents {
-            rest: &self.data,
+            rest,
             topic: &self.topic,
             offset: 0,
+            index: 0,
+            indexed,
             seq: self.seq_first,
         }
+    }
+
+    /// Every event's sequence number and offset, without decoding a run.
+    pub fn places(&self) -> Box<dyn Iterator<Item = (i64, usize)> + '_> {
+        match &self.run {
+            Some(_) => Box::new((0..self.count as usize).map(|i| (self.seq_first + i as i64, i))),
+            None => Box::new(self.events().map(|(seq, offset, _)| (seq, offset))),
+        }
+    }
+
+    /// The window memory it holds: its events decompressed, or a run's
+    /// records as stored.
+    pub fn held_bytes(&self) -> usize {
+        self.data.len()
     }
 }
 
@@ -52,6 +121,9 @@ pub struct BlockEvents<'a> {
     rest: &'a [u8],
     topic: &'a str,
     offset: usize,
+    /// Yield indexes, not byte offsets (a run's events).
+    indexed: bool,
+    index: usize,
     seq: i64,
 }
 
@@ -64,8 +136,13 @@ impl<'a> Iterator for BlockEvents<'a> {
         }
         // Blocks are verified when read, so a failure cannot happen here.
         let (event, rest) = Event::decode_in(&self.rest[self.offset..], self.topic).ok()?;
-        let offset = self.offset;
+        let offset = if self.indexed {
+            self.index
+        } else {
+            self.offset
+        };
         self.offset = self.rest.len() - rest.len();
+        self.index += 1;
         let seq = self.seq;
         self.seq += 1;
         Some((seq, offset, event))

@@ -176,6 +176,9 @@ pub struct Options {
     pub record_loss: bool,
     /// Each block is filed under its topic's priority.
     pub priorities: crate::pattern::Priorities,
+    /// How the forwarder will send each topic, so commits store record
+    /// runs it can send as stored (default: none told, no runs).
+    pub run_shapes: std::sync::Arc<super::run::RunShapes>,
 }
 
 /// Why an outbox request failed.

@@ -25,6 +25,9 @@ pub struct Outbox {
     pub committed: Arc<Notify>,
     /// Side records waiting for their topics.
     pub waiting: Arc<Waiting>,
+    /// What the forwarder tells the writer of how it sends each topic
+    /// (see `outbox::run`).
+    pub run_shapes: Arc<super::run::RunShapes>,
 }
 
 /// Open the outbox, load its counters into `stats` and start the writer.
@@ -37,6 +40,7 @@ pub fn start(
     let conn = open_connection(&path, config.durability)?;
     let committed = Arc::new(Notify::new());
     let waiting = Arc::new(Waiting::default());
+    let run_shapes = options.run_shapes.clone();
     let writer = Writer::new(
         conn,
         config.clone(),
@@ -56,6 +60,7 @@ pub fn start(
             tx,
             committed,
             waiting,
+            run_shapes,
         },
         handle,
     ))

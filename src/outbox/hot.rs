@@ -13,8 +13,12 @@ use std::ptr;
 const BEGIN: &CStr = c"BEGIN";
 const COMMIT: &CStr = c"COMMIT";
 const INSERT_BLOCK: &CStr =
-    c"INSERT INTO blocks (seq_first, topic, count, raw_bytes, created_ms, crc, payload, priority) \
-      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    c"INSERT INTO blocks (seq_first, topic, count, raw_bytes, created_ms, crc, payload, priority, format) \
+      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+/// A row's `format`: events (`outbox::block`), LZ4-compressed.
+pub const FORMAT_EVENTS: i64 = 0;
+/// A row's `format`: a record run (`outbox::run`).
+pub const FORMAT_RUN: i64 = 1;
 const ADD_APPENDED: &CStr = c"UPDATE meta SET value = value + CASE key \
       WHEN 'next_seq' THEN ?1 WHEN 'events' THEN ?2 \
       WHEN 'stored_bytes' THEN ?3 WHEN 'raw_bytes' THEN ?4 END \
@@ -45,6 +49,8 @@ pub struct BlockRow<'a> {
     pub created_ms: i64,
     pub crc: u32,
     pub payload: &'a [u8],
+    /// [`FORMAT_EVENTS`] or [`FORMAT_RUN`].
+    pub format: i64,
 }
 
 impl HotStatements {
@@ -103,6 +109,7 @@ impl HotStatements {
         self.bind_i64(s, 6, row.crc as i64)?;
         self.bind_blob(s, 7, row.payload)?;
         self.bind_i64(s, 8, row.priority as i64)?;
+        self.bind_i64(s, 9, row.format)?;
         self.step(s)
     }
 
@@ -223,6 +230,7 @@ mod tests {
             created_ms: 1,
             crc: 7,
             payload,
+            format: FORMAT_EVENTS,
         }
     }
 

@@ -20,6 +20,8 @@
 //!     reserve    disk space held back so the drain can write on a full disk
 //!     command    what the handles send the writer; errors and options
 //!       block      the stored block: compression, checksum, verification
+//!         run        the stored record run: a partition's events as Kafka
+//!                    records, compressed as the wire takes them
 //!       config     the [outbox] section
 //! ```
 
@@ -35,10 +37,11 @@ pub mod mqtt_marks;
 pub mod plan;
 mod reserve;
 pub use reserve::free_bytes;
+pub mod run;
 mod schema;
 mod writer;
 
-pub use block::{Block, BlockEvents, verify_block};
+pub use block::{Block, BlockEvents, StoredRun, verify_block};
 pub use command::{AppendBatch, Options, OutboxError, ReadLimits, StoreError, Waiting};
 pub use handle::{Appender, Outbox, start};
 pub use writer::open_connection;

@@ -94,6 +94,9 @@ const MIGRATIONS: &[&str] = &[
          digest    INTEGER NOT NULL,
          PRIMARY KEY (link, packet_id)
      ) WITHOUT ROWID;",
+    // 6 -> 7: a row is a block of events (0) or a record run (1, see
+    // `outbox::run`); old rows are blocks and drain as they always did.
+    "ALTER TABLE blocks ADD COLUMN format INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -3,12 +3,13 @@
 //! reads, finishes delivered windows, stores plans, enforces the size and
 //! age caps with loss markers, quarantines corrupt blocks.
 
-use super::block::{BLOCK_TARGET_RAW, Block, Compressor, verify_block};
+use super::block::{BLOCK_TARGET_RAW, Block, Compressor, StoredRun, verify_block};
 use super::command::{Command, Options, Pending, ReadLimits, StoreError, Waiting};
 use super::config::{Durability, OutboxConfig, WhenFull};
 use super::dead_letter::{self, NewDeadLetter};
-use super::hot::{self, HotStatements};
+use super::hot::{self, FORMAT_EVENTS, FORMAT_RUN, HotStatements};
 use super::reserve::{self, Reserve};
+use super::run::{CutError, Piece, RunCutter, RunHeader, RunShapes};
 use super::{heartbeat, loss, mqtt_marks, plan, schema};
 use crate::event::Event;
 use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
@@ -64,9 +65,9 @@ pub(super) struct Writer {
     path: PathBuf,
     next_seq: i64,
     /// Blocks being built in this group commit, one per topic, reused
-    /// between commits; and the compressor.
+    /// between commits; and what stores them (compressor, run cutter).
     building: Vec<TopicBlock>,
-    compressor: Compressor,
+    packer: Packer,
     /// Node id and whether to record loss markers for a loss topic.
     node_id: String,
     record_loss: bool,
@@ -149,7 +150,11 @@ impl Writer {
             path,
             next_seq: m.next_seq,
             building: Vec::new(),
-            compressor: Compressor::default(),
+            packer: Packer {
+                compressor: Compressor::default(),
+                cutter: RunCutter::default(),
+                shapes: options.run_shapes.clone(),
+            },
             node_id: options.node_id,
             record_loss: options.record_loss,
             priorities: options.priorities,
@@ -457,7 +462,8 @@ impl Writer {
         let r = self.flush_mqtt_forget();
         self.log_mqtt_failure(r);
         self.building = Vec::new();
-        self.compressor.release();
+        self.packer.compressor.release();
+        self.packer.cutter.release();
         if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
             debug!(
                 "outbox {}: cannot shrink SQLite's memory: {e}",
@@ -585,16 +591,22 @@ impl Writer {
                 b.count += 1;
                 rest = after;
                 if b.data.len() >= BLOCK_TARGET_RAW {
-                    added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
-                    self.next_seq += b.count as i64;
+                    let (totals, next) =
+                        self.packer
+                            .store(&self.hot, &self.node_id, b, self.next_seq, now)?;
+                    added += totals;
+                    self.next_seq = next;
                     b.data.clear();
                     b.count = 0;
                 }
             }
         }
         for b in self.building.iter().filter(|b| b.count > 0) {
-            added += insert_block(&self.hot, b, &mut self.compressor, self.next_seq, now)?;
-            self.next_seq += b.count as i64;
+            let (totals, next) =
+                self.packer
+                    .store(&self.hot, &self.node_id, b, self.next_seq, now)?;
+            added += totals;
+            self.next_seq = next;
         }
         // Marks forgotten before this group's, then the group's own.
         for (link, marks) in &self.mqtt_forget {
@@ -716,7 +728,7 @@ impl Writer {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
+                    "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic, format FROM blocks \
                      WHERE priority = ?1 AND seq_first > ?2 ORDER BY seq_first",
                 )
                 .map_err(|e| e.to_string())?;
@@ -790,7 +802,7 @@ impl Writer {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic FROM blocks \
+                "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic, format FROM blocks \
                  WHERE seq_first = ?1",
             )
             .map_err(|e| e.to_string())?;
@@ -1007,40 +1019,136 @@ impl std::ops::AddAssign for Totals {
     }
 }
 
-fn insert_block(
+/// Stores a topic's block of one commit: as record runs where the
+/// forwarder has said how (see `outbox::run`), the rest as a block of
+/// events.
+struct Packer {
+    compressor: Compressor,
+    cutter: RunCutter,
+    shapes: Arc<RunShapes>,
+}
+
+impl Packer {
+    /// Store `block`'s events from sequence `seq_first` on; returns what
+    /// was added and the next sequence.
+    fn store(
+        &mut self,
+        hot: &HotStatements,
+        node_id: &str,
+        block: &TopicBlock,
+        seq_first: i64,
+        now: i64,
+    ) -> rusqlite::Result<(Totals, i64)> {
+        let Some(shape) = self.shapes.shape_of(&block.topic) else {
+            let totals = insert_events(
+                hot,
+                block,
+                &block.data,
+                block.count,
+                &mut self.compressor,
+                seq_first,
+                now,
+            )?;
+            return Ok((totals, seq_first + block.count as i64));
+        };
+        let mut added = Totals::default();
+        let compressor = &mut self.compressor;
+        let next = self
+            .cutter
+            .cut(
+                &block.data,
+                &block.topic,
+                shape,
+                node_id,
+                seq_first,
+                |piece| {
+                    added += match piece {
+                        Piece::Run {
+                            seq_first,
+                            count,
+                            raw_bytes,
+                            payload,
+                        } => insert_row(
+                            hot,
+                            block,
+                            &hot::BlockRow {
+                                seq_first,
+                                topic: &block.topic,
+                                priority: block.priority,
+                                count,
+                                raw_bytes: raw_bytes as i64,
+                                created_ms: now,
+                                crc: crc32fast::hash(payload),
+                                payload,
+                                format: FORMAT_RUN,
+                            },
+                        )?,
+                        Piece::Events {
+                            seq_first,
+                            count,
+                            data,
+                        } => insert_events(hot, block, data, count, compressor, seq_first, now)?,
+                    };
+                    Ok(())
+                },
+            )
+            .map_err(|e| match e {
+                CutError::Decode(e) => rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                CutError::Store(e) => e,
+            })?;
+        Ok((added, next))
+    }
+}
+
+/// `count` events of `block`'s topic (`data`, at-rest encoding), stored
+/// as one LZ4-compressed block.
+fn insert_events(
     hot: &HotStatements,
     block: &TopicBlock,
+    data: &[u8],
+    count: u32,
     compressor: &mut Compressor,
     seq_first: i64,
     now: i64,
 ) -> rusqlite::Result<Totals> {
-    let raw = &block.data;
     let compressed = compressor
-        .compress(raw)
+        .compress(data)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let n = compressed.len();
     let crc = crc32fast::hash(compressed);
-    hot.insert_block(&hot::BlockRow {
-        seq_first,
-        topic: &block.topic,
-        priority: block.priority,
-        count: block.count,
-        raw_bytes: raw.len() as i64,
-        created_ms: now,
-        crc,
-        payload: compressed,
-    })?;
+    insert_row(
+        hot,
+        block,
+        &hot::BlockRow {
+            seq_first,
+            topic: &block.topic,
+            priority: block.priority,
+            count,
+            raw_bytes: data.len() as i64,
+            created_ms: now,
+            crc,
+            payload: compressed,
+            format: FORMAT_EVENTS,
+        },
+    )
+}
+
+fn insert_row(
+    hot: &HotStatements,
+    block: &TopicBlock,
+    row: &hot::BlockRow<'_>,
+) -> rusqlite::Result<Totals> {
+    hot.insert_block(row)?;
     let mut blocks = [0; PRIORITY_LEVELS];
     let mut events_by = [0; PRIORITY_LEVELS];
     let p = usize::from(block.priority.min(MAX_PRIORITY));
     blocks[p] = 1;
-    events_by[p] = u64::from(block.count);
+    events_by[p] = u64::from(row.count);
     Ok(Totals {
-        events: block.count as u64,
-        stored: n as u64,
-        raw: raw.len() as u64,
-        seq_min: seq_first,
-        seq_max: seq_first + block.count as i64 - 1,
+        events: row.count as u64,
+        stored: row.payload.len() as u64,
+        raw: row.raw_bytes as u64,
+        seq_min: row.seq_first,
+        seq_max: row.seq_first + row.count as i64 - 1,
         blocks,
         events_by,
     })
@@ -1058,26 +1166,59 @@ enum Read {
 type Corrupt = (i64, u32, String);
 
 /// A `blocks` row (`seq_first, count, raw_bytes, created_ms, crc, payload`
-/// first), verified and decompressed; a corrupt one as `(seq_first, count,
-/// why)`.
+/// first, `format` eighth), verified and decompressed (a run: checked and
+/// kept as stored); a corrupt one as `(seq_first, count, why)`.
 fn stored_block(row: &rusqlite::Row<'_>, topic: String) -> Result<Result<Block, Corrupt>, String> {
     let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
     let count: u32 = row.get(1).map_err(|e| e.to_string())?;
     let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
     let created_ms: i64 = row.get(3).map_err(|e| e.to_string())?;
     let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
+    let format: i64 = row.get(7).map_err(|e| e.to_string())?;
     let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
     let payload = payload.map_err(|e| e.to_string())?;
-    Ok(match verify_block(payload, crc, count, raw_bytes, &topic) {
-        Ok(data) => Ok(Block {
+    let block = |data, run| Block {
+        seq_first,
+        topic: topic.clone(),
+        count,
+        created_ms,
+        data,
+        run,
+    };
+    Ok(match format {
+        FORMAT_RUN => match verify_run(payload, crc, count) {
+            Ok((header, records)) => Ok(block(
+                records.to_vec(),
+                Some(StoredRun::new(header, raw_bytes)),
+            )),
+            Err(why) => Err((seq_first, count, why)),
+        },
+        FORMAT_EVENTS => match verify_block(payload, crc, count, raw_bytes, &topic) {
+            Ok(data) => Ok(block(data, None)),
+            Err(why) => Err((seq_first, count, why)),
+        },
+        other => Err((
             seq_first,
-            topic,
             count,
-            created_ms,
-            data,
-        }),
-        Err(why) => Err((seq_first, count, why)),
+            format!("stored in format {other}, unknown to this ferry"),
+        )),
     })
+}
+
+/// A stored run's checksum and header (its records are decoded only if
+/// it cannot be sent as stored: see `outbox::run`).
+fn verify_run(payload: &[u8], crc: u32, count: u32) -> Result<(RunHeader, &[u8]), String> {
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    match RunHeader::read(payload) {
+        Some((h, records)) if h.shape.count as i64 == i64::from(count) => Ok((h, records)),
+        Some((h, _)) => Err(format!(
+            "a run of {} records in a row of {count}",
+            h.shape.count
+        )),
+        None => Err("not a record run".into()),
+    }
 }
 
 fn delete_blocks(tx: &Connection, seq_firsts: &[i64]) -> rusqlite::Result<Totals> {
