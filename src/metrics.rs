@@ -137,7 +137,7 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
     metric(
         "ferry_in_flight_bytes",
         "gauge",
-        "Events held by the delivery windows in flight, decompressed (bounded by kafka.max_in_flight_bytes).",
+        "Events held by the delivery windows in flight as read from the outbox: decompressed, or stored runs as stored (bounded by kafka.max_in_flight_bytes).",
         s.in_flight_bytes as f64,
     );
     metric(
@@ -145,6 +145,18 @@ pub fn render(stats: &Stats, node_id: &str) -> String {
         "gauge",
         "The most the delivery windows in flight held since ferry started.",
         s.in_flight_peak_bytes as f64,
+    );
+    metric(
+        "ferry_stored_run_batches_total",
+        "counter",
+        "Record batches sent as stored runs (compressed once, when stored).",
+        s.stored_run_batches as f64,
+    );
+    metric(
+        "ferry_stored_run_events_total",
+        "counter",
+        "Events sent in record batches from stored runs.",
+        s.stored_run_events as f64,
     );
     metric(
         "ferry_retries_total",

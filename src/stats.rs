@@ -128,6 +128,12 @@ impl MqttLinkStats {
 /// Process-wide: the record writers that repair them are pooled.
 pub static TIMESTAMPS_CORRECTED: AtomicU64 = AtomicU64::new(0);
 
+/// Record batches sent as stored (a stored run's records, compressed when
+/// they were stored: see `outbox::run`) and their events, since start;
+/// resends count again. Process-wide, as [`TIMESTAMPS_CORRECTED`].
+pub static STORED_RUN_BATCHES: AtomicU64 = AtomicU64::new(0);
+pub static STORED_RUN_EVENTS: AtomicU64 = AtomicU64::new(0);
+
 /// A point-in-time copy, for `ferry status`.
 #[derive(Debug, Serialize, serde::Deserialize, Default)]
 pub struct Snapshot {
@@ -172,6 +178,11 @@ pub struct Snapshot {
     /// Events sent with a repaired timestamp since start.
     #[serde(default)]
     pub timestamps_corrected: u64,
+    /// Record batches sent as stored runs, and their events, since start.
+    #[serde(default)]
+    pub stored_run_batches: u64,
+    #[serde(default)]
+    pub stored_run_events: u64,
     /// Backlog events by priority: (priority, events), where any wait.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backlog_by_priority: Vec<(u8, u64)>,
@@ -217,6 +228,8 @@ impl Stats {
             oldest_age_s: (backlog_events > 0 && oldest > 0)
                 .then(|| (now_ms - oldest).max(0) as f64 / 1000.0),
             timestamps_corrected: TIMESTAMPS_CORRECTED.load(Relaxed),
+            stored_run_batches: STORED_RUN_BATCHES.load(Relaxed),
+            stored_run_events: STORED_RUN_EVENTS.load(Relaxed),
             backlog_by_priority: self
                 .backlog_by_priority
                 .iter()

@@ -121,6 +121,48 @@ fn windows_in_flight_stay_within_the_memory_budget_on_a_distant_link() {
     assert_eq!(status.in_flight_bytes, 0, "nothing left in flight");
 }
 
+/// Compress once (`outbox::run`): once the forwarder knows a topic's
+/// partition count, busy commits store each partition's events as a record
+/// run, which is sent as stored (header and stored records, CRC combined).
+/// The Kafka model decodes every batch (CRC, records) and checks the
+/// idempotent producer's sequences; every event arrives once, in per-key
+/// order, through a `kill -9` with runs stored and in flight.
+#[test]
+fn busy_partitions_go_as_stored_runs_exactly_once() {
+    let model = KafkaModel::start(1);
+    model.create_topic("runs", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &model.bootstrap(), "");
+    f.start();
+    // The first window tells the outbox the topic has 2 partitions.
+    let mut acked = send_keyed(&f.socket(), "runs", "warm", 4, 200);
+    f.wait_status(Duration::from_secs(30), "warm-up delivered", |s| {
+        s.backlog_events == 0
+    });
+    // Commits of 100 events over 4 keys: about 50 per partition.
+    acked.extend(send_keyed(&f.socket(), "runs", "a", 4, 6_000));
+    f.kill9();
+    f.start();
+    acked.extend(send_keyed(&f.socket(), "runs", "b", 4, 6_000));
+    f.wait_status(Duration::from_secs(60), "backlog delivered", |s| {
+        s.backlog_events == 0
+    });
+    let status = f.status();
+    let got = model.records("runs");
+    assert_eq!(check_delivery(&acked, &got), 0, "a record arrived twice");
+    assert_eq!(got.len(), acked.len());
+    eprintln!(
+        "since the restart, {} events went as stored runs in {} batches (of {} stored since)",
+        status.stored_run_events, status.stored_run_batches, 6_000
+    );
+    assert!(
+        status.stored_run_events > 3_000,
+        "only {} events went as stored runs\n{}",
+        status.stored_run_events,
+        f.log_text()
+    );
+}
+
 /// The same, made certain: an older low-priority window is launched after
 /// a newer high-priority one into the same partition, so its sequences
 /// follow the newer window's; a stalled broker has processed neither when

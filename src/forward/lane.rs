@@ -13,14 +13,14 @@
 //! goes back to the forwarder, which decides what happens next.
 
 use super::flight::{HandOver, Predecessor, Slot, Ticket};
-use super::plan::{Batch, Item};
+use super::plan::{Batch, Item, whole_stored_run};
 use crate::clock::{Reading, SystemClock, Timestamp};
 use crate::kafka::connection::{Connection, Pending};
 use crate::kafka::errors::{
     Class, DUPLICATE_SEQUENCE_NUMBER, Failure, OUT_OF_ORDER_SEQUENCE_NUMBER,
 };
 use crate::kafka::producer::{self, ProducerIdentity};
-use crate::kafka::record_batch::{BatchEncoder, Codec, ProducerFields};
+use crate::kafka::record_batch::{BatchEncoder, Codec, ProducerFields, write_stored_run_header};
 use crate::outbox::Block;
 use crate::stats::Stats;
 use bytes::Bytes;
@@ -82,6 +82,10 @@ pub struct LaneJob {
     pub producer: Option<ProducerIdentity>,
     pub codec: Codec,
     pub node_id: Arc<str>,
+    /// The topic's partition count and the node id's hash: what a stored
+    /// run must have been cut for to go as stored (`outbox::run`).
+    pub partitions: i32,
+    pub node_hash: u32,
     pub stats: Arc<Stats>,
     pub clock: SystemClock,
     pub timeout_ms: i32,
@@ -173,17 +177,20 @@ impl LaneJob {
                 let i = out.sent;
                 // The batch goes to the socket from the buffers it was
                 // encoded into; they come back for another batch.
-                let batch = self.writers.encode(&self.node_id, |w, spare| {
-                    w.batch(
-                        &self.blocks,
-                        &self.items,
-                        &self.batches[i],
-                        &clock,
-                        self.fields(i),
-                        self.codec,
-                        spare,
-                    )
-                });
+                let batch = match self.stored_run(i) {
+                    Some(run) => self.writers.stored(run, self.fields(i)),
+                    None => self.writers.encode(&self.node_id, |w, spare| {
+                        w.batch(
+                            &self.blocks,
+                            &self.items,
+                            &self.batches[i],
+                            &clock,
+                            self.fields(i),
+                            self.codec,
+                            spare,
+                        )
+                    }),
+                };
                 let sent = producer::send_batch(
                     &self.conn,
                     self.version,
@@ -335,6 +342,18 @@ impl LaneJob {
         }
     }
 
+    /// The stored run batch `i` is, whole, if it can go as stored.
+    fn stored_run(&self, i: usize) -> Option<&Block> {
+        let b = self.batches.get(i)?;
+        let items = self
+            .items
+            .get(b.start as usize..(b.start + b.len) as usize)?;
+        let destination = (self.partitions, self.partition);
+        let (n, _) =
+            whole_stored_run(&self.blocks, items, destination, self.codec, self.node_hash)?;
+        (n == items.len()).then(|| &self.blocks[items[0].block as usize])
+    }
+
     fn fields(&self, i: usize) -> ProducerFields {
         match self.producer {
             Some(p) => ProducerFields {
@@ -393,6 +412,31 @@ impl WriterPool {
             p.writers.push(w);
         }
         out
+    }
+
+    /// The batch of a stored run (see `outbox::run`): its header, and its
+    /// records as stored (compressed once, when they were stored).
+    pub fn stored(&self, run: &Block, fields: ProducerFields) -> EncodedBatch {
+        let spare = match self.0.lock() {
+            Ok(mut p) => p.spares.pop(),
+            Err(_) => None,
+        };
+        let EncodedBatch { mut head, mut body } = spare.unwrap_or_default();
+        if let Some(r) = &run.run {
+            write_stored_run_header(
+                &mut head,
+                r.header.codec,
+                fields,
+                r.header.shape,
+                run.data.len(),
+                r.header.records_crc,
+            );
+            body.clear();
+            body.extend_from_slice(&run.data);
+            crate::stats::STORED_RUN_BATCHES.fetch_add(1, Relaxed);
+            crate::stats::STORED_RUN_EVENTS.fetch_add(u64::from(run.count), Relaxed);
+        }
+        EncodedBatch { head, body }
     }
 
     /// A batch on the wire: its buffers may serve another.
@@ -538,8 +582,7 @@ impl RecordWriter {
                     corrected,
                     original,
                 } => {
-                    crate::stats::TIMESTAMPS_CORRECTED
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::stats::TIMESTAMPS_CORRECTED.fetch_add(1, Relaxed);
                     self.original_ts.clear();
                     let _ = write!(self.original_ts, "{original}");
                     (

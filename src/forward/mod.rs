@@ -55,6 +55,7 @@ use crate::log_limit::LogLimiter;
 use crate::outbox::config::Durability;
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::outbox::plan::{PlanSave, SavedWindow};
+use crate::outbox::run::{KEYLESS, node_hash};
 use crate::outbox::{Block, Outbox, ReadLimits};
 use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
@@ -66,7 +67,7 @@ use flight::{Confirmed, Flight, Predecessor, Slots, Ticket};
 use lane::{LaneJob, LaneOutcome, WriterPool};
 use log::{debug, error, info, warn};
 use parking::{ParkedTopics, Parking};
-use plan::{Item, Lane};
+use plan::{Item, Lane, whole_stored_run};
 use route::RouteConfig;
 use route::Router;
 use schedule::Schedule;
@@ -250,6 +251,8 @@ pub struct Forwarder {
     heartbeat_topic: Option<String>,
     durability: Durability,
     codec: Codec,
+    /// The node id's hash, as stored runs record it (`outbox::run`).
+    node_hash: u32,
     node_id: Arc<str>,
     outbox: Outbox,
     stats: Arc<Stats>,
@@ -290,6 +293,15 @@ pub struct Forwarder {
     side: side::SideRetry,
     /// Partitions without a leader, and the windows put aside for them.
     deferral: Deferral,
+}
+
+/// Tell the outbox's writer the codec and batch limits runs are cut for.
+fn publish_run_limits(outbox: &Outbox, kafka: &KafkaConfig) {
+    outbox.run_shapes.set_limits(
+        codec_of(kafka),
+        kafka.max_batch_events as usize,
+        kafka.max_batch_bytes as usize,
+    );
 }
 
 /// The record-batch codec `kafka` asks for.
@@ -347,6 +359,7 @@ impl Forwarder {
     ) -> Self {
         let seed = seed_from_environment(config.node_id);
         let cap = config.kafka.max_bytes_per_second;
+        publish_run_limits(&outbox, config.kafka);
         stats
             .uplink_cap
             .store(cap, std::sync::atomic::Ordering::Relaxed);
@@ -356,6 +369,7 @@ impl Forwarder {
             durability: config.durability,
             codec: codec_of(config.kafka),
             node_id: Arc::from(config.node_id),
+            node_hash: node_hash(config.node_id),
             outbox,
             stats,
             router: Router::new(config.routes),
@@ -416,6 +430,7 @@ impl Forwarder {
         }
         self.window_raw_bytes = window_raw_bytes(k.max_bytes_per_second);
         self.codec = codec_of(k);
+        publish_run_limits(&self.outbox, k);
         self.router = Router::new(&new.routes);
         self.backoff = Backoff::new(&new.retry, self.backoff_seed());
         self.breaker.reconfigure(new.breaker.clone());
@@ -1352,7 +1367,21 @@ impl Forwarder {
             // Connecting may have taken a while: leave out blocks the outbox
             // dropped by policy meanwhile (they are counted and announced).
             let keep = self.still_stored(&blocks).await;
-            window.lanes = Some(self.plan(&blocks, &keep));
+            let (lanes, undecodable) = self.plan(&blocks, &keep);
+            if !undecodable.is_empty() {
+                // Stored by this ferry and checksummed, so a bug: said
+                // loudly, counted as quarantined, the rest goes on.
+                error!(
+                    "{} stored runs do not decode and cannot be sent (first: {}); quarantined",
+                    undecodable.len(),
+                    undecodable[0].2
+                );
+                self.outbox
+                    .quarantine(undecodable)
+                    .await
+                    .map_err(|e| Failure::new(Class::Transient, LOCAL_STORAGE, e.to_string()))?;
+            }
+            window.lanes = Some(lanes);
         }
         let mut lanes = window.lanes.take().expect("planned above");
         for lane in &mut lanes {
@@ -1487,6 +1516,12 @@ impl Forwarder {
                 producer: lane.producer,
                 codec: self.codec,
                 node_id: self.node_id.clone(),
+                partitions: self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.partition_count(&lane.topic))
+                    .unwrap_or(0),
+                node_hash: self.node_hash,
                 stats: self.stats.clone(),
                 clock: self.clock.clone(),
                 timeout_ms,
@@ -1523,6 +1558,12 @@ impl Forwarder {
             if !lane.replan && generation == Some(lane.generation) {
                 continue;
             }
+            let partitions = self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.partition_count(&lane.topic))
+                .unwrap_or(0);
+            let (codec, node) = (self.codec, self.node_hash);
             let stream = self.streams.get(&lane.topic, lane.partition);
             let size = |item: &Item| {
                 blocks[item.block as usize]
@@ -1530,11 +1571,14 @@ impl Forwarder {
                     .map_or(0, |e| e.payload_len())
                     + RECORD_OVERHEAD
             };
+            let destination = (partitions, lane.partition);
+            let whole_run =
+                |items: &[Item]| whole_stored_run(&blocks, items, destination, codec, node);
             let mut next = stream.next_sequence;
             lane.cut(
-                max_events,
-                max_bytes,
+                (max_events, max_bytes),
                 size,
+                whole_run,
                 stream.producer,
                 stream.generation,
                 &mut next,
@@ -1761,14 +1805,21 @@ impl Forwarder {
         self.park(topic, sources, f);
     }
 
-    /// Assign every event of the window to its destination partitions.
-    fn plan(&mut self, blocks: &[Block], keep: &[bool]) -> Vec<Lane> {
-        /// A destination topic of this window: its partition count, the
-        /// partition its keyless events stick to (chosen on first use) and
-        /// the lane of each partition (`u32::MAX`: none yet).
+    /// Assign every event of the window to its destination partitions. A
+    /// stored run that fits every destination as stored goes whole to its
+    /// partition without being decoded; one that does not is decoded and
+    /// planned event by event (see `outbox::run`). Also tells the outbox
+    /// each source topic's partition count, so that it cuts runs to fit.
+    /// Returns the lanes and the runs that do not decode (to quarantine).
+    fn plan(&mut self, blocks: &[Block], keep: &[bool]) -> (Vec<Lane>, Vec<(i64, u32, String)>) {
+        /// A destination topic of this window: its partition count (and
+        /// whether the cluster knows it), the partition its keyless events
+        /// stick to (chosen on first use) and the lane of each partition
+        /// (`u32::MAX`: none yet).
         struct Destination<'a> {
             topic: &'a str,
             partitions: i32,
+            known: bool,
             sticky: Option<i32>,
             lanes: Vec<u32>,
         }
@@ -1776,17 +1827,104 @@ impl Forwarder {
         let mut by_topic: HashMap<&str, usize> = HashMap::new();
         // The source topic last routed and its destinations: routes (glob
         // patterns) and partition counts are looked up when the source
-        // topic changes, not for every event (a block holds one topic).
+        // topic changes, not for every block (a block holds one topic).
         let mut source: Option<&str> = None;
         let mut routed: Vec<usize> = Vec::new();
         let mut lanes: Vec<Lane> = Vec::new();
+        let mut undecodable = Vec::new();
         let cluster = self.cluster.as_ref();
         // A lane's share of the window, with room for keys that crowd a
         // partition: reserved once, not grown event by event.
         let events: usize = blocks.iter().map(|b| b.count as usize).sum();
+        let max_events = self.config.max_batch_events as usize;
+        let max_bytes = self.config.max_batch_bytes as usize;
         for (b, block) in blocks.iter().enumerate() {
             if !keep[b] {
                 continue;
+            }
+            let topic = block.topic.as_str();
+            if source != Some(topic) {
+                routed.clear();
+                self.router.for_each_destination(topic, |to| {
+                    let d = *by_topic.entry(to).or_insert_with(|| {
+                        let known = cluster.and_then(|c| c.partition_count(to));
+                        let partitions = known.unwrap_or(1).max(1);
+                        destinations.push(Destination {
+                            topic: to,
+                            partitions,
+                            known: known.is_some(),
+                            sticky: None,
+                            lanes: vec![u32::MAX; partitions as usize],
+                        });
+                        destinations.len() - 1
+                    });
+                    routed.push(d);
+                });
+                // Runs are cut for one partition count: the destinations'
+                // when they all have the same, known one.
+                let first = routed.first().map(|&d| &destinations[d]);
+                let one_count = first.filter(|f| {
+                    routed.iter().all(|&d| {
+                        destinations[d].known && destinations[d].partitions == f.partitions
+                    })
+                });
+                self.outbox
+                    .run_shapes
+                    .set_partitions(topic, one_count.map(|f| f.partitions));
+                source = Some(topic);
+            }
+            let mut place = |dest: &mut Destination, partition: i32, item: Item| {
+                // (Every choice is below the count; kept in range
+                // regardless, as an event left out would be lost.)
+                let partition = partition.rem_euclid(dest.partitions);
+                let slot = &mut dest.lanes[partition as usize];
+                if *slot == u32::MAX {
+                    let mut lane = Lane::new(dest.topic.to_string(), partition);
+                    let share = 2 * events / dest.partitions as usize;
+                    lane.items.reserve(share.max(16).min(events));
+                    lanes.push(lane);
+                    *slot = (lanes.len() - 1) as u32;
+                }
+                lanes[*slot as usize].items.push(item);
+            };
+            if let Some(run) = &block.run {
+                let h = &run.header;
+                let as_stored = routed.iter().all(|&d| {
+                    let dest = &destinations[d];
+                    let partition = if h.partitions == KEYLESS {
+                        0
+                    } else {
+                        h.partition
+                    };
+                    h.fits(dest.partitions, partition, self.codec, self.node_hash)
+                        && block.count as usize <= max_events
+                        && run.raw_bytes <= max_bytes
+                });
+                if as_stored {
+                    for &d in &routed {
+                        let dest = &mut destinations[d];
+                        let partition = if h.partitions == KEYLESS {
+                            *dest
+                                .sticky
+                                .get_or_insert_with(|| self.sticky.next_batch(dest.partitions))
+                        } else {
+                            h.partition
+                        };
+                        for (seq, offset) in block.places() {
+                            let item = Item {
+                                block: b as u32,
+                                offset: offset as u32,
+                                seq,
+                            };
+                            place(dest, partition, item);
+                        }
+                    }
+                    continue;
+                }
+                if let Some(Err(why)) = block.decoded_run() {
+                    undecodable.push((block.seq_first, block.count, why.to_string()));
+                    continue;
+                }
             }
             for (seq, offset, event) in block.events() {
                 let item = Item {
@@ -1794,26 +1932,6 @@ impl Forwarder {
                     offset: offset as u32,
                     seq,
                 };
-                if source != Some(event.topic) {
-                    routed.clear();
-                    self.router.for_each_destination(event.topic, |topic| {
-                        let d = *by_topic.entry(topic).or_insert_with(|| {
-                            let partitions = cluster
-                                .and_then(|c| c.partition_count(topic))
-                                .unwrap_or(1)
-                                .max(1);
-                            destinations.push(Destination {
-                                topic,
-                                partitions,
-                                sticky: None,
-                                lanes: vec![u32::MAX; partitions as usize],
-                            });
-                            destinations.len() - 1
-                        });
-                        routed.push(d);
-                    });
-                    source = Some(event.topic);
-                }
                 for &d in &routed {
                     let dest = &mut destinations[d];
                     let partition = match event.key {
@@ -1822,18 +1940,7 @@ impl Forwarder {
                             .sticky
                             .get_or_insert_with(|| self.sticky.next_batch(dest.partitions)),
                     };
-                    // (Both choices are below the count; kept in range
-                    // regardless, as an event left out would be lost.)
-                    let partition = partition.rem_euclid(dest.partitions);
-                    let slot = &mut dest.lanes[partition as usize];
-                    if *slot == u32::MAX {
-                        let mut lane = Lane::new(dest.topic.to_string(), partition);
-                        let share = 2 * events / dest.partitions as usize;
-                        lane.items.reserve(share.max(16).min(events));
-                        lanes.push(lane);
-                        *slot = (lanes.len() - 1) as u32;
-                    }
-                    lanes[*slot as usize].items.push(item);
+                    place(dest, partition, item);
                 }
             }
         }
@@ -1842,7 +1949,7 @@ impl Forwarder {
             blocks.len(),
             lanes.len()
         );
-        lanes
+        (lanes, undecodable)
     }
 }
 

@@ -5,6 +5,8 @@
 //! same sequences. Pure: no I/O, no clock.
 
 use crate::kafka::producer::ProducerIdentity;
+use crate::kafka::record_batch::Codec;
+use crate::outbox::Block;
 use crate::varint::{put_signed as put, unzigzag};
 
 /// One event's place in the window.
@@ -115,31 +117,47 @@ impl Lane {
 
     /// Cut the remaining items into batches of at most `max_events` events
     /// and `max_bytes` bytes (`size` of each item), numbering them from
-    /// `next_sequence` (advanced past them; -1 stays -1).
+    /// `next_sequence` (advanced past them; -1 stays -1). Where the items
+    /// at a point are a whole stored run within the limits (`whole_run`:
+    /// its events and size), the run is a batch of its own, so that it is
+    /// sent as stored (see `outbox::run`).
     pub fn cut(
         &mut self,
-        max_events: usize,
-        max_bytes: usize,
+        (max_events, max_bytes): (usize, usize),
         size: impl Fn(&Item) -> usize,
+        whole_run: impl Fn(&[Item]) -> Option<(usize, usize)>,
         producer: Option<ProducerIdentity>,
         generation: u64,
         next_sequence: &mut i32,
     ) {
         self.compact();
         let max_events = max_events.min(self.batch_limit).max(1);
+        let run_at = |items: &[Item]| {
+            whole_run(items).filter(|&(n, bytes)| n <= max_events && bytes <= max_bytes)
+        };
         self.batches.clear();
         let mut start = 0usize;
         while start < self.items.len() {
-            let mut len = 0usize;
-            let mut bytes = 0usize;
-            for item in &self.items[start..] {
-                let s = size(item);
-                if len > 0 && (len >= max_events || bytes + s > max_bytes) {
-                    break;
+            let len = match run_at(&self.items[start..]) {
+                Some((n, _)) => n,
+                None => {
+                    let mut len = 0usize;
+                    let mut bytes = 0usize;
+                    for (i, item) in self.items[start..].iter().enumerate() {
+                        let s = size(item);
+                        if len > 0
+                            && (len >= max_events
+                                || bytes + s > max_bytes
+                                || run_at(&self.items[start + i..]).is_some())
+                        {
+                            break;
+                        }
+                        len += 1;
+                        bytes += s;
+                    }
+                    len
                 }
-                len += 1;
-                bytes += s;
-            }
+            };
             let base_sequence = *next_sequence;
             if base_sequence >= 0 {
                 *next_sequence = advance(base_sequence, len);
@@ -156,6 +174,25 @@ impl Lane {
         self.sent_before = 0;
         self.replan = false;
     }
+}
+
+/// If `items` start with every event of a stored run, in order, and the
+/// run can be sent as stored to `(partitions, partition)`: its events and
+/// uncompressed size (see `outbox::run`).
+pub fn whole_stored_run(
+    blocks: &[Block],
+    items: &[Item],
+    (partitions, partition): (i32, i32),
+    codec: Codec,
+    node: u32,
+) -> Option<(usize, usize)> {
+    let first = items.first()?;
+    let block = blocks.get(first.block as usize)?;
+    let run = block.run.as_ref()?;
+    let n = block.count as usize;
+    let last = items.get(n.checked_sub(1)?)?;
+    let whole = first.offset == 0 && last.block == first.block && last.offset as usize == n - 1;
+    (whole && run.header.fits(partitions, partition, codec, node)).then_some((n, run.raw_bytes))
 }
 
 /// Sequence numbers wrap to 0 after `i32::MAX`, as Kafka's do.
@@ -318,7 +355,7 @@ mod tests {
     fn batches_respect_both_limits_and_number_from_the_stream() {
         let mut l = lane(&[1, 2, 3, 4, 5, 6, 7]);
         let mut next = 10;
-        l.cut(3, 1000, |_| 10, Some(PID), 1, &mut next);
+        l.cut((3, 1000), |_| 10, |_| None, Some(PID), 1, &mut next);
         let lens: Vec<u32> = l.batches.iter().map(|b| b.len).collect();
         assert_eq!(lens, [3, 3, 1]);
         let bases: Vec<i32> = l.batches.iter().map(|b| b.base_sequence).collect();
@@ -326,10 +363,10 @@ mod tests {
         assert_eq!(next, 17);
         // Bytes: 25 per item, 60 per batch -> 2 per batch.
         let mut next = 0;
-        l.cut(100, 60, |_| 25, Some(PID), 1, &mut next);
+        l.cut((100, 60), |_| 25, |_| None, Some(PID), 1, &mut next);
         assert_eq!(l.batches.len(), 4);
         // An item larger than the limit still goes, alone.
-        l.cut(100, 10, |_| 25, Some(PID), 1, &mut next);
+        l.cut((100, 10), |_| 25, |_| None, Some(PID), 1, &mut next);
         assert_eq!(l.batches.len(), 7);
     }
 
@@ -337,7 +374,7 @@ mod tests {
     fn without_idempotence_sequences_stay_unset() {
         let mut l = lane(&[1, 2]);
         let mut next = -1;
-        l.cut(1, 100, |_| 1, None, 0, &mut next);
+        l.cut((1, 100), |_| 1, |_| None, None, 0, &mut next);
         assert!(l.batches.iter().all(|b| b.base_sequence == -1));
         assert_eq!(next, -1);
     }
@@ -352,10 +389,10 @@ mod tests {
     fn replanning_keeps_only_what_is_left() {
         let mut l = lane(&[1, 2, 3, 4, 5]);
         let mut next = 0;
-        l.cut(2, 1000, |_| 1, Some(PID), 1, &mut next);
+        l.cut((2, 1000), |_| 1, |_| None, Some(PID), 1, &mut next);
         l.acked = 1;
         assert_eq!(l.done(), 2);
-        l.cut(10, 1000, |_| 1, Some(PID), 2, &mut next);
+        l.cut((10, 1000), |_| 1, |_| None, Some(PID), 2, &mut next);
         assert_eq!(l.items.len(), 3);
         assert_eq!(
             l.batches,
@@ -372,10 +409,10 @@ mod tests {
     fn plans_round_trip_through_their_stored_form() {
         let mut a = lane(&[5, 6, 7, 9, 10, 20]);
         let mut next = 100;
-        a.cut(4, 1000, |_| 1, Some(PID), 1, &mut next);
+        a.cut((4, 1000), |_| 1, |_| None, Some(PID), 1, &mut next);
         let mut b = lane(&[8]);
         b.partition = 1;
-        b.cut(4, 1000, |_| 1, Some(PID), 1, &mut next);
+        b.cut((4, 1000), |_| 1, |_| None, Some(PID), 1, &mut next);
         a.acked = 1; // the first batch is finished: not stored
         let stored = decode(&encode(&[a, b])).unwrap();
         assert_eq!(
@@ -407,11 +444,11 @@ mod tests {
     fn abandoned_and_unnumbered_lanes_are_stored_too() {
         let mut parked = lane(&[1, 2]);
         let mut next = 0;
-        parked.cut(10, 1000, |_| 1, Some(PID), 1, &mut next);
+        parked.cut((10, 1000), |_| 1, |_| None, Some(PID), 1, &mut next);
         parked.abandoned = true;
         let unnumbered = lane(&[3]);
         let mut finished = lane(&[4]);
-        finished.cut(10, 1000, |_| 1, Some(PID), 1, &mut next);
+        finished.cut((10, 1000), |_| 1, |_| None, Some(PID), 1, &mut next);
         finished.acked = 1;
         let stored = decode(&encode(&[parked, unnumbered, finished])).unwrap();
         let seqs: Vec<Vec<i64>> = stored.iter().map(|l| l.seqs.clone()).collect();

@@ -93,7 +93,7 @@ impl Forwarder {
     ) -> Option<Vec<Lane>> {
         let mut place: HashMap<i64, (u32, u32)> = HashMap::new();
         for (b, block) in blocks.iter().enumerate() {
-            for (seq, offset, _) in block.events() {
+            for (seq, offset) in block.places() {
                 place.insert(seq, (b as u32, offset as u32));
             }
         }

@@ -65,6 +65,9 @@ pub struct ReadLimits {
     pub strict_bytes: bool,
 }
 
+/// A corrupt block: first sequence number, events, why.
+pub type Corrupt = (i64, u32, String);
+
 pub(super) enum Command {
     Append {
         batch: AppendBatch,
@@ -95,6 +98,11 @@ pub(super) enum Command {
     },
     ForgetProducer {
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Blocks found corrupt after they were read (a stored run whose
+    /// records do not decode): quarantined if still stored.
+    Quarantine {
+        corrupt: Vec<Corrupt>,
     },
     ReadBlocks {
         seq_firsts: Vec<i64>,

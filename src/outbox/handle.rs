@@ -174,6 +174,12 @@ impl Outbox {
 
     /// These blocks (by first sequence number) as far as they are still
     /// stored, in order.
+    /// Move blocks found corrupt after they were read aside (see
+    /// `outbox::run`): `(first sequence, events, why)` each.
+    pub async fn quarantine(&self, corrupt: Vec<(i64, u32, String)>) -> Result<(), OutboxError> {
+        self.ask(Command::Quarantine { corrupt }).await
+    }
+
     pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ReadBlocks { seq_firsts, reply }).await?;

@@ -4,7 +4,7 @@
 //! age caps with loss markers, quarantines corrupt blocks.
 
 use super::block::{BLOCK_TARGET_RAW, Block, Compressor, StoredRun, verify_block};
-use super::command::{Command, Options, Pending, ReadLimits, StoreError, Waiting};
+use super::command::{Command, Corrupt, Options, Pending, ReadLimits, StoreError, Waiting};
 use super::config::{Durability, OutboxConfig, WhenFull};
 use super::dead_letter::{self, NewDeadLetter};
 use super::hot::{self, FORMAT_EVENTS, FORMAT_RUN, HotStatements};
@@ -311,6 +311,7 @@ impl Writer {
             Command::ForgetProducer { reply } => {
                 let _ = reply.send(plan::forget_producer(&self.conn).map_err(|e| e.to_string()));
             }
+            Command::Quarantine { corrupt } => self.quarantine_corrupt(corrupt),
             Command::ReadBlocks { seq_firsts, reply } => {
                 let _ = reply.send(self.read_blocks(&seq_firsts));
             }
@@ -751,8 +752,14 @@ impl Writer {
                 // take the window over it waits for the next one (the
                 // forwarder's memory budget counts on it), unless the
                 // window would be empty; with strict limits, even then.
-                let block_raw: i64 = row.get(2).map_err(|e| e.to_string())?;
-                if raw.saturating_add(block_raw.max(0) as usize) > max_raw_bytes {
+                // What the block will hold in memory: its events
+                // decompressed, or a run's records as stored.
+                let block_raw = match row.get::<_, i64>(7).map_err(|e| e.to_string())? {
+                    FORMAT_RUN => row.get_ref(5).and_then(|v| Ok(v.as_blob()?.len())),
+                    _ => row.get::<_, i64>(2).map(|n| n.max(0) as usize),
+                }
+                .map_err(|e| e.to_string())?;
+                if raw.saturating_add(block_raw) > max_raw_bytes {
                     if out.is_empty() && strict_bytes {
                         too_large = true;
                     }
@@ -773,6 +780,18 @@ impl Writer {
                 }
             }
         }
+        self.quarantine_corrupt(corrupt);
+        Ok(if !out.is_empty() {
+            Read::Blocks(out)
+        } else if too_large {
+            Read::TooLarge
+        } else {
+            Read::Nothing
+        })
+    }
+
+    /// Move corrupt blocks aside, each said in the log.
+    fn quarantine_corrupt(&mut self, corrupt: Vec<Corrupt>) {
         for (seq_first, count, why) in corrupt {
             if let Err(e) = self.quarantine(seq_first, &why) {
                 error!(
@@ -787,13 +806,6 @@ impl Writer {
                 );
             }
         }
-        Ok(if !out.is_empty() {
-            Read::Blocks(out)
-        } else if too_large {
-            Read::TooLarge
-        } else {
-            Read::Nothing
-        })
     }
 
     /// Read the given blocks (those still stored), verified and decompressed.
@@ -1161,9 +1173,6 @@ enum Read {
     /// Its next block is larger than the strict size asked for.
     TooLarge,
 }
-
-/// A corrupt block: first sequence number, events, why.
-type Corrupt = (i64, u32, String);
 
 /// A `blocks` row (`seq_first, count, raw_bytes, created_ms, crc, payload`
 /// first, `format` eighth), verified and decompressed (a run: checked and
