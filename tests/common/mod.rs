@@ -157,6 +157,11 @@ impl Ferry {
         ferry::client::query_status(&self.socket()).expect("status")
     }
 
+    /// The status, if ferry answers.
+    pub fn try_status(&self) -> Option<ferry::stats::Snapshot> {
+        ferry::client::query_status(&self.socket()).ok()
+    }
+
     /// Wait until `pred(status)` holds; panics with the log after `timeout`.
     pub fn wait_status(
         &self,
