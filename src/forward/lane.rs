@@ -573,7 +573,9 @@ impl RecordWriter {
         self.id.clear();
         if let Some(seq) = seq {
             self.id.extend_from_slice(self.node_id.as_bytes());
-            let _ = write!(self.id, ":{seq}");
+            self.id.push(b':');
+            self.id
+                .extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         }
         let (timestamp_ms, clock_header): (i64, Option<Header<'_>>) =
             match crate::clock::correct(event.timestamp_ms, event.clock, clock) {

@@ -10,6 +10,7 @@
 //!       wire         framing around the `kafka-protocol` message codecs
 //!         answers      ferry's own decoders for the answers it reads
 //!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
+//!         crc_combine  CRC-32C of joined bytes from their CRCs (stored runs)
 //!       record_read  record batches read back (bounded, checked)
 //!       errors       error classes: what ferry does about each Kafka error
 //!       partitioner  the Java client's murmur2 partitioner; sticky keyless batches
@@ -22,6 +23,7 @@ pub mod answers;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
+pub mod crc_combine;
 pub mod errors;
 pub mod partitioner;
 pub mod producer;

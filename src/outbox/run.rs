@@ -20,7 +20,6 @@ use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::{BatchEncoder, Codec, RecordsShape};
 use crate::kafka::record_read::{decompress_records, read_record};
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::RwLock;
 
 /// A commit's events of one partition become a run only when there are at
@@ -320,8 +319,13 @@ impl RunCutter {
                 if n > 0 && (n >= shape.max_events || room > shape.max_raw_bytes) {
                     break;
                 }
+                // `node:seq`, the number written by `itoa` (through
+                // `fmt` it was 3 % of ferry's instructions).
                 self.id.clear();
-                let _ = write!(self.id, "{node_id}:{}", first + n as i64);
+                self.id.extend_from_slice(node_id.as_bytes());
+                self.id.push(b':');
+                self.id
+                    .extend_from_slice(itoa::Buffer::new().format(first + n as i64).as_bytes());
                 let headers = event
                     .raw_header_iter()
                     .chain(std::iter::once((FERRY_ID_HEADER.as_bytes(), &self.id[..])));
