@@ -284,6 +284,20 @@ impl fmt::Display for InvalidTopic {
 
 impl std::error::Error for InvalidTopic {}
 
+/// The bytes a Kafka topic name may hold, by value: one load per byte of
+/// every event's topic at ingest (the chain of comparisons was 2.5 % of
+/// ferry's instructions in the benchmark's cachegrind run).
+const TOPIC_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
+
 /// Kafka's own rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
     let why = if topic.is_empty() {
@@ -292,10 +306,7 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
         Some("it is longer than 249 characters")
     } else if topic == "." || topic == ".." {
         Some("\".\" and \"..\" are not allowed")
-    } else if !topic
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
+    } else if !topic.bytes().all(|b| TOPIC_BYTE[usize::from(b)]) {
         Some("only ASCII letters, digits, '.', '_' and '-' are allowed")
     } else {
         None
