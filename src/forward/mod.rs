@@ -139,9 +139,17 @@ struct Window {
     /// The cursor it was read after (to read it again if it never started).
     after: i64,
     blocks: Arc<Vec<Block>>,
-    /// Its events' bytes, decompressed: what it holds of the memory budget
+    /// Its events' bytes, decompressed (a run's as stored, unless
+    /// `runs_whole` is off): what it holds of the memory budget
     /// (`kafka.max_in_flight_bytes`).
     raw_bytes: usize,
+    /// Its stored runs that fit go whole, as stored (`outbox::run`); off
+    /// on a distant link, where they are decoded and cut into batches as
+    /// large as the limits allow: a partition takes five batches per
+    /// round trip, and a run holds only one commit's events of its
+    /// partition (about 100 at full speed), so there the round trip, not
+    /// the CPU, bounds the rate.
+    runs_whole: bool,
     /// Planned on its first attempt.
     lanes: Option<Vec<Lane>>,
     /// Its plan is in the outbox (removed with its blocks).
@@ -157,10 +165,14 @@ struct Window {
 }
 
 impl Window {
-    fn new(after: i64, blocks: Vec<Block>) -> Self {
+    fn new(after: i64, blocks: Vec<Block>, runs_whole: bool) -> Self {
         Self {
             after,
-            raw_bytes: blocks.iter().map(|b| b.data.len()).sum(),
+            raw_bytes: blocks
+                .iter()
+                .map(|b| b.held_bytes_decoded(!runs_whole))
+                .sum(),
+            runs_whole,
             blocks: Arc::new(blocks),
             lanes: None,
             saved: false,
@@ -184,7 +196,9 @@ impl Window {
     /// A window rebuilt from its stored plan's `blocks` (not empty), as
     /// stored: its cluster and when it was first stored (lanes apart).
     fn from_stored(blocks: Vec<Block>, stored: &SavedWindow) -> Self {
-        let mut window = Window::new(blocks[0].seq_first - 1, blocks);
+        // (Its batches were cut when it was planned: a run cut whole
+        // then goes as stored again.)
+        let mut window = Window::new(blocks[0].seq_first - 1, blocks, true);
         window.saved = true;
         window.cluster = stored.cluster.clone();
         if stored.saved_ms > 0 {
@@ -532,7 +546,8 @@ impl Forwarder {
             } else {
                 WINDOWS_IN_FLIGHT
             };
-            let (events, raw) = if (widen || long_link) && self.config.max_bytes_per_second == 0 {
+            let distant = widen || long_link;
+            let (events, raw) = if distant && self.config.max_bytes_per_second == 0 {
                 (
                     WINDOW_EVENTS * LONG_LINK_WINDOW_SCALE,
                     WINDOW_RAW_BYTES * LONG_LINK_WINDOW_SCALE,
@@ -564,6 +579,7 @@ impl Forwarder {
                     max_events: events,
                     max_raw_bytes: raw,
                     strict_bytes: !running.is_empty(),
+                    runs_decoded: distant,
                 };
                 let blocks = tokio::select! {
                     r = self.outbox.read_by_priority(cursors, order, limits, skip, skip_blocks) => r,
@@ -573,7 +589,7 @@ impl Forwarder {
                     Ok((priority, blocks)) if !blocks.is_empty() => {
                         let raw: usize = blocks.iter().map(|b| b.data.len()).sum();
                         read_from = (priority, order, raw);
-                        window = Some(Window::new(cursors[priority as usize], blocks));
+                        window = Some(Window::new(cursors[priority as usize], blocks, !distant));
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -1572,8 +1588,10 @@ impl Forwarder {
                     + RECORD_OVERHEAD
             };
             let destination = (partitions, lane.partition);
-            let whole_run =
-                |items: &[Item]| whole_stored_run(&blocks, items, destination, codec, node);
+            let runs_whole = window.runs_whole;
+            let whole_run = |items: &[Item]| {
+                whole_stored_run(&blocks, items, destination, codec, node).filter(|_| runs_whole)
+            };
             let mut next = stream.next_sequence;
             lane.cut(
                 (max_events, max_bytes),

@@ -115,6 +115,15 @@ impl Block {
     pub fn held_bytes(&self) -> usize {
         self.data.len()
     }
+
+    /// What it holds once a run's events are decoded too (`runs_decoded`):
+    /// as the outbox's read counted it (`ReadLimits::runs_decoded`).
+    pub fn held_bytes_decoded(&self, runs_decoded: bool) -> usize {
+        match &self.run {
+            Some(run) if runs_decoded => self.data.len() + run.raw_bytes,
+            _ => self.data.len(),
+        }
+    }
 }
 
 pub struct BlockEvents<'a> {

@@ -57,12 +57,15 @@ pub(super) type Pending = (AppendBatch, AckSender);
 /// How much one read of the outbox takes: blocks until they hold
 /// `max_events`, within `max_raw_bytes` of decompressed events. A block
 /// that would exceed the bytes is left for the next read, unless it is the
-/// first (at least one comes); with `strict_bytes`, not even then.
+/// first (at least one comes); with `strict_bytes`, not even then. A
+/// stored run counts as its records as stored, or, with `runs_decoded`
+/// (the reader will decode them), as those and its events decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
     pub max_events: usize,
     pub max_raw_bytes: usize,
     pub strict_bytes: bool,
+    pub runs_decoded: bool,
 }
 
 /// A corrupt block: first sequence number, events, why.

@@ -84,6 +84,7 @@ impl Outbox {
                 max_events,
                 max_raw_bytes,
                 strict_bytes: false,
+                runs_decoded: false,
             },
             skip_topics,
             Default::default(),

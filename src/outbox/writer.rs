@@ -724,6 +724,7 @@ impl Writer {
             max_events,
             max_raw_bytes,
             strict_bytes,
+            runs_decoded,
         } = limits;
         {
             let mut stmt = self
@@ -753,10 +754,15 @@ impl Writer {
                 // forwarder's memory budget counts on it), unless the
                 // window would be empty; with strict limits, even then.
                 // What the block will hold in memory: its events
-                // decompressed, or a run's records as stored.
+                // decompressed, or a run's records as stored (and, when
+                // the reader decodes runs, its events too).
+                let decoded = row.get::<_, i64>(2).map(|n| n.max(0) as usize);
                 let block_raw = match row.get::<_, i64>(7).map_err(|e| e.to_string())? {
-                    FORMAT_RUN => row.get_ref(5).and_then(|v| Ok(v.as_blob()?.len())),
-                    _ => row.get::<_, i64>(2).map(|n| n.max(0) as usize),
+                    FORMAT_RUN => row
+                        .get_ref(5)
+                        .and_then(|v| Ok(v.as_blob()?.len()))
+                        .and_then(|stored| Ok(stored + if runs_decoded { decoded? } else { 0 })),
+                    _ => decoded,
                 }
                 .map_err(|e| e.to_string())?;
                 if raw.saturating_add(block_raw) > max_raw_bytes {
@@ -770,7 +776,7 @@ impl Writer {
                 match stored_block(row, topic.to_string())? {
                     Ok(block) => {
                         events += block.count as usize;
-                        raw += block.data.len();
+                        raw += block_raw;
                         out.push(block);
                     }
                     Err((seq_first, count, why)) => corrupt.push((seq_first, count, why)),
