@@ -243,13 +243,7 @@ impl BatchEncoder {
             Codec::Zstd(level) => self.zstd_frame_into(level, out),
         }
         let records_len = out.len() - HEADER_LEN;
-        write_header(
-            &mut out[..HEADER_LEN],
-            codec.attribute(),
-            producer,
-            self.shape(),
-            records_len,
-        );
+        self.write_header(out, codec, producer, records_len);
         let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         self.clear();
@@ -272,7 +266,23 @@ impl BatchEncoder {
         }
         out.clear();
         out.resize(HEADER_LEN, 0);
-        let records_len = self.records.len();
+        self.write_header(out, codec, producer, self.records.len());
+        // The CRC covers the header's tail and then the records.
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[ATTRIBUTES_AT..]), &self.records);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        self.finished = true;
+        (out, &self.records)
+    }
+
+    /// The header of the batch of the records pushed so far, `records_len`
+    /// bytes in `codec`, at the front of `out` (all but its CRC).
+    fn write_header(
+        &self,
+        out: &mut [u8],
+        codec: Codec,
+        producer: ProducerFields,
+        records_len: usize,
+    ) {
         write_header(
             &mut out[..HEADER_LEN],
             codec.attribute(),
@@ -280,11 +290,6 @@ impl BatchEncoder {
             self.shape(),
             records_len,
         );
-        // The CRC covers the header's tail and then the records.
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[ATTRIBUTES_AT..]), &self.records);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
-        self.finished = true;
-        (out, &self.records)
     }
 
     /// The count and timestamps of the records pushed so far.

@@ -1089,17 +1089,13 @@ impl Packer {
                         } => insert_row(
                             hot,
                             block,
-                            &hot::BlockRow {
-                                seq_first,
-                                topic: &block.topic,
-                                priority: block.priority,
-                                count,
-                                raw_bytes: raw_bytes as i64,
-                                created_ms: now,
-                                crc: crc32fast::hash(payload),
+                            &block_row(
+                                block,
+                                (seq_first, count, raw_bytes),
+                                now,
                                 payload,
-                                format: FORMAT_RUN,
-                            },
+                                FORMAT_RUN,
+                            ),
                         )?,
                         Piece::Events {
                             seq_first,
@@ -1118,6 +1114,28 @@ impl Packer {
     }
 }
 
+/// The row of `payload` (`format`), holding `count` events from
+/// `seq_first` of `raw_bytes` uncompressed, checksummed.
+fn block_row<'a>(
+    block: &'a TopicBlock,
+    (seq_first, count, raw_bytes): (i64, u32, usize),
+    now: i64,
+    payload: &'a [u8],
+    format: i64,
+) -> hot::BlockRow<'a> {
+    hot::BlockRow {
+        seq_first,
+        topic: &block.topic,
+        priority: block.priority,
+        count,
+        raw_bytes: raw_bytes as i64,
+        created_ms: now,
+        crc: crc32fast::hash(payload),
+        payload,
+        format,
+    }
+}
+
 /// `count` events of `block`'s topic (`data`, at-rest encoding), stored
 /// as one LZ4-compressed block.
 fn insert_events(
@@ -1132,21 +1150,16 @@ fn insert_events(
     let compressed = compressor
         .compress(data)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let crc = crc32fast::hash(compressed);
     insert_row(
         hot,
         block,
-        &hot::BlockRow {
-            seq_first,
-            topic: &block.topic,
-            priority: block.priority,
-            count,
-            raw_bytes: data.len() as i64,
-            created_ms: now,
-            crc,
-            payload: compressed,
-            format: FORMAT_EVENTS,
-        },
+        &block_row(
+            block,
+            (seq_first, count, data.len()),
+            now,
+            compressed,
+            FORMAT_EVENTS,
+        ),
     )
 }
 
