@@ -96,6 +96,25 @@ pub fn seed_from_environment(node_id: &str) -> u64 {
     ((h.finalize() as u64) << 32) ^ nanos
 }
 
+impl RetryConfig {
+    /// Semantic checks of `[retry]`; the error names the key.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if !(self.multiplier >= 1.0 && self.multiplier <= 100.0) {
+            return Err((
+                "retry.multiplier".into(),
+                "must be between 1 and 100".into(),
+            ));
+        }
+        if self.initial.is_zero() || self.max < self.initial {
+            return Err((
+                "retry.initial".into(),
+                "must be above zero and not above retry.max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,6 +194,26 @@ impl Breaker {
     }
 }
 
+impl BreakerConfig {
+    /// Semantic checks of `[breaker]`; the error names the key.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let b = self;
+        if b.failures == 0 || b.successes == 0 {
+            return Err((
+                "breaker.failures".into(),
+                "breaker.failures and breaker.successes must be at least 1".into(),
+            ));
+        }
+        if b.open_initial.is_zero() || b.open_max < b.open_initial {
+            return Err((
+                "breaker.open_initial".into(),
+                "must be above zero and not above breaker.open_max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
 //! Configuration: the TOML file, `FERRY_*` environment overrides, and
-//! validation whose errors name the file, the line and the key.
+//! validation whose errors name the file, the line and the key. Each
+//! component owns its section's type and checks it (`check`, naming the
+//! key); this file composes them and adds the checks that span sections.
 //!
 //! Precedence: built-in defaults < config file < environment. With no file
 //! at all ferry runs on defaults that need nothing installed.
@@ -15,7 +17,6 @@ pub use crate::units::{parse_duration, parse_size};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Where ferry looks for its config when `-c` is not given.
 pub const SYSTEM_CONFIG: &str = "/etc/ferry/ferry.toml";
@@ -268,202 +269,22 @@ impl Config {
                 ),
             ));
         }
-        if self.kafka.brokers.is_empty() {
-            return Err((
-                "kafka.brokers".into(),
-                "no brokers: list at least one host:port".into(),
-            ));
-        }
-        for b in &self.kafka.brokers {
-            if b.contains(',') {
-                return Err((
-                    "kafka.brokers".into(),
-                    format!(
-                        "`{b}`: write one broker per list entry, e.g. [\"a:9092\", \"b:9092\"]"
-                    ),
-                ));
-            }
-            if !b.contains(':') {
-                return Err((
-                    "kafka.brokers".into(),
-                    format!("`{b}` is not host:port (for example \"10.0.0.5:9092\")"),
-                ));
-            }
-        }
-        for (key, d) in [
-            ("kafka.connect_timeout", self.kafka.connect_timeout),
-            ("kafka.request_timeout", self.kafka.request_timeout),
-        ] {
-            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
-                return Err((key.into(), "must be between 100ms and 10m".into()));
-            }
-        }
-        if !(1..=19).contains(&self.kafka.zstd_level) {
-            return Err((
-                "kafka.zstd_level".into(),
-                format!(
-                    "{} is not a zstd level ferry uses: 1 (fastest) to 19 (smallest)",
-                    self.kafka.zstd_level
-                ),
-            ));
-        }
-        if self.kafka.max_batch_events == 0 {
-            return Err(("kafka.max_batch_events".into(), "must be at least 1".into()));
-        }
-        if self.kafka.max_batch_bytes < 1024 {
-            return Err((
-                "kafka.max_batch_bytes".into(),
-                "must be at least 1024 bytes".into(),
-            ));
-        }
-        if self.kafka.max_in_flight_bytes < crate::forward::config::MIN_IN_FLIGHT_BYTES {
-            return Err((
-                "kafka.max_in_flight_bytes".into(),
-                format!(
-                    "{} bytes is below the smallest budget, {} KiB (one stored block of events); the default is {} MiB",
-                    self.kafka.max_in_flight_bytes,
-                    crate::forward::config::MIN_IN_FLIGHT_BYTES / 1024,
-                    crate::forward::config::DEFAULT_MAX_IN_FLIGHT_BYTES / (1024 * 1024)
-                ),
-            ));
-        }
-        if self.ingest.max_event_bytes == 0 || self.ingest.max_event_bytes > KAFKA_MAX_EVENT_BYTES {
-            return Err((
-                "ingest.max_event_bytes".into(),
-                format!(
-                    "{} is out of range: it must be between 1 and {} (what a default Kafka broker accepts)",
-                    self.ingest.max_event_bytes, KAFKA_MAX_EVENT_BYTES
-                ),
-            ));
-        }
-        for (key, topic) in [
-            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
-            ("kafka.loss_topic", &self.kafka.loss_topic),
-        ] {
-            if let Some(t) = topic {
-                crate::event::validate_topic(t).map_err(|e| (key.to_string(), e.to_string()))?;
-            }
-        }
+        self.kafka.check()?;
+        self.ingest.check()?;
         if let Some(t) = &self.kafka.tls {
             crate::forward::security::tls_config(t)
                 .map_err(|e| ("kafka.tls.ca_file".to_string(), e))?;
         }
-        if let Some(s) = &self.kafka.sasl {
-            if s.username.is_empty() {
-                return Err(("kafka.sasl.username".into(), "must not be empty".into()));
-            }
-        }
         self.heartbeat.check()?;
         crate::mqtt::config::check_all(&self.mqtt, &self.node_id)?;
-        if !self.metrics.listen.is_empty()
-            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err((
-                "metrics.listen".into(),
-                format!(
-                    "`{}` is not ip:port (for example \"127.0.0.1:9464\"; \"\" disables)",
-                    self.metrics.listen
-                ),
-            ));
-        }
-        let b = &self.breaker;
-        if b.failures == 0 || b.successes == 0 {
-            return Err((
-                "breaker.failures".into(),
-                "breaker.failures and breaker.successes must be at least 1".into(),
-            ));
-        }
-        if b.open_initial.is_zero() || b.open_max < b.open_initial {
-            return Err((
-                "breaker.open_initial".into(),
-                "must be above zero and not above breaker.open_max".into(),
-            ));
-        }
-        if !(self.retry.multiplier >= 1.0 && self.retry.multiplier <= 100.0) {
-            return Err((
-                "retry.multiplier".into(),
-                "must be between 1 and 100".into(),
-            ));
-        }
-        if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
-            return Err((
-                "retry.initial".into(),
-                "must be above zero and not above retry.max".into(),
-            ));
-        }
+        self.metrics.check()?;
+        self.breaker.check()?;
+        self.retry.check()?;
         for l in &self.listeners {
-            self.validate_listener(l)?;
+            l.check()?;
         }
         for r in &self.routes {
-            if r.pattern.is_empty() {
-                return Err(("route.pattern".into(), "must not be empty".into()));
-            }
-            if r.priority > crate::pattern::MAX_PRIORITY {
-                return Err((
-                    "route.priority".into(),
-                    format!(
-                        "route `{}`: priority {} is out of range: 0 (lowest) to 9 (highest)",
-                        r.pattern, r.priority
-                    ),
-                ));
-            }
-            for t in &r.to {
-                crate::event::validate_topic(t)
-                    .map_err(|e| ("route.to".to_string(), e.to_string()))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_listener(&self, l: &ListenerConfig) -> Result<(), (String, String)> {
-        match l.kind {
-            ListenerKind::Unix => {
-                if l.address.is_some() {
-                    return Err((
-                        "listener.address".into(),
-                        "a unix listener takes `path`, not `address`".into(),
-                    ));
-                }
-                if let Some(mode) = &l.mode {
-                    parse_mode(mode).map_err(|m| ("listener.mode".to_string(), m))?;
-                }
-            }
-            ListenerKind::Tcp | ListenerKind::Udp => {
-                if l.path.is_some() || l.mode.is_some() || l.group.is_some() {
-                    return Err((
-                        "listener.path".into(),
-                        "tcp and udp listeners take `address`, not path/mode/group".into(),
-                    ));
-                }
-                if let Some(a) = &l.address {
-                    a.parse::<std::net::SocketAddr>().map_err(|_| {
-                        (
-                            "listener.address".to_string(),
-                            format!("`{a}` is not ip:port (for example \"127.0.0.1:7070\")"),
-                        )
-                    })?;
-                }
-            }
-        }
-        match l.format {
-            Format::Lines => match &l.topic {
-                None => {
-                    return Err((
-                        "listener.topic".into(),
-                        "a `lines` listener needs `topic`: lines carry only a value".into(),
-                    ));
-                }
-                Some(t) => crate::event::validate_topic(t)
-                    .map_err(|e| ("listener.topic".to_string(), e.to_string()))?,
-            },
-            Format::Frames => {
-                if l.topic.is_some() || l.key.is_some() {
-                    return Err((
-                        "listener.topic".into(),
-                        "a `frames` listener takes topic and key from each frame; remove `topic`/`key`".into(),
-                    ));
-                }
-            }
+            r.check()?;
         }
         Ok(())
     }
@@ -654,6 +475,7 @@ fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Some(Path::new("/etc/ferry/test.toml")), &[])

@@ -446,3 +446,19 @@ pub async fn write_textfile(
         }
     }
 }
+
+impl MetricsConfig {
+    /// Semantic checks of `[metrics]`; the error names the key.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not ip:port (for example \"127.0.0.1:9464\"; \"\" disables)",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -56,6 +56,29 @@ impl Router {
     }
 }
 
+impl RouteConfig {
+    /// Semantic checks of one `[[route]]`; the error names the key.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let r = self;
+        if r.pattern.is_empty() {
+            return Err(("route.pattern".into(), "must not be empty".into()));
+        }
+        if r.priority > crate::pattern::MAX_PRIORITY {
+            return Err((
+                "route.priority".into(),
+                format!(
+                    "route `{}`: priority {} is out of range: 0 (lowest) to 9 (highest)",
+                    r.pattern, r.priority
+                ),
+            ));
+        }
+        for t in &r.to {
+            crate::event::validate_topic(t).map_err(|e| ("route.to".to_string(), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,3 +103,75 @@ pub fn parse_mode(mode: &str) -> Result<u32, String> {
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("`{mode}` is not an octal file mode such as \"0660\""))
 }
+
+impl IngestConfig {
+    /// Semantic checks of `[ingest]`; the error names the key.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.max_event_bytes == 0 || self.max_event_bytes > KAFKA_MAX_EVENT_BYTES {
+            return Err((
+                "ingest.max_event_bytes".into(),
+                format!(
+                    "{} is out of range: it must be between 1 and {} (what a default Kafka broker accepts)",
+                    self.max_event_bytes, KAFKA_MAX_EVENT_BYTES
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ListenerConfig {
+    /// Semantic checks of one `[[listener]]`; the error names the key.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        match self.kind {
+            ListenerKind::Unix => {
+                if self.address.is_some() {
+                    return Err((
+                        "listener.address".into(),
+                        "a unix listener takes `path`, not `address`".into(),
+                    ));
+                }
+                if let Some(mode) = &self.mode {
+                    parse_mode(mode).map_err(|m| ("listener.mode".to_string(), m))?;
+                }
+            }
+            ListenerKind::Tcp | ListenerKind::Udp => {
+                if self.path.is_some() || self.mode.is_some() || self.group.is_some() {
+                    return Err((
+                        "listener.path".into(),
+                        "tcp and udp listeners take `address`, not path/mode/group".into(),
+                    ));
+                }
+                if let Some(a) = &self.address {
+                    a.parse::<std::net::SocketAddr>().map_err(|_| {
+                        (
+                            "listener.address".to_string(),
+                            format!("`{a}` is not ip:port (for example \"127.0.0.1:7070\")"),
+                        )
+                    })?;
+                }
+            }
+        }
+        match self.format {
+            Format::Lines => match &self.topic {
+                None => {
+                    return Err((
+                        "listener.topic".into(),
+                        "a `lines` listener needs `topic`: lines carry only a value".into(),
+                    ));
+                }
+                Some(t) => crate::event::validate_topic(t)
+                    .map_err(|e| ("listener.topic".to_string(), e.to_string()))?,
+            },
+            Format::Frames => {
+                if self.topic.is_some() || self.key.is_some() {
+                    return Err((
+                        "listener.topic".into(),
+                        "a `frames` listener takes topic and key from each frame; remove `topic`/`key`".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
