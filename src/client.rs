@@ -7,6 +7,7 @@ use crate::event::{Event, validate_topic};
 use crate::exit::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::ingest::frame::{self, Reply};
 use crate::outbox::dead_letter::{self, DeadLetter, Filter};
+use crate::outbox::offline::{self, OfflineError};
 use crate::stats::{Snapshot, now_ms};
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -372,56 +373,27 @@ pub fn status(config: &Config, json: bool) -> i32 {
 
 /// Backlog read straight from the outbox counters (no scan) when the
 /// daemon is not running.
-fn offline_snapshot(config: &Config) -> Result<Snapshot, String> {
-    let path = config.outbox_path();
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let get = |k: &str| -> Result<u64, String> {
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map(|v| v.max(0) as u64)
-        .map_err(|e| format!("cannot read {} from {}: {e}", k, path.display()))
-    };
-    let oldest: Option<i64> = conn
-        .query_row(
-            "SELECT created_ms FROM blocks ORDER BY seq_first LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
+fn offline_snapshot(config: &Config) -> Result<Snapshot, OfflineError> {
+    let b = offline::read_backlog(&config.outbox_path())?;
     Ok(Snapshot {
         node_id: config.node_id.clone(),
-        backlog_events: get("events")?,
-        backlog_bytes: get("stored_bytes")?,
-        backlog_raw_bytes: get("raw_bytes")?,
-        dropped_events: get("dropped_events")?,
-        dropped_bytes: get("dropped_bytes")?,
-        quarantined: get("quarantined_events")?,
-        dead_letters: get("dead_letters")?,
-        oldest_age_s: oldest.map(|o| (now_ms() - o).max(0) as f64 / 1000.0),
+        backlog_events: b.events,
+        backlog_bytes: b.stored_bytes,
+        backlog_raw_bytes: b.raw_bytes,
+        dropped_events: b.dropped_events,
+        dropped_bytes: b.dropped_bytes,
+        quarantined: b.quarantined_events,
+        dead_letters: b.dead_letters,
+        oldest_age_s: b
+            .oldest_created_ms
+            .map(|o| (now_ms() - o).max(0) as f64 / 1000.0),
         ..Snapshot::default()
     })
 }
 
-fn open_outbox_rw(config: &Config) -> Result<rusqlite::Connection, String> {
+fn stored_dead_letters(config: &Config) -> Result<i64, OfflineError> {
     let path = config.outbox_path();
-    if !path.exists() {
-        return Err(format!("no outbox at {}", path.display()));
-    }
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(|e| format!("cannot use {}: {e}", path.display()))?;
-    Ok(conn)
-}
-
-fn stored_dead_letters(config: &Config) -> Result<i64, String> {
-    let conn = open_outbox_rw(config)?;
-    conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
-        .map_err(|e| e.to_string())
+    offline::count_dead_letters(&offline::open_for_edit(&path)?, &path)
 }
 
 fn dlq_select(
@@ -429,7 +401,7 @@ fn dlq_select(
     topic: Option<String>,
     ids: Vec<i64>,
 ) -> Result<(rusqlite::Connection, Vec<DeadLetter>), String> {
-    let conn = open_outbox_rw(config)?;
+    let conn = offline::open_for_edit(&config.outbox_path()).map_err(|e| e.to_string())?;
     let list = dead_letter::list(&conn, &Filter { topic, ids }).map_err(|e| {
         format!(
             "cannot read dead letters from {}: {e}",

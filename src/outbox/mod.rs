@@ -13,6 +13,7 @@
 //! ```text
 //! handle     Outbox (requests), Appender (one per connection), start
 //!   writer     the writer thread: group commit, reads, finish, caps, quarantine
+//!   offline    the outbox as `ferry status` and `ferry dlq` open it
 //!     hot        the append path's prepared statements
 //!     schema     migrations and the meta counters
 //!     plan dead_letter loss   producer state and plans, dead letters, loss markers
@@ -34,6 +35,7 @@ pub mod heartbeat;
 mod hot;
 pub mod loss;
 pub mod mqtt_marks;
+pub mod offline;
 pub mod plan;
 mod reserve;
 pub use reserve::free_bytes;

@@ -1,0 +1,150 @@
+//! The outbox as the command-line tools open it, beside the daemon or
+//! without it: `ferry status`'s backlog when the daemon is down (the
+//! counters, read-only, no scan) and the connection `ferry dlq` edits dead
+//! letters through. The SQL stays here, with the schema it reads.
+
+use rusqlite::{Connection, OpenFlags};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a tool could not do with the outbox, and where.
+#[derive(Debug)]
+pub enum OfflineError {
+    /// No outbox file at the path (nothing was ever stored there, or the
+    /// config names another data directory).
+    Missing(PathBuf),
+    /// SQLite could not open or use the file.
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// A counter or table could not be read.
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+impl fmt::Display for OfflineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OfflineError::Missing(path) => write!(f, "no outbox at {}", path.display()),
+            OfflineError::Open { path, source } => {
+                write!(f, "cannot open {}: {source}", path.display())
+            }
+            OfflineError::Read { what, path, source } => {
+                write!(f, "cannot read {what} from {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for OfflineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OfflineError::Missing(_) => None,
+            OfflineError::Open { source, .. } | OfflineError::Read { source, .. } => Some(source),
+        }
+    }
+}
+
+/// The backlog as the outbox's counters say (the daemon keeps them in the
+/// same transactions as the rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub events: u64,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub dropped_events: u64,
+    pub dropped_bytes: u64,
+    pub quarantined_events: u64,
+    pub dead_letters: u64,
+    /// When the oldest stored row was written (ms since the epoch).
+    pub oldest_created_ms: Option<i64>,
+}
+
+/// The backlog of the outbox at `path`, opened read-only.
+pub fn read_backlog(path: &Path) -> Result<Backlog, OfflineError> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            OfflineError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    let get = |what: &'static str| -> Result<u64, OfflineError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [what], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|v| v.max(0) as u64)
+        .map_err(|source| OfflineError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let oldest_created_ms: Option<i64> = conn
+        .query_row(
+            "SELECT created_ms FROM blocks ORDER BY seq_first LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    Ok(Backlog {
+        events: get("events")?,
+        stored_bytes: get("stored_bytes")?,
+        raw_bytes: get("raw_bytes")?,
+        dropped_events: get("dropped_events")?,
+        dropped_bytes: get("dropped_bytes")?,
+        quarantined_events: get("quarantined_events")?,
+        dead_letters: get("dead_letters")?,
+        oldest_created_ms,
+    })
+}
+
+/// The outbox at `path` opened for a tool's edits (dead letters), waiting
+/// up to 10 s for the daemon's transactions.
+pub fn open_for_edit(path: &Path) -> Result<Connection, OfflineError> {
+    if !path.exists() {
+        return Err(OfflineError::Missing(path.to_path_buf()));
+    }
+    let open = |source| OfflineError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(open)?;
+    Ok(conn)
+}
+
+/// The dead letters stored in the outbox `conn` (opened by
+/// [`open_for_edit`] at `path`).
+pub fn count_dead_letters(conn: &Connection, path: &Path) -> Result<i64, OfflineError> {
+    conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+        .map_err(|source| OfflineError::Read {
+            what: "dead letters",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::config::Durability;
+
+    #[test]
+    fn a_new_outbox_reads_as_empty_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let missing = open_for_edit(&path).unwrap_err();
+        assert!(missing.to_string().contains("no outbox at"), "{missing}");
+        drop(crate::outbox::open_connection(&path, Durability::Relaxed).unwrap());
+        assert_eq!(read_backlog(&path).unwrap(), Backlog::default());
+        let conn = open_for_edit(&path).unwrap();
+        assert_eq!(count_dead_letters(&conn, &path).unwrap(), 0);
+    }
+}
