@@ -22,6 +22,10 @@ fn main() {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[path = "../../tests/common/answers.rs"]
+mod answers;
+
+#[cfg(target_arch = "x86_64")]
 #[path = "../../tests/common/latency.rs"]
 mod latency;
 

@@ -6,9 +6,6 @@
 //! answers are rewritten to name the proxy, so every connection a client
 //! opens after bootstrap passes through it too.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{MetadataResponse, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -131,16 +128,8 @@ fn carry(
 /// A Metadata answer naming this proxy as every broker (one broker behind
 /// it).
 fn rewrite_metadata(frame: Vec<u8>, version: i16, port: u16) -> Vec<u8> {
-    let mut buf = Bytes::from(frame);
-    let hv = MetadataResponse::header_version(version);
-    let header = ResponseHeader::decode(&mut buf, hv).expect("metadata answer header");
-    let mut answer = MetadataResponse::decode(&mut buf, version).expect("metadata answer");
-    for b in &mut answer.brokers {
+    super::answers::rewrite_brokers(frame, version, |b| {
         b.host = "127.0.0.1".to_string().into();
         b.port = port as i32;
-    }
-    let mut out = BytesMut::new();
-    header.encode(&mut out, hv).expect("encode header");
-    answer.encode(&mut out, version).expect("encode metadata");
-    out.to_vec()
+    })
 }

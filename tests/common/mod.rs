@@ -590,6 +590,7 @@ impl Cursor<'_> {
     }
 }
 
+pub mod answers;
 pub mod kafka_model;
 pub mod latency;
 pub mod mosquitto;

@@ -9,14 +9,13 @@
 //! (INVALID_RECORD naming it in `record_errors`; the batch is not written).
 #![allow(dead_code)]
 
-use bytes::{Bytes, BytesMut};
+use super::answers::{decode, encode, rewrite_brokers};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -295,39 +294,17 @@ fn responses(
     close(&client, &upstream);
 }
 
-/// Decode a response frame (correlation id first) as `R`.
-fn decode<R: Decodable + HeaderVersion>(body: Vec<u8>, version: i16) -> (ResponseHeader, R) {
-    let mut buf = Bytes::from(body);
-    let hv = R::header_version(version);
-    let header = ResponseHeader::decode(&mut buf, hv).unwrap();
-    let resp = R::decode(&mut buf, version).unwrap();
-    (header, resp)
-}
-
-fn encode<R: Encodable + HeaderVersion>(
-    header: &ResponseHeader,
-    resp: &R,
-    version: i16,
-) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    header.encode(&mut out, R::header_version(version)).unwrap();
-    resp.encode(&mut out, version).unwrap();
-    out.to_vec()
-}
-
 /// Metadata (any version): replace each broker's port with the proxy's.
 fn rewrite_metadata(body: Vec<u8>, version: i16, state: &State) -> Vec<u8> {
-    let (header, mut resp) = decode::<MetadataResponse>(body, version);
     let ports = state.ports.lock().unwrap();
-    for b in &mut resp.brokers {
+    rewrite_brokers(body, version, |b| {
         b.port = *ports.get(&b.port).unwrap_or_else(|| {
             panic!(
                 "metadata names broker port {} the proxy does not front",
                 b.port
             )
         });
-    }
-    encode(&header, &resp, version)
+    })
 }
 
 /// A quota-enforcing broker's answer: appended, but "wait this long".
