@@ -213,6 +213,14 @@ impl fmt::Display for OutboxError {
 
 impl std::error::Error for OutboxError {}
 
+/// At start-up the handle reports an open failure as its message (what,
+/// where, and what to do).
+impl From<super::open_error::OpenError> for OutboxError {
+    fn from(e: super::open_error::OpenError) -> OutboxError {
+        OutboxError::Storage(e.to_string())
+    }
+}
+
 impl From<String> for OutboxError {
     fn from(message: String) -> OutboxError {
         OutboxError::Storage(message)

@@ -16,6 +16,7 @@
 //!   offline    the outbox as `ferry status` and `ferry dlq` open it
 //!     hot        the append path's prepared statements
 //!     schema     migrations and the meta counters
+//!       open_error what opening the outbox can fail on (typed)
 //!     plan dead_letter loss   producer state and plans, dead letters, loss markers
 //!     mqtt_marks heartbeat    MQTT redelivery marks; the heartbeat's slot
 //!     reserve    disk space held back so the drain can write on a full disk
@@ -36,6 +37,7 @@ mod hot;
 pub mod loss;
 pub mod mqtt_marks;
 pub mod offline;
+pub mod open_error;
 pub mod plan;
 mod reserve;
 pub use reserve::free_bytes;

@@ -2,6 +2,7 @@
 //! version; each migration moves it up by one inside a transaction, so a
 //! crash mid-migration leaves the previous version intact.
 
+use super::open_error::SchemaError;
 use rusqlite::{Connection, params};
 
 /// Each entry takes the schema from version `index` to `index + 1`.
@@ -101,24 +102,24 @@ const MIGRATIONS: &[&str] = &[
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-pub fn migrate(conn: &Connection) -> Result<(), String> {
+pub fn migrate(conn: &Connection) -> Result<(), SchemaError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read schema version: {e}"))?;
+        .map_err(SchemaError::ReadVersion)?;
     if version > SCHEMA_VERSION {
-        return Err(format!(
-            "schema version {version} is newer than this ferry understands ({SCHEMA_VERSION}); \
-             run a newer ferry or move the outbox aside"
-        ));
+        return Err(SchemaError::TooNew {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from + 1;
         conn.execute_batch(&format!(
             "BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"
         ))
-        .map_err(|e| {
+        .map_err(|source| {
             let _ = conn.execute_batch("ROLLBACK");
-            format!("migration of the schema from version {from} to {to} failed: {e}")
+            SchemaError::Migration { from, to, source }
         })?;
     }
     Ok(())
@@ -137,10 +138,13 @@ pub struct Meta {
     pub uplink: crate::stats::UplinkUsage,
 }
 
-pub fn load_meta(conn: &Connection) -> Result<Meta, String> {
-    let get = |key: &str| -> Result<i64, String> {
+pub fn load_meta(conn: &Connection) -> Result<Meta, SchemaError> {
+    let get = |key: &str| -> Result<i64, SchemaError> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .map_err(|e| format!("cannot read counter {key}: {e}"))
+            .map_err(|source| SchemaError::Counter {
+                key: key.to_string(),
+                source,
+            })
     };
     Ok(Meta {
         next_seq: get("next_seq")?,

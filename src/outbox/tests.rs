@@ -210,7 +210,7 @@ fn newer_schema_is_refused_clearly() {
         conn.execute_batch("PRAGMA user_version = 99").unwrap();
     }
     let e = open_connection(&path, Durability::Relaxed).err().unwrap();
-    assert!(e.contains("schema version 99"), "{e}");
+    assert!(e.to_string().contains("schema version 99"), "{e}");
 }
 
 #[test]

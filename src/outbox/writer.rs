@@ -29,6 +29,7 @@ use super::command::{Command, Options, Pending, Waiting};
 use super::config::{Durability, OutboxConfig};
 use super::dead_letter::{self};
 use super::hot::HotStatements;
+use super::open_error::OpenError;
 use super::reserve::{self, Reserve};
 use super::run::RunCutter;
 use super::{heartbeat, loss, mqtt_marks, plan, schema};
@@ -48,14 +49,16 @@ use totals::sub;
 /// Stop gathering a group commit at this many raw bytes.
 const GROUP_COMMIT_MAX_RAW: usize = 8 * 1024 * 1024;
 
-pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, String> {
+pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, OpenError> {
+    let at = || path.to_path_buf();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::dirsync::create_dir_all(dir)
-            .map_err(|e| format!("cannot create outbox directory {}: {e}", dir.display()))?;
+        crate::dirsync::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     }
     let created = !path.exists();
-    let conn = Connection::open(path)
-        .map_err(|e| format!("cannot open outbox {}: {e}", path.display()))?;
+    let conn = Connection::open(path).map_err(|source| OpenError::Open { path: at(), source })?;
     let sync = match durability {
         Durability::Fsync => "FULL",
         Durability::Relaxed => "NORMAL",
@@ -63,18 +66,14 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA cache_size=-256;"
     ))
-    .map_err(|e| format!("cannot configure outbox {}: {e}", path.display()))?;
-    schema::migrate(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+    .map_err(|source| OpenError::Configure { path: at(), source })?;
+    schema::migrate(&conn).map_err(|source| OpenError::Schema { path: at(), source })?;
     if created {
         // SQLite syncs the directory for the logs it creates, not for the
         // database file: without this a power cut could take the new
         // outbox's name, and with it every event acknowledged since.
-        crate::dirsync::sync_parent(path).map_err(|e| {
-            format!(
-                "cannot sync the directory of the new outbox {}: {e}",
-                path.display()
-            )
-        })?;
+        crate::dirsync::sync_parent(path)
+            .map_err(|source| OpenError::SyncDir { path: at(), source })?;
     }
     Ok(conn)
 }
@@ -88,8 +87,15 @@ impl Writer {
         options: Options,
         committed: Arc<Notify>,
         waiting: Arc<Waiting>,
-    ) -> Result<Self, String> {
-        let m = schema::load_meta(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+    ) -> Result<Self, OpenError> {
+        let m = schema::load_meta(&conn).map_err(|source| OpenError::Schema {
+            path: path.clone(),
+            source,
+        })?;
+        let load = |what| {
+            let path = path.clone();
+            move |source| OpenError::Load { path, what, source }
+        };
         stats.backlog_events.store(m.events, Relaxed);
         stats.backlog_bytes.store(m.stored_bytes, Relaxed);
         stats.backlog_raw_bytes.store(m.raw_bytes, Relaxed);
@@ -106,18 +112,16 @@ impl Writer {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| format!("outbox {}: {e}", path.display()))?;
+            .map_err(load("dead letters"))?;
         waiting.dead_letters.store(unsent as u64, Relaxed);
         let markers: i64 = conn
             .query_row("SELECT count(*) FROM loss_markers", [], |r| r.get(0))
-            .map_err(|e| format!("outbox {}: {e}", path.display()))?;
+            .map_err(load("loss markers"))?;
         waiting.loss_markers.store(markers as u64, Relaxed);
-        let beat =
-            heartbeat::pending(&conn).map_err(|e| format!("outbox {}: {e}", path.display()))?;
+        let beat = heartbeat::pending(&conn).map_err(load("the heartbeat"))?;
         waiting.heartbeat.store(beat.is_some(), Relaxed);
         let path_for_reserve = path.clone();
-        let hot = HotStatements::prepare(&conn)
-            .map_err(|e| format!("outbox {}: cannot prepare statements: {e}", path.display()))?;
+        let hot = HotStatements::prepare(&conn).map_err(load("its statements"))?;
         let mut w = Self {
             hot,
             conn,
@@ -148,7 +152,11 @@ impl Writer {
             let mut stmt = w
                 .conn
                 .prepare("SELECT priority, count(*), sum(count) FROM blocks GROUP BY priority")
-                .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
+                .map_err(|source| OpenError::Load {
+                    path: w.path.clone(),
+                    what: "the blocks per priority",
+                    source,
+                })?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok((
@@ -158,7 +166,11 @@ impl Writer {
                     ))
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(|e| format!("outbox {}: {e}", w.path.display()))?;
+                .map_err(|source| OpenError::Load {
+                    path: w.path.clone(),
+                    what: "the blocks per priority",
+                    source,
+                })?;
             for (priority, n, events) in rows {
                 let p = priority.clamp(0, MAX_PRIORITY as i64) as usize;
                 w.blocks_by_priority[p] += n as u64;
