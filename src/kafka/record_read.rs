@@ -31,18 +31,91 @@ pub struct ReadBatches {
 /// Batch header up to and including the record count.
 const HEADER: usize = 61;
 
+/// Why bytes read back are not the batches or records they claim to be.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A batch's length field is below a header's size.
+    BatchLength {
+        base_offset: i64,
+        length: i32,
+    },
+    /// Not a v2 record batch.
+    Magic {
+        base_offset: i64,
+        magic: u8,
+    },
+    /// A batch's records could not be decompressed or read.
+    InBatch {
+        base_offset: i64,
+        source: Box<ReadError>,
+    },
+    /// A record's length field disagrees with what it holds.
+    RecordLength {
+        actual: usize,
+        declared: i64,
+    },
+    EndsEarly,
+    VarintTooLong,
+    /// Uncompressed records over the limit.
+    RecordsTooLarge {
+        len: usize,
+        max: usize,
+    },
+    /// Compressed records that decompress to more than the limit.
+    DecompressesTooLarge {
+        max: usize,
+    },
+    Decompress(std::io::Error),
+    UnknownCodec(u8),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::BatchLength {
+                base_offset,
+                length,
+            } => write!(f, "a batch at offset {base_offset} claims {length} bytes"),
+            ReadError::Magic { base_offset, magic } => write!(
+                f,
+                "a batch at offset {base_offset} has magic {magic} (only v2 batches are read)"
+            ),
+            ReadError::InBatch {
+                base_offset,
+                source,
+            } => write!(f, "batch at offset {base_offset}: {source}"),
+            ReadError::RecordLength { actual, declared } => {
+                write!(f, "a record is {actual} bytes, its length says {declared}")
+            }
+            ReadError::EndsEarly => f.write_str("a record ends early"),
+            ReadError::VarintTooLong => f.write_str("a varint longer than 64 bits"),
+            ReadError::RecordsTooLarge { len, max } => {
+                write!(f, "records of {len} bytes, more than {max}")
+            }
+            ReadError::DecompressesTooLarge { max } => {
+                write!(f, "a batch decompresses to more than {max} bytes")
+            }
+            ReadError::Decompress(e) => write!(f, "cannot decompress a batch: {e}"),
+            ReadError::UnknownCodec(c) => write!(f, "codec {c} is not one ferry writes"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
 /// Decode the batches in `data` (a fetch answer's records), each
 /// decompressing to at most `max_batch_bytes`.
-pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, String> {
+pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, ReadError> {
     let mut out = ReadBatches::default();
     let mut at = 0usize;
     while data.len() - at >= 12 {
         let base_offset = be_i64(&data[at..]);
         let length = be_i32(&data[at + 8..]);
         if length < (HEADER - 12) as i32 {
-            return Err(format!(
-                "a batch at offset {base_offset} claims {length} bytes"
-            ));
+            return Err(ReadError::BatchLength {
+                base_offset,
+                length,
+            });
         }
         let end = at + 12 + length as usize;
         if end > data.len() {
@@ -51,9 +124,7 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
         let batch = &data[at..end];
         let magic = batch[16];
         if magic != 2 {
-            return Err(format!(
-                "a batch at offset {base_offset} has magic {magic} (only v2 batches are read)"
-            ));
+            return Err(ReadError::Magic { base_offset, magic });
         }
         let attributes = be_i16(&batch[21..]);
         let last_offset_delta = be_i32(&batch[23..]);
@@ -73,8 +144,12 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
         let records: &[u8] = match attributes & 0x7 {
             0 => body,
             codec @ (3 | 4) => {
-                plain = decompress_records(codec as u8, body, max_batch_bytes)
-                    .map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
+                plain = decompress_records(codec as u8, body, max_batch_bytes).map_err(|e| {
+                    ReadError::InBatch {
+                        base_offset,
+                        source: Box::new(e),
+                    }
+                })?;
                 &plain
             }
             _ => {
@@ -100,10 +175,13 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
                 r.nullable_bytes()?;
             }
             if r.at - start != len as usize {
-                return Err(format!(
-                    "a record in the batch at offset {base_offset} is {} bytes, its length says {len}",
-                    r.at - start
-                ));
+                return Err(ReadError::InBatch {
+                    base_offset,
+                    source: Box::new(ReadError::RecordLength {
+                        actual: r.at - start,
+                        declared: len,
+                    }),
+                });
             }
             out.records.push(ReadRecord {
                 offset: base_offset.saturating_add(offset_delta),
@@ -118,17 +196,19 @@ pub fn read_batches(data: &[u8], max_batch_bytes: usize) -> Result<ReadBatches, 
 
 /// The records section of a batch in codec `codec` (Kafka's number: 0
 /// none, 3 LZ4 frame, 4 zstd), decompressed to at most `max` bytes.
-pub fn decompress_records(codec: u8, body: &[u8], max: usize) -> Result<Vec<u8>, String> {
+pub fn decompress_records(codec: u8, body: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
     match codec {
         0 if body.len() <= max => Ok(body.to_vec()),
-        0 => Err(format!("records of {} bytes, more than {max}", body.len())),
+        0 => Err(ReadError::RecordsTooLarge {
+            len: body.len(),
+            max,
+        }),
         3 => bounded(lz4_flex::frame::FrameDecoder::new(body), max),
         4 => {
-            let decoder =
-                zstd::stream::read::Decoder::new(body).map_err(|e| format!("zstd: {e}"))?;
+            let decoder = zstd::stream::read::Decoder::new(body).map_err(ReadError::Decompress)?;
             bounded(decoder, max)
         }
-        other => Err(format!("codec {other} is not one ferry writes")),
+        other => Err(ReadError::UnknownCodec(other)),
     }
 }
 
@@ -147,7 +227,7 @@ pub struct RecordRef<'a> {
 pub fn read_record<'a>(
     data: &'a [u8],
     headers: &mut Vec<(&'a [u8], &'a [u8])>,
-) -> Result<(RecordRef<'a>, &'a [u8]), String> {
+) -> Result<(RecordRef<'a>, &'a [u8]), ReadError> {
     headers.clear();
     let mut r = Cursor { data, at: 0 };
     let len = r.varint()?;
@@ -164,10 +244,10 @@ pub fn read_record<'a>(
         headers.push((name, value));
     }
     if usize::try_from(len).ok() != Some(r.at - start) {
-        return Err(format!(
-            "a record is {} bytes, its length says {len}",
-            r.at - start
-        ));
+        return Err(ReadError::RecordLength {
+            actual: r.at - start,
+            declared: len,
+        });
     }
     let record = RecordRef {
         timestamp_delta,
@@ -179,13 +259,13 @@ pub fn read_record<'a>(
 }
 
 /// Read `from` to its end, refusing more than `max` bytes.
-fn bounded(from: impl Read, max: usize) -> Result<Vec<u8>, String> {
+fn bounded(from: impl Read, max: usize) -> Result<Vec<u8>, ReadError> {
     let mut out = Vec::new();
     from.take(max as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| format!("cannot decompress a batch: {e}"))?;
+        .map_err(ReadError::Decompress)?;
     if out.len() > max {
-        return Err(format!("a batch decompresses to more than {max} bytes"));
+        return Err(ReadError::DecompressesTooLarge { max });
     }
     Ok(out)
 }
@@ -208,22 +288,22 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn skip(&mut self, n: usize) -> Result<(), String> {
+    fn skip(&mut self, n: usize) -> Result<(), ReadError> {
         if self.data.len() - self.at < n {
-            return Err("a record ends early".into());
+            return Err(ReadError::EndsEarly);
         }
         self.at += n;
         Ok(())
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
-        let b = *self.data.get(self.at).ok_or("a record ends early")?;
+    fn byte(&mut self) -> Result<u8, ReadError> {
+        let b = *self.data.get(self.at).ok_or(ReadError::EndsEarly)?;
         self.at += 1;
         Ok(b)
     }
 
     /// A zigzag varint (at most 64 bits).
-    fn varint(&mut self) -> Result<i64, String> {
+    fn varint(&mut self) -> Result<i64, ReadError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -232,11 +312,11 @@ impl<'a> Cursor<'a> {
                 return Ok(crate::varint::unzigzag(v));
             }
         }
-        Err("a varint longer than 64 bits".into())
+        Err(ReadError::VarintTooLong)
     }
 
     /// Nullable bytes, borrowed.
-    fn slice(&mut self) -> Result<Option<&'a [u8]>, String> {
+    fn slice(&mut self) -> Result<Option<&'a [u8]>, ReadError> {
         let len = self.varint()?;
         if len < 0 {
             return Ok(None);
@@ -246,7 +326,7 @@ impl<'a> Cursor<'a> {
         Ok(Some(&self.data[start..self.at]))
     }
 
-    fn nullable_bytes(&mut self) -> Result<Option<Vec<u8>>, String> {
+    fn nullable_bytes(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
         let len = self.varint()?;
         if len < 0 {
             return Ok(None);

@@ -401,7 +401,7 @@ pub fn decode_run(
     raw_bytes: usize,
     topic: &str,
 ) -> Result<DecodedRun, String> {
-    let plain = decompress_records(header.codec, records, raw_bytes)?;
+    let plain = decompress_records(header.codec, records, raw_bytes).map_err(|e| e.to_string())?;
     let count = header.shape.count.max(0) as usize;
     let mut out = DecodedRun {
         data: Vec::with_capacity(raw_bytes + count * (topic.len() + 8)),
