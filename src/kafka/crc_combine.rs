@@ -33,12 +33,13 @@ const fn mul_mod_poly(a: u32, mut b: u32) -> u32 {
     }
 }
 
-/// `X_POW_2K[k]` = x^(2^k) modulo the polynomial.
-const X_POW_2K: [u32; 32] = {
-    let mut table = [0u32; 32];
+/// `X_POW_2K[k]` = x^(2^k) modulo the polynomial, for every power a
+/// length in bits can hold.
+const X_POW_2K: [u32; 64] = {
+    let mut table = [0u32; 64];
     let mut p = 1u32 << 30; // x^1
     let mut k = 0;
-    while k < 32 {
+    while k < 64 {
         table[k] = p;
         p = mul_mod_poly(p, p);
         k += 1;
@@ -46,12 +47,12 @@ const X_POW_2K: [u32; 32] = {
     table
 };
 
-/// x^(n · 2^k) modulo the polynomial.
+/// x^(n · 2^k) modulo the polynomial (n · 2^k below 2^64).
 fn x_pow(mut n: u64, mut k: usize) -> u32 {
     let mut p = 1u32 << 31; // x^0
     while n != 0 {
         if n & 1 != 0 {
-            p = mul_mod_poly(X_POW_2K[k & 31], p);
+            p = mul_mod_poly(X_POW_2K[k % 64], p);
         }
         n >>= 1;
         k += 1;
@@ -62,6 +63,7 @@ fn x_pow(mut n: u64, mut k: usize) -> u32 {
 /// The CRC-32C of `A ‖ B` from `crc_a` = CRC-32C(A), `crc_b` = CRC-32C(B)
 /// and `len_b` = |B| in bytes.
 pub fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
+    // (A length in bits fits 64 bits below 2 EiB: a batch is megabytes.)
     // Shifting A's CRC over len_b zero bytes is a multiplication by
     // x^(8·len_b) = x^(len_b · 2^3).
     mul_mod_poly(x_pow(len_b as u64, 3), crc_a) ^ crc_b
