@@ -5,13 +5,13 @@
 use crate::config::Config;
 use crate::event::{Event, validate_topic};
 use crate::exit::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::ingest::frame::{self, Reply};
+use crate::ingest::frame::{self, ErrorCode, Reply};
 use crate::outbox::dead_letter::{self, DeadLetter, Filter};
 use crate::outbox::offline::{self, OfflineError};
 use crate::stats::{Snapshot, now_ms};
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct SendArgs {
     pub topic: String,
@@ -23,6 +23,47 @@ pub struct SendArgs {
 
 /// Show at most this many refusals; the rest are counted.
 const MAX_REPORTED_REFUSALS: u64 = 10;
+
+/// What talking to the daemon, or reading the outbox without it, can
+/// fail on; each says where and, where it helps, what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to ferry at {}: {source} (is `ferry run` running with the same config/FERRY_DATA_DIR?)",
+        socket.display()
+    )]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing to ferry failed: {0}")]
+    Write(std::io::Error),
+    #[error("reading from ferry failed: {0}")]
+    Read(std::io::Error),
+    #[error("reading stdin failed: {0}")]
+    Stdin(std::io::Error),
+    #[error("ferry sent a reply of {0} bytes; giving up")]
+    ReplyTooLarge(usize),
+    #[error("ferry closed the connection ({code:?}): {message}")]
+    Closed { code: ErrorCode, message: String },
+    #[error("ferry sent a reply this client does not understand")]
+    NotUnderstood,
+    #[error("ferry closed the connection without answering")]
+    NoAnswer,
+    #[error("ferry sent a status this client cannot read: {0}")]
+    BadStatus(serde_json::Error),
+    #[error("ferry did not answer the status request")]
+    NotStatus,
+    #[error("no unix frames listener configured")]
+    NoControlSocket,
+    #[error(transparent)]
+    Offline(#[from] OfflineError),
+    #[error("cannot read dead letters from {}: {source}", path.display())]
+    DeadLetters {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
 
 pub fn send(config: &Config, args: &SendArgs) -> i32 {
     if let Err(e) = validate_topic(&args.topic) {
@@ -72,7 +113,7 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
         .collect();
     // Write on one thread and read acks on this one, so a long stdin stream
     // is pipelined instead of waiting for each commit.
-    let writer = std::thread::spawn(move || -> Result<u64, String> {
+    let writer = std::thread::spawn(move || -> Result<u64, ClientError> {
         let headers: Vec<(&str, &[u8])> = owned_headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice()))
@@ -80,7 +121,7 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
         let mut out = BufWriter::with_capacity(64 * 1024, writer_stream);
         let mut frame_buf = Vec::new();
         let mut count = 0u64;
-        let mut put = |value: &[u8], out: &mut BufWriter<UnixStream>| -> Result<(), String> {
+        let mut put = |value: &[u8], out: &mut BufWriter<UnixStream>| -> Result<(), ClientError> {
             frame_buf.clear();
             frame::encode_event(
                 &mut frame_buf,
@@ -90,8 +131,7 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
                 value,
                 timestamp,
             );
-            out.write_all(&frame_buf)
-                .map_err(|e| format!("writing to ferry failed: {e}"))
+            out.write_all(&frame_buf).map_err(ClientError::Write)
         };
         match single {
             Some(v) => {
@@ -106,7 +146,7 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
                     line.clear();
                     let n = input
                         .read_until(b'\n', &mut line)
-                        .map_err(|e| format!("reading stdin failed: {e}"))?;
+                        .map_err(ClientError::Stdin)?;
                     if n == 0 {
                         break;
                     }
@@ -117,8 +157,7 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
                 }
             }
         }
-        out.flush()
-            .map_err(|e| format!("writing to ferry failed: {e}"))?;
+        out.flush().map_err(ClientError::Write)?;
         // Half-close: ferry sees the end and still answers what it read.
         let _ = out.get_ref().shutdown(std::net::Shutdown::Write);
         Ok(count)
@@ -127,7 +166,7 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
     let mut reader = std::io::BufReader::new(stream);
     let (mut acked, mut refused) = (0u64, 0u64);
     let mut body = Vec::new();
-    let mut broken: Option<String> = None;
+    let mut broken: Option<ClientError> = None;
     loop {
         match read_reply(&mut reader, &mut body) {
             Ok(true) => {}
@@ -149,11 +188,14 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
                 refused += n as u64;
             }
             Some(Reply::Fatal(code, msg)) => {
-                broken = Some(format!("ferry closed the connection ({code:?}): {msg}"));
+                broken = Some(ClientError::Closed {
+                    code,
+                    message: msg.to_string(),
+                });
                 break;
             }
             Some(Reply::Status(_)) | None => {
-                broken = Some("ferry sent a reply this client does not understand".into());
+                broken = Some(ClientError::NotUnderstood);
                 break;
             }
         }
@@ -187,49 +229,44 @@ pub fn send(config: &Config, args: &SendArgs) -> i32 {
     EXIT_FAILURE
 }
 
-fn connect(socket: &Path) -> Result<UnixStream, String> {
-    UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to ferry at {}: {e} (is `ferry run` running with the same config/FERRY_DATA_DIR?)",
-            socket.display()
-        )
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        socket: socket.to_path_buf(),
+        source,
     })
 }
 
 /// Read one reply into `body`; Ok(false) on a clean end of stream.
-fn read_reply(r: &mut impl Read, body: &mut Vec<u8>) -> Result<bool, String> {
+fn read_reply(r: &mut impl Read, body: &mut Vec<u8>) -> Result<bool, ClientError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
-        Err(e) => return Err(format!("reading from ferry failed: {e}")),
+        Err(e) => return Err(ClientError::Read(e)),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > frame::HARD_MAX_FRAME {
-        return Err(format!("ferry sent a reply of {len} bytes; giving up"));
+        return Err(ClientError::ReplyTooLarge(len));
     }
     body.resize(len, 0);
-    r.read_exact(body)
-        .map_err(|e| format!("reading from ferry failed: {e}"))?;
+    r.read_exact(body).map_err(ClientError::Read)?;
     Ok(true)
 }
 
 /// Ask the daemon for its status snapshot.
-pub fn query_status(socket: &Path) -> Result<Snapshot, String> {
+pub fn query_status(socket: &Path) -> Result<Snapshot, ClientError> {
     let mut s = connect(socket)?;
     let mut req = Vec::new();
     frame::encode_status_request(&mut req);
-    s.write_all(&req)
-        .map_err(|e| format!("writing to ferry failed: {e}"))?;
+    s.write_all(&req).map_err(ClientError::Write)?;
     let mut body = Vec::new();
     if !read_reply(&mut s, &mut body)? {
-        return Err("ferry closed the connection without answering".into());
+        return Err(ClientError::NoAnswer);
     }
     match Reply::decode(&body) {
-        Some(Reply::Status(json)) => serde_json::from_str(json)
-            .map_err(|e| format!("ferry sent a status this client cannot read: {e}")),
-        _ => Err("ferry did not answer the status request".into()),
+        Some(Reply::Status(json)) => serde_json::from_str(json).map_err(ClientError::BadStatus),
+        _ => Err(ClientError::NotStatus),
     }
 }
 
@@ -237,7 +274,7 @@ pub fn status(config: &Config, json: bool) -> i32 {
     let socket = config.control_socket();
     let live = match &socket {
         Some(s) => query_status(s),
-        None => Err("no unix frames listener configured".into()),
+        None => Err(ClientError::NoControlSocket),
     };
     let (snap, running) = match live {
         Ok(s) => (s, Ok(())),
@@ -400,14 +437,11 @@ fn dlq_select(
     config: &Config,
     topic: Option<String>,
     ids: Vec<i64>,
-) -> Result<(rusqlite::Connection, Vec<DeadLetter>), String> {
-    let conn = offline::open_for_edit(&config.outbox_path()).map_err(|e| e.to_string())?;
-    let list = dead_letter::list(&conn, &Filter { topic, ids }).map_err(|e| {
-        format!(
-            "cannot read dead letters from {}: {e}",
-            config.outbox_path().display()
-        )
-    })?;
+) -> Result<(rusqlite::Connection, Vec<DeadLetter>), ClientError> {
+    let path = config.outbox_path();
+    let conn = offline::open_for_edit(&path)?;
+    let list = dead_letter::list(&conn, &Filter { topic, ids })
+        .map_err(|source| ClientError::DeadLetters { path, source })?;
     Ok((conn, list))
 }
 

@@ -225,7 +225,7 @@ impl Config {
                     .split("__")
                     .map(str::to_ascii_lowercase)
                     .collect();
-                set_path(&mut v, &path, raw).map_err(|m| env_error(name, m))?;
+                set_path(&mut v, &path, raw).map_err(|m| env_error(name, m.to_string()))?;
             }
             Ok(v)
         };
@@ -273,7 +273,7 @@ impl Config {
         self.ingest.check()?;
         if let Some(t) = &self.kafka.tls {
             crate::forward::security::tls_config(t)
-                .map_err(|e| ("kafka.tls.ca_file".to_string(), e))?;
+                .map_err(|e| ("kafka.tls.ca_file".to_string(), e.to_string()))?;
         }
         self.heartbeat.check()?;
         crate::mqtt::config::check_all(&self.mqtt, &self.node_id)?;
@@ -377,20 +377,35 @@ fn env_value(raw: &str, replaces: Option<&toml::Value>) -> toml::Value {
     }
 }
 
+/// Why an environment override's name does not lead to a key.
+#[derive(Debug, thiserror::Error)]
+enum OverrideError {
+    #[error("names no key")]
+    NoKey,
+    #[error("`{0}` is not an index into the list")]
+    NotAnIndex(String),
+    #[error("there is no entry {index} in the list (it has {len})")]
+    NoEntry { index: usize, len: usize },
+    #[error("`{0}` is not a section")]
+    NotASection(String),
+    #[error("the parent of `{0}` is not a section")]
+    ParentNotASection(String),
+}
+
 /// Set the value of `raw` at `path` (table keys, or indexes into existing
 /// lists) in `root`, creating sections the file left out.
-fn set_path(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), String> {
+fn set_path(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), OverrideError> {
     let Some((last, parents)) = path.split_last() else {
-        return Err("names no key".into());
+        return Err(OverrideError::NoKey);
     };
-    let index = |part: &str, len: usize| -> Result<usize, String> {
+    let index = |part: &str, len: usize| -> Result<usize, OverrideError> {
         let i: usize = part
             .parse()
-            .map_err(|_| format!("`{part}` is not an index into the list"))?;
+            .map_err(|_| OverrideError::NotAnIndex(part.into()))?;
         if i < len {
             Ok(i)
         } else {
-            Err(format!("there is no entry {i} in the list (it has {len})"))
+            Err(OverrideError::NoEntry { index: i, len })
         }
     };
     let mut at = root;
@@ -403,7 +418,7 @@ fn set_path(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), St
                 let i = index(part, a.len())?;
                 &mut a[i]
             }
-            _ => return Err(format!("`{part}` is not a section")),
+            _ => return Err(OverrideError::NotASection(part.clone())),
         };
     }
     match at {
@@ -417,7 +432,7 @@ fn set_path(root: &mut toml::Value, path: &[String], raw: &str) -> Result<(), St
             a[i] = env_value(raw, Some(&a[i]));
             Ok(())
         }
-        _ => Err(format!("the parent of `{last}` is not a section")),
+        _ => Err(OverrideError::ParentNotASection(last.clone())),
     }
 }
 

@@ -21,6 +21,41 @@ const RELAXED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How long tasks may take to stop after the signal.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
+/// Why the daemon could not start (each is logged and ends `ferry run`
+/// with exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot watch {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    #[error(transparent)]
+    Listeners(#[from] ingest::BindError),
+    #[error("cannot create data directory {}: {source}", dir.display())]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open lock file {}: {source}", path.display())]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another ferry is already running on data directory {} ({}: {source}); stop it first",
+        dir.display(),
+        path.display()
+    )]
+    Locked {
+        dir: PathBuf,
+        path: PathBuf,
+        source: nix::Error,
+    },
+}
+
 /// `source`: the config file given with `-c` (reloads read it again).
 pub fn run(config: Config, source: Option<PathBuf>) -> i32 {
     let _lock = match lock_data_dir(&config) {
@@ -56,14 +91,17 @@ pub fn run(config: Config, source: Option<PathBuf>) -> i32 {
     }
 }
 
-async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
+async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut sighup =
-        signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    let watch = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| StartError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut sighup = watch(SignalKind::hangup(), "SIGHUP")?;
+    let mut sigterm = watch(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = watch(SignalKind::interrupt(), "SIGINT")?;
 
     let stats = Arc::new(Stats::default());
     let options = outbox::Options {
@@ -365,22 +403,27 @@ async fn sync_relaxed(outbox: outbox::Outbox, mut shutdown: shutdown::Shutdown) 
 }
 
 /// One daemon per data directory: two would send every event twice.
-fn lock_data_dir(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+fn lock_data_dir(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, StartError> {
     let dir = &config.data_dir;
-    crate::dirsync::create_dir_all(dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    crate::dirsync::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        dir: dir.clone(),
+        source,
+    })?;
     let path = dir.join("ferry.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        format!(
-            "another ferry is already running on data directory {} ({}: {e}); stop it first",
-            dir.display(),
-            path.display()
-        )
-    })
+        .map_err(|source| StartError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, source)| StartError::Locked {
+            dir: dir.clone(),
+            path,
+            source,
+        },
+    )
 }

@@ -54,18 +54,25 @@ pub struct BeatUplink {
     pub last_outage: Option<crate::heartbeat::Outage>,
 }
 
+/// Why a record on the heartbeat topic is not a heartbeat this ferry reads.
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    #[error("not a heartbeat (JSON: {0})")]
+    Json(#[from] serde_json::Error),
+    #[error("schema {0:?}, not {SCHEMA} (a newer ferry's? update this one)")]
+    Schema(String),
+    #[error("a heartbeat without node_id")]
+    NoNodeId,
+}
+
 /// A heartbeat of this schema, or why not.
-pub fn decode(value: &[u8]) -> Result<Beat, String> {
-    let beat: Beat =
-        serde_json::from_slice(value).map_err(|e| format!("not a heartbeat (JSON: {e})"))?;
+pub fn decode(value: &[u8]) -> Result<Beat, BeatError> {
+    let beat: Beat = serde_json::from_slice(value)?;
     if beat.schema != SCHEMA {
-        return Err(format!(
-            "schema {:?}, not {SCHEMA} (a newer ferry's? update this one)",
-            beat.schema
-        ));
+        return Err(BeatError::Schema(beat.schema));
     }
     if beat.node_id.is_empty() {
-        return Err("a heartbeat without node_id".into());
+        return Err(BeatError::NoNodeId);
     }
     Ok(beat)
 }

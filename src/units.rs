@@ -13,11 +13,30 @@ fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     Some((num.parse().ok()?, unit))
 }
 
+/// Why a size, duration or file mode as written is not one; each names
+/// the text and what it should look like.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` is not a size such as \"64MiB\" or 1048576")]
+    NotASize(String),
+    #[error("`{0}` has an unknown unit; use B, KiB, MiB, GiB, kB, MB, GB")]
+    SizeUnit(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("`{0}` is not a duration such as \"30s\" or \"7d\"")]
+    NotADuration(String),
+    #[error("`{0}` has an unknown unit; use ms, s, m, h or d")]
+    DurationUnit(String),
+    #[error("`{0}` is too long")]
+    TooLong(String),
+    #[error("`{0}` is not an octal file mode such as \"0660\"")]
+    NotAMode(String),
+}
+
 /// Parse "64MiB", "1GB", "512k" or a plain number of bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let s = s.trim();
-    let (n, unit) = number_and_unit(s)
-        .ok_or_else(|| format!("`{s}` is not a size such as \"64MiB\" or 1048576"))?;
+    let (n, unit) = number_and_unit(s).ok_or_else(|| UnitError::NotASize(s.into()))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
@@ -26,32 +45,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1024 * 1024,
         "g" | "gb" => 1000 * 1000 * 1000,
         "gib" => 1024 * 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit; use B, KiB, MiB, GiB, kB, MB, GB"
-            ));
-        }
+        _ => return Err(UnitError::SizeUnit(s.into())),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| UnitError::TooLarge(s.into()))
 }
 
 /// Parse "500ms", "30s", "5m", "12h", "7d" or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let s = s.trim();
-    let (n, unit) = number_and_unit(s)
-        .ok_or_else(|| format!("`{s}` is not a duration such as \"30s\" or \"7d\""))?;
+    let (n, unit) = number_and_unit(s).ok_or_else(|| UnitError::NotADuration(s.into()))?;
     let ms: u64 = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m, h or d")),
+        _ => return Err(UnitError::DurationUnit(s.into())),
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
+        .ok_or_else(|| UnitError::TooLong(s.into()))
 }
 
 /// A size as a person writes it: the largest binary or decimal unit that

@@ -67,7 +67,7 @@ pub async fn check_connect(kafka: &KafkaConfig, topics: &[String]) -> Vec<Findin
                 Some(c)
             }
             Err(e) => {
-                out.push(Finding::bad("TLS".into(), e));
+                out.push(Finding::bad("TLS".into(), e.to_string()));
                 return out;
             }
         },
@@ -77,7 +77,7 @@ pub async fn check_connect(kafka: &KafkaConfig, topics: &[String]) -> Vec<Findin
         Some(s) => match security::sasl_credentials(s) {
             Ok(c) => Some(c),
             Err(e) => {
-                out.push(Finding::bad("SASL".into(), e));
+                out.push(Finding::bad("SASL".into(), e.to_string()));
                 return out;
             }
         },

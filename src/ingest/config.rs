@@ -2,7 +2,7 @@
 //! `config` composes them and checks the listeners.
 
 use crate::event::KAFKA_MAX_EVENT_BYTES;
-use crate::units::size;
+use crate::units::{UnitError, size};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -97,11 +97,11 @@ impl ListenerConfig {
 }
 
 /// Parse an octal file mode such as "0660".
-pub fn parse_mode(mode: &str) -> Result<u32, String> {
+pub fn parse_mode(mode: &str) -> Result<u32, UnitError> {
     u32::from_str_radix(mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("`{mode}` is not an octal file mode such as \"0660\""))
+        .ok_or_else(|| UnitError::NotAMode(mode.into()))
 }
 
 impl IngestConfig {
@@ -132,7 +132,7 @@ impl ListenerConfig {
                     ));
                 }
                 if let Some(mode) = &self.mode {
-                    parse_mode(mode).map_err(|m| ("listener.mode".to_string(), m))?;
+                    parse_mode(mode).map_err(|m| ("listener.mode".to_string(), m.to_string()))?;
                 }
             }
             ListenerKind::Tcp | ListenerKind::Udp => {

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! mod.rs            binding listeners and accepting connections
+//!   bind_error        what binding and starting them can fail on
 //!   frame_connection  a `frames` connection: batches, acks in order
 //!   line_connection   a `lines` connection
 //!   datagrams         a UDP socket (lines or frames, never answered)
@@ -17,6 +18,7 @@
 //!     config            the [[listener]] and [ingest] sections
 //! ```
 
+mod bind_error;
 pub mod config;
 mod datagrams;
 mod door;
@@ -25,6 +27,7 @@ mod frame_connection;
 mod line_connection;
 pub mod lines;
 
+pub use bind_error::BindError;
 pub use door::Context;
 
 use crate::log_limit::LogLimiter;
@@ -67,7 +70,10 @@ impl Bound {
 }
 
 /// Bind every configured listener; errors name the listener and the cause.
-pub async fn bind_all(listeners: &[ListenerConfig], data_dir: &Path) -> Result<Vec<Bound>, String> {
+pub async fn bind_all(
+    listeners: &[ListenerConfig],
+    data_dir: &Path,
+) -> Result<Vec<Bound>, BindError> {
     let mut out = Vec::new();
     for l in listeners {
         out.push(match l.kind {
@@ -80,14 +86,14 @@ pub async fn bind_all(listeners: &[ListenerConfig], data_dir: &Path) -> Result<V
                 let addr = l.bind_address();
                 let t = TcpListener::bind(&addr)
                     .await
-                    .map_err(|e| format!("cannot listen on tcp {addr}: {e}"))?;
+                    .map_err(|source| BindError::Tcp { addr, source })?;
                 Bound::Tcp(t, l.clone())
             }
             ListenerKind::Udp => {
                 let addr = l.bind_address();
                 let u = UdpSocket::bind(&addr)
                     .await
-                    .map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+                    .map_err(|source| BindError::Udp { addr, source })?;
                 Bound::Udp(u, l.clone())
             }
         });
@@ -95,36 +101,48 @@ pub async fn bind_all(listeners: &[ListenerConfig], data_dir: &Path) -> Result<V
     Ok(out)
 }
 
-fn bind_unix(path: &std::path::Path, l: &ListenerConfig) -> Result<UnixListener, String> {
+fn bind_unix(path: &Path, l: &ListenerConfig) -> Result<UnixListener, BindError> {
+    let at = || path.to_path_buf();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| BindError::SocketDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another ferry is already listening on {}; stop it or use another data_dir",
-                path.display()
-            ));
+            return Err(BindError::InUse { path: at() });
         }
         std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+            .map_err(|source| BindError::StaleSocket { path: at(), source })?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on unix socket {}: {e}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| BindError::Unix { path: at(), source })?;
     let mode = match &l.mode {
         Some(m) => parse_mode(m)?,
         None => 0o660,
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:o} on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        BindError::SetMode {
+            mode,
+            path: at(),
+            source,
+        }
+    })?;
     if let Some(group) = &l.group {
+        let named = || group.clone();
         let gid = nix::unistd::Group::from_name(group)
-            .map_err(|e| format!("cannot look up group {group}: {e}"))?
-            .ok_or_else(|| format!("group {group} (listener.group) does not exist"))?
+            .map_err(|source| BindError::GroupLookup {
+                group: named(),
+                source,
+            })?
+            .ok_or_else(|| BindError::NoGroup { group: named() })?
             .gid;
-        nix::unistd::chown(path, None, Some(gid))
-            .map_err(|e| format!("cannot give {} to group {group}: {e}", path.display()))?;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|source| BindError::Chown {
+            path: at(),
+            group: named(),
+            source,
+        })?;
     }
     Ok(listener)
 }
@@ -142,7 +160,11 @@ fn bind_unix(path: &std::path::Path, l: &ListenerConfig) -> Result<UnixListener,
 ///
 /// The thread stops when `shutdown` fires, after every connection has
 /// answered what it read; the daemon waits for that through `shutdown`.
-pub fn spawn_all(bound: Vec<Bound>, ctx: Arc<Context>, shutdown: &Shutdown) -> Result<(), String> {
+pub fn spawn_all(
+    bound: Vec<Bound>,
+    ctx: Arc<Context>,
+    shutdown: &Shutdown,
+) -> Result<(), BindError> {
     let mut listeners = Vec::with_capacity(bound.len());
     for b in bound {
         info!("listening: {}", b.describe());
@@ -152,14 +174,14 @@ pub fn spawn_all(bound: Vec<Bound>, ctx: Arc<Context>, shutdown: &Shutdown) -> R
             Bound::Tcp(l, cfg) => l.into_std().map(|l| StdBound::Tcp(l, cfg)),
             Bound::Udp(s, cfg) => s.into_std().map(|s| StdBound::Udp(s, cfg)),
         };
-        listeners.push(moved.map_err(|e| format!("cannot hand over listener {what}: {e}"))?);
+        listeners.push(moved.map_err(|source| BindError::HandOver { what, source })?);
     }
     let mut daemon_shutdown = shutdown.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(crate::memory::on_worker_park)
         .build()
-        .map_err(|e| format!("cannot start the ingest runtime: {e}"))?;
+        .map_err(BindError::Runtime)?;
     std::thread::Builder::new()
         .name("ferry-ingest".into())
         .spawn(move || {
@@ -180,7 +202,7 @@ pub fn spawn_all(bound: Vec<Bound>, ctx: Arc<Context>, shutdown: &Shutdown) -> R
                 trigger.wait_for_tasks().await;
             });
         })
-        .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
+        .map_err(BindError::Thread)?;
     Ok(())
 }
 

@@ -421,10 +421,12 @@ impl Connection {
             ));
         }
         let mut exchange = Exchange::start(creds)
-            .map_err(|e| Failure::new(Class::ConfigCluster, "SASL_CONFIG", e))?;
+            .map_err(|e| Failure::new(Class::ConfigCluster, "SASL_CONFIG", e.to_string()))?;
         let mut received: Option<bytes::Bytes> = None;
         loop {
-            let (send, finished) = exchange.step(received.as_deref()).map_err(refused)?;
+            let (send, finished) = exchange
+                .step(received.as_deref())
+                .map_err(|e| refused(e.to_string()))?;
             if let Some(message) = send {
                 let request = SaslAuthenticateRequest::default().with_auth_bytes(message.into());
                 let answer = self.request(&request, auth_version).await.map_err(closed)?;

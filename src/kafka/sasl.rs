@@ -40,6 +40,21 @@ impl std::fmt::Debug for SaslCredentials {
     }
 }
 
+/// Why a SASL exchange could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SaslError {
+    /// rsasl refused the mechanism or the credentials before anything was
+    /// sent (its set-up errors are of several types; their text is kept).
+    #[error("SASL {mechanism} set-up failed: {message}")]
+    Setup {
+        mechanism: &'static str,
+        message: String,
+    },
+    /// The broker's answer did not fit the mechanism.
+    #[error(transparent)]
+    Step(#[from] rsasl::prelude::SessionError),
+}
+
 /// One SASL exchange on ferry's side, done by `rsasl`: the messages to
 /// send, given what the broker answered. The connection carries them
 /// (SaslAuthenticate requests).
@@ -48,9 +63,12 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn start(creds: &SaslCredentials) -> Result<Exchange, String> {
+    pub fn start(creds: &SaslCredentials) -> Result<Exchange, SaslError> {
         let mech = creds.mechanism.name();
-        let setup = |e: &dyn std::fmt::Display| format!("SASL {mech} set-up failed: {e}");
+        let setup = |e: &dyn std::fmt::Display| SaslError::Setup {
+            mechanism: mech,
+            message: e.to_string(),
+        };
         let config =
             SASLConfig::with_credentials(None, creds.username.clone(), creds.password.clone())
                 .map_err(|e| setup(&e))?;
@@ -63,12 +81,9 @@ impl Exchange {
 
     /// The next message to send (if any) given the broker's last answer
     /// (`None` at the start), and whether the exchange is finished.
-    pub fn step(&mut self, received: Option<&[u8]>) -> Result<(Option<Vec<u8>>, bool), String> {
+    pub fn step(&mut self, received: Option<&[u8]>) -> Result<(Option<Vec<u8>>, bool), SaslError> {
         let mut out = Cursor::new(Vec::new());
-        let state = self
-            .session
-            .step(received, &mut out)
-            .map_err(|e| e.to_string())?;
+        let state = self.session.step(received, &mut out)?;
         let send = state.has_sent_message().then(|| out.into_inner());
         Ok((send, state.is_finished()))
     }

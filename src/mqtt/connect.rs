@@ -7,6 +7,7 @@ use super::codec::{self, Check, Incoming};
 use super::config::{MqttConfig, Protocol};
 use super::encode;
 use crate::forward::probe::Finding;
+use crate::forward::security::{SecurityError, read_password_file};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A connection, plain or TLS.
@@ -244,19 +245,16 @@ pub(super) fn initial_level(protocol: Protocol) -> u8 {
 }
 
 /// The password: the file's first line.
-pub fn read_password(file: &std::path::Path) -> Result<Vec<u8>, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        format!(
-            "cannot read the password file {} (mqtt.password_file): {e}",
-            file.display()
-        )
-    })?;
+pub fn read_password(file: &std::path::Path) -> Result<Vec<u8>, SecurityError> {
+    let (label, key) = ("", "mqtt.password_file");
+    let text = read_password_file(file, label, key)?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if line.is_empty() {
-        return Err(format!(
-            "the password file {} (mqtt.password_file) is empty",
-            file.display()
-        ));
+        return Err(SecurityError::EmptyPassword {
+            label,
+            path: file.to_path_buf(),
+            key,
+        });
     }
     Ok(line.as_bytes().to_vec())
 }

@@ -29,6 +29,15 @@ use std::time::Duration;
 /// A broker that refused ferry's login is asked again at most this often.
 const AUTH_RETRY_MIN: Duration = Duration::from_secs(10);
 
+/// A subscription the link cannot map (the config check refuses these
+/// before a link is made; a reload's new config too).
+#[derive(Debug, thiserror::Error)]
+#[error("mqtt.subscribe.{key}: {message}")]
+pub struct BadSubscription {
+    pub key: String,
+    pub message: String,
+}
+
 pub struct Link {
     state: LinkState,
     retry: RetryConfig,
@@ -41,10 +50,10 @@ impl Link {
         retry: RetryConfig,
         ctx: Arc<Context>,
         stats: Arc<MqttLinkStats>,
-    ) -> Result<Link, String> {
+    ) -> Result<Link, BadSubscription> {
         let mapping = config
             .mapping()
-            .map_err(|(k, e)| format!("mqtt.subscribe.{k}: {e}"))?;
+            .map_err(|(key, message)| BadSubscription { key, message })?;
         Ok(Link {
             state: LinkState {
                 level: initial_level(config.protocol),
@@ -170,7 +179,7 @@ impl Link {
                     } else {
                         self.state.limiter.warn(&msg);
                     }
-                    self.state.stats.set_error(Some(why));
+                    self.state.stats.set_error(Some(why.to_string()));
                     if self
                         .pause(backoff.next_delay(), &mut watched, &mut shutdown)
                         .await

@@ -13,12 +13,31 @@ enum Piece {
     Whole,
 }
 
+/// Why a topic filter or a topic or key template is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("`{0}`: a `{{` is not closed")]
+    Unclosed(String),
+    #[error("`{text}`: `{{{name}}}` is neither {{topic}} nor a level number {{1}}, {{2}}, …")]
+    Placeholder { text: String, name: String },
+    #[error("a topic filter must not be empty")]
+    EmptyFilter,
+    #[error(
+        "`{0}`: shared subscriptions are not supported: each gateway's ferry needs every message of its own session"
+    )]
+    Shared(String),
+    #[error("`{0}`: `+` and `#` must stand alone in a level")]
+    WildcardInLevel(String),
+    #[error("`{0}`: `#` must be the last level")]
+    HashNotLast(String),
+}
+
 /// A Kafka topic or key built from the MQTT topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template(Vec<Piece>);
 
 impl Template {
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, MappingError> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
@@ -32,7 +51,7 @@ impl Template {
                         pieces.push(Piece::Text(rest[..open].to_string()));
                     }
                     let Some(close) = rest[open..].find('}') else {
-                        return Err(format!("`{text}`: a `{{` is not closed"));
+                        return Err(MappingError::Unclosed(text.into()));
                     };
                     let name = &rest[open + 1..open + close];
                     pieces.push(match name {
@@ -40,9 +59,10 @@ impl Template {
                         n => match n.parse::<usize>() {
                             Ok(i) if i >= 1 => Piece::Level(i - 1),
                             _ => {
-                                return Err(format!(
-                                    "`{text}`: `{{{n}}}` is neither {{topic}} nor a level number {{1}}, {{2}}, …"
-                                ));
+                                return Err(MappingError::Placeholder {
+                                    text: text.into(),
+                                    name: n.into(),
+                                });
                             }
                         },
                     });
@@ -115,15 +135,15 @@ pub struct RouteSpec<'a> {
 impl Route {
     /// Errors: (the key within the subscription, what is wrong).
     pub fn new(s: RouteSpec<'_>) -> Result<Route, (String, String)> {
-        check_filter(s.filter).map_err(|e| ("filter".to_string(), e))?;
-        let topic = Template::parse(s.topic).map_err(|e| ("topic".to_string(), e))?;
+        check_filter(s.filter).map_err(|e| ("filter".to_string(), e.to_string()))?;
+        let topic = Template::parse(s.topic).map_err(|e| ("topic".to_string(), e.to_string()))?;
         if let Some(fixed) = topic.literal() {
             validate_topic(&fixed).map_err(|e| ("topic".to_string(), e.to_string()))?;
         }
         let key = if s.key.is_empty() {
             None
         } else {
-            Some(Template::parse(s.key).map_err(|e| ("key".to_string(), e))?)
+            Some(Template::parse(s.key).map_err(|e| ("key".to_string(), e.to_string()))?)
         };
         // A level the filter always has: a fixed level or a `+`; `#` may be empty.
         let levels = s.filter.split('/').filter(|l| *l != "#").count();
@@ -152,25 +172,21 @@ impl Route {
 }
 
 /// MQTT's rules for a topic filter.
-fn check_filter(filter: &str) -> Result<(), String> {
+fn check_filter(filter: &str) -> Result<(), MappingError> {
     if filter.is_empty() {
-        return Err("a topic filter must not be empty".into());
+        return Err(MappingError::EmptyFilter);
     }
     if filter.starts_with("$share/") {
-        return Err(format!(
-            "`{filter}`: shared subscriptions are not supported: each gateway's ferry needs every message of its own session"
-        ));
+        return Err(MappingError::Shared(filter.into()));
     }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         let wild = level.contains('+') || level.contains('#');
         if wild && *level != "+" && *level != "#" {
-            return Err(format!(
-                "`{filter}`: `+` and `#` must stand alone in a level"
-            ));
+            return Err(MappingError::WildcardInLevel(filter.into()));
         }
         if *level == "#" && i != levels.len() - 1 {
-            return Err(format!("`{filter}`: `#` must be the last level"));
+            return Err(MappingError::HashNotLast(filter.into()));
         }
     }
     Ok(())

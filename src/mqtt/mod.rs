@@ -14,6 +14,7 @@
 //!   link      one link: connect again after failures, reloads, session marks
 //!     session   one connection: subscribe, store each read, acknowledge in order
 //!       state     what a link keeps across connections; why one ended; the digest
+//!       session_error  why a connection was given up
 //!     connect   TCP/TLS, CONNECT and CONNACK; check-config --connect
 //!     mapping   topic filters and the Kafka topic and key templates
 //!     codec     MQTT 3.1.1 and 5 packets from the broker (pure)
@@ -28,6 +29,7 @@ pub mod encode;
 pub mod link;
 pub mod mapping;
 mod session;
+mod session_error;
 mod state;
 
 pub use state::digest;

@@ -8,6 +8,7 @@ mod inbound;
 use super::codec::{self, Check, Incoming};
 use super::connect::Stream;
 use super::encode;
+use super::session_error::SessionError;
 use super::state::{End, LinkState, Watched};
 use crate::outbox::mqtt_marks::Mark;
 use crate::outbox::{Appender, StoreError};
@@ -220,11 +221,11 @@ impl<'l> Session<'l> {
                     }
                     Ok(_) => {
                         self.drain().await;
-                        return End::Failed(format!("{} closed the connection", self.link.config.broker));
+                        return End::Failed(SessionError::Closed { broker: self.link.config.broker.clone() });
                     }
                     Err(e) => {
                         self.drain().await;
-                        return End::Failed(format!("read from {} failed: {e}", self.link.config.broker));
+                        return End::Failed(SessionError::Read { broker: self.link.config.broker.clone(), source: e });
                     }
                 },
                 result = self.appender.answer(), if waiting => {
@@ -238,7 +239,7 @@ impl<'l> Session<'l> {
                         && self.last_read < sent
                     {
                         self.drain().await;
-                        return End::Failed(format!("no answer to PINGREQ within {keep_alive:?} (mqtt.keep_alive)"));
+                        return End::Failed(SessionError::NoPingAnswer(keep_alive));
                     }
                     if let Err(e) = self.confirm(stream, true).await {
                         self.drain().await;
@@ -273,7 +274,7 @@ impl<'l> Session<'l> {
 
     /// SUBSCRIBE to every filter unless this session already has them, and
     /// UNSUBSCRIBE filters a reload removed. Their answers come in the loop.
-    async fn subscribe(&mut self, stream: &mut Stream) -> Result<(), String> {
+    async fn subscribe(&mut self, stream: &mut Stream) -> Result<(), SessionError> {
         self.out.clear();
         let level = self.level();
         if !self.link.unsubscribe.is_empty() {
@@ -297,14 +298,18 @@ impl<'l> Session<'l> {
 
     /// Write `self.out`, within the keep-alive (a broker that stops
     /// reading is a dead connection, not a reason to wait forever).
-    async fn write_out(&mut self, stream: &mut Stream, what: &str) -> Result<(), String> {
+    async fn write_out(
+        &mut self,
+        stream: &mut Stream,
+        what: &'static str,
+    ) -> Result<(), SessionError> {
         match tokio::time::timeout(self.keep_alive, stream.write_all(&self.out)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("cannot write {what}: {e}")),
-            Err(_) => Err(format!(
-                "cannot write {what}: the broker has not read for {:?}",
-                self.keep_alive
-            )),
+            Ok(Err(source)) => Err(SessionError::Write { what, source }),
+            Err(_) => Err(SessionError::WriteStalled {
+                what,
+                waited: self.keep_alive,
+            }),
         }
     }
 
@@ -396,7 +401,7 @@ impl<'l> Session<'l> {
     }
 
     /// Write one committed batch's PUBACKs.
-    async fn acknowledge(&mut self, stream: &mut Stream, batch: Batch) -> Result<(), String> {
+    async fn acknowledge(&mut self, stream: &mut Stream, batch: Batch) -> Result<(), SessionError> {
         if batch.acks.is_empty() {
             return Ok(());
         }
@@ -417,7 +422,7 @@ impl<'l> Session<'l> {
 
     /// Send a PINGREQ when acknowledged marks wait to be confirmed (or,
     /// with `keep_alive`, in any case) and none is in flight.
-    async fn confirm(&mut self, stream: &mut Stream, keep_alive: bool) -> Result<(), String> {
+    async fn confirm(&mut self, stream: &mut Stream, keep_alive: bool) -> Result<(), SessionError> {
         if self.ping_sent.is_some() {
             return Ok(());
         }

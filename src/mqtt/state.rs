@@ -5,6 +5,7 @@
 use super::codec::Publish;
 use super::config::MqttConfig;
 use super::mapping::Mapping;
+use super::session_error::SessionError;
 use crate::ingest::Context;
 use crate::log_limit::LogLimiter;
 use crate::outbox::StoreError;
@@ -57,7 +58,7 @@ pub(super) enum End {
     /// The link's config changed: reconnect with the new one.
     Reconfigure,
     /// The connection failed or the broker misbehaved; retry after a pause.
-    Failed(String),
+    Failed(SessionError),
     /// Storing failed (outbox full under `reject`, disk): no more acks on
     /// this connection; retry after a pause.
     Store(StoreError),

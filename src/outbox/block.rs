@@ -3,6 +3,7 @@
 //! (checksum, declared size, decompression, every event decodes) before
 //! anything trusts it.
 
+use super::corruption::Corruption;
 use super::run::{DecodedRun, RunHeader, decode_run};
 use crate::event::Event;
 use std::sync::OnceLock;
@@ -36,7 +37,7 @@ pub struct StoredRun {
     /// The records' uncompressed size.
     pub raw_bytes: usize,
     /// Its events, decoded on first need (a run sent as stored never is).
-    decoded: OnceLock<Result<DecodedRun, String>>,
+    decoded: OnceLock<Result<DecodedRun, Corruption>>,
 }
 
 impl StoredRun {
@@ -51,12 +52,12 @@ impl StoredRun {
 
 impl Block {
     /// A run's events, decoded (once); `None` for a block of events.
-    pub fn decoded_run(&self) -> Option<Result<&DecodedRun, &str>> {
+    pub fn decoded_run(&self) -> Option<Result<&DecodedRun, &Corruption>> {
         let run = self.run.as_ref()?;
         let d = run
             .decoded
             .get_or_init(|| decode_run(&run.header, &self.data, run.raw_bytes, &self.topic));
-        Some(d.as_ref().map_err(String::as_str))
+        Some(d.as_ref())
     }
 
     /// The encoded events and where the one at `offset` starts: offsets
@@ -210,45 +211,45 @@ pub fn verify_block(
     count: u32,
     raw_bytes: usize,
     topic: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Corruption> {
     if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch".into());
+        return Err(Corruption::Checksum);
     }
     // The size comes from the same row: a damaged one must not make ferry
     // allocate gigabytes. No block is larger than a block's target plus
     // one event, and LZ4 expands at most ~255 times.
     if raw_bytes > MAX_BLOCK_RAW || raw_bytes > payload.len().saturating_mul(255) + 16 {
-        return Err(format!(
-            "declared size {raw_bytes} bytes is impossible for a {}-byte payload",
-            payload.len()
-        ));
+        return Err(Corruption::ImpossibleSize {
+            declared: raw_bytes,
+            payload: payload.len(),
+        });
     }
-    let data = lz4_flex::block::decompress(payload, raw_bytes)
-        .map_err(|e| format!("decompression failed: {e}"))?;
+    let data = lz4_flex::block::decompress(payload, raw_bytes)?;
     if data.len() != raw_bytes {
-        return Err(format!(
-            "decompressed to {} bytes, expected {raw_bytes}",
-            data.len()
-        ));
+        return Err(Corruption::DecompressedSize {
+            got: data.len(),
+            expected: raw_bytes,
+        });
     }
     let mut rest = &data[..];
     for i in 0..count {
         match Event::decode_from(rest) {
             Ok((e, _)) if e.topic != topic => {
-                return Err(format!(
-                    "event {i} is of topic {:?}, in a block of {topic:?}",
-                    e.topic
-                ));
+                return Err(Corruption::ForeignTopic {
+                    index: i,
+                    found: e.topic.to_string(),
+                    topic: topic.to_string(),
+                });
             }
             Ok((_, r)) => rest = r,
-            Err(e) => return Err(format!("event {i} does not decode: {e}")),
+            Err(source) => return Err(Corruption::Event { index: i, source }),
         }
     }
     if !rest.is_empty() {
-        return Err(format!(
-            "{} trailing bytes after {count} events",
-            rest.len()
-        ));
+        return Err(Corruption::TrailingEvents {
+            extra: rest.len(),
+            count,
+        });
     }
     Ok(data)
 }

@@ -4,7 +4,9 @@
 
 use super::block::Block;
 use super::dead_letter::{self, NewDeadLetter};
+use super::open_error::OpenError;
 use super::plan;
+use super::storage_error::StorageError;
 use crate::pattern::PRIORITY_LEVELS;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -84,23 +86,23 @@ pub(super) enum Command {
         /// Blocks to leave out (sorted): windows put aside (see
         /// `forward::deferral`).
         skip_blocks: std::sync::Arc<Vec<i64>>,
-        reply: oneshot::Sender<Result<(u8, Vec<Block>), String>>,
+        reply: oneshot::Sender<Result<(u8, Vec<Block>), StorageError>>,
     },
     Finish {
         delivered: Vec<i64>,
         dead: Vec<NewDeadLetter>,
         plans: Vec<i64>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
     },
     SavePlan {
         save: Box<plan::PlanSave>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
     },
     LoadPlans {
-        reply: oneshot::Sender<Result<plan::Saved, String>>,
+        reply: oneshot::Sender<Result<plan::Saved, StorageError>>,
     },
     ForgetProducer {
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
     },
     /// Blocks found corrupt after they were read (a stored run whose
     /// records do not decode): quarantined if still stored.
@@ -109,16 +111,16 @@ pub(super) enum Command {
     },
     ReadBlocks {
         seq_firsts: Vec<i64>,
-        reply: oneshot::Sender<Result<Vec<Block>, String>>,
+        reply: oneshot::Sender<Result<Vec<Block>, StorageError>>,
     },
     LossPending {
-        reply: oneshot::Sender<Result<Vec<(i64, String)>, String>>,
+        reply: oneshot::Sender<Result<Vec<(i64, String)>, StorageError>>,
     },
     SetHeartbeat {
         body: String,
     },
     HeartbeatPending {
-        reply: oneshot::Sender<Result<Option<(i64, String)>, String>>,
+        reply: oneshot::Sender<Result<Option<(i64, String)>, StorageError>>,
     },
     HeartbeatSent {
         version: i64,
@@ -127,7 +129,7 @@ pub(super) enum Command {
         ids: Vec<i64>,
     },
     DlqPending {
-        reply: oneshot::Sender<Result<Vec<dead_letter::ForDlq>, String>>,
+        reply: oneshot::Sender<Result<Vec<dead_letter::ForDlq>, StorageError>>,
     },
     DlqSent {
         ids: Vec<i64>,
@@ -149,7 +151,7 @@ pub(super) enum Command {
     ReleaseMemory,
     MqttMarks {
         link: String,
-        reply: oneshot::Sender<Result<Vec<super::mqtt_marks::Mark>, String>>,
+        reply: oneshot::Sender<Result<Vec<super::mqtt_marks::Mark>, StorageError>>,
     },
     /// Marks whose PUBACK the broker has seen (removed with the next commit).
     MqttForget {
@@ -158,11 +160,11 @@ pub(super) enum Command {
     },
     MqttClear {
         link: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
     },
     Present {
         seq_firsts: Vec<i64>,
-        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+        reply: oneshot::Sender<Result<Vec<i64>, StorageError>>,
     },
 }
 
@@ -193,44 +195,21 @@ pub struct Options {
 }
 
 /// Why an outbox request failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     /// The writer thread is gone: ferry is stopping, or the writer failed
     /// and logged why.
+    #[error("outbox closed")]
     Closed,
-    /// SQLite, or the disk under it, failed; the message says where.
-    Storage(String),
-}
-
-impl fmt::Display for OutboxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OutboxError::Closed => f.write_str("outbox closed"),
-            OutboxError::Storage(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for OutboxError {}
-
-/// At start-up the handle reports an open failure as its message (what,
-/// where, and what to do).
-impl From<super::open_error::OpenError> for OutboxError {
-    fn from(e: super::open_error::OpenError) -> OutboxError {
-        OutboxError::Storage(e.to_string())
-    }
-}
-
-impl From<String> for OutboxError {
-    fn from(message: String) -> OutboxError {
-        OutboxError::Storage(message)
-    }
-}
-
-impl From<OutboxError> for String {
-    fn from(e: OutboxError) -> String {
-        e.to_string()
-    }
+    /// SQLite, or the disk under it, failed; the error says at what step.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// At start-up: the outbox could not be opened (what, where, and what
+    /// to do).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot start the outbox thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A request found the writer gone.

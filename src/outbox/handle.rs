@@ -54,7 +54,7 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name("ferry-outbox".into())
         .spawn(move || writer.run(rx))
-        .map_err(|e| format!("cannot start the outbox thread: {e}"))?;
+        .map_err(OutboxError::Thread)?;
     Ok((
         Outbox {
             tx,
@@ -120,7 +120,7 @@ impl Outbox {
             })
             .await
             .map_err(closed)?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// In one transaction: store `dead` letters, delete the `delivered`
@@ -140,7 +140,7 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     async fn ask(&self, cmd: Command) -> Result<(), OutboxError> {
@@ -156,21 +156,21 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// The producer state and the plans of windows not yet delivered.
     pub async fn load_plans(&self) -> Result<plan::Saved, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::LoadPlans { reply }).await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// Drop the stored producer id and streams (not the plans).
     pub async fn forget_producer(&self) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ForgetProducer { reply }).await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// These blocks (by first sequence number) as far as they are still
@@ -184,7 +184,7 @@ impl Outbox {
     pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ReadBlocks { seq_firsts, reply }).await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// Loss markers waiting for the loss topic: `(id, JSON)`.
@@ -194,7 +194,7 @@ impl Outbox {
             .send(Command::LossPending { reply })
             .await
             .map_err(closed)?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// Put a heartbeat in its slot, replacing one still waiting.
@@ -209,7 +209,7 @@ impl Outbox {
             .send(Command::HeartbeatPending { reply })
             .await
             .map_err(closed)?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// The heartbeat of `version` was delivered.
@@ -228,7 +228,7 @@ impl Outbox {
             .send(Command::DlqPending { reply })
             .await
             .map_err(closed)?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// True if the writer answers within `within` (it is not wedged).
@@ -256,7 +256,7 @@ impl Outbox {
             .send(Command::Present { seq_firsts, reply })
             .await
             .map_err(closed)?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// The redelivery marks of MQTT link `link` (see `outbox::mqtt_marks`).
@@ -270,7 +270,7 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// The broker has seen these messages acknowledged.
@@ -288,7 +288,7 @@ impl Outbox {
             reply,
         })
         .await?;
-        rx.await.map_err(closed)?.map_err(OutboxError::Storage)
+        Ok(rx.await.map_err(closed)??)
     }
 
     /// Ask the writer to drop events older than `max_age`.

@@ -21,6 +21,8 @@
 //!     mqtt_marks heartbeat    MQTT redelivery marks; the heartbeat's slot
 //!     reserve    disk space held back so the drain can write on a full disk
 //!     command    what the handles send the writer; errors and options
+//!       storage_error  a request's SQLite failure, with the step it was at
+//!       corruption     why a stored row read back is quarantined
 //!       block      the stored block: compression, checksum, verification
 //!         run        the stored record run: a partition's events as Kafka
 //!                    records, compressed as the wire takes them
@@ -30,6 +32,7 @@
 mod block;
 mod command;
 pub mod config;
+mod corruption;
 pub mod dead_letter;
 mod handle;
 pub mod heartbeat;
@@ -43,10 +46,13 @@ mod reserve;
 pub use reserve::free_bytes;
 pub mod run;
 mod schema;
+mod storage_error;
+pub use storage_error::StorageError;
 mod writer;
 
 pub use block::{Block, BlockEvents, StoredRun, verify_block};
 pub use command::{AppendBatch, Options, OutboxError, ReadLimits, StoreError, Waiting};
+pub use corruption::Corruption;
 pub use handle::{Appender, Outbox, start};
 pub use writer::open_connection;
 

@@ -15,6 +15,7 @@
 //! A stored run row's payload: [`RunHeader`] (fixed size, big-endian),
 //! then the compressed records.
 
+use super::corruption::Corruption;
 use crate::event::Event;
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::record_batch::{BatchEncoder, Codec, RecordsShape};
@@ -400,8 +401,9 @@ pub fn decode_run(
     records: &[u8],
     raw_bytes: usize,
     topic: &str,
-) -> Result<DecodedRun, String> {
-    let plain = decompress_records(header.codec, records, raw_bytes).map_err(|e| e.to_string())?;
+) -> Result<DecodedRun, Corruption> {
+    let plain =
+        decompress_records(header.codec, records, raw_bytes).map_err(Corruption::Records)?;
     let count = header.shape.count.max(0) as usize;
     let mut out = DecodedRun {
         data: Vec::with_capacity(raw_bytes + count * (topic.len() + 8)),
@@ -411,18 +413,23 @@ pub fn decode_run(
     let mut headers = Vec::new();
     let mut frame_headers = Vec::new();
     for i in 0..count {
-        let (record, after) =
-            read_record(rest, &mut headers).map_err(|e| format!("record {i}: {e}"))?;
+        let (record, after) = read_record(rest, &mut headers)
+            .map_err(|source| Corruption::Record { index: i, source })?;
         rest = after;
         if record.offset_delta != i as i64 {
-            return Err(format!(
-                "record {i} has offset delta {}",
-                record.offset_delta
-            ));
+            return Err(Corruption::OffsetDelta {
+                index: i,
+                delta: record.offset_delta,
+            });
         }
         match headers.pop() {
             Some((name, _)) if name == FERRY_ID_HEADER.as_bytes() => {}
-            _ => return Err(format!("record {i} has no {FERRY_ID_HEADER} header last")),
+            _ => {
+                return Err(Corruption::NoFerryId {
+                    index: i,
+                    header: FERRY_ID_HEADER,
+                });
+            }
         }
         frame_headers.clear();
         if !headers.is_empty() {
@@ -446,7 +453,10 @@ pub fn decode_run(
         event.encode_into(&mut out.data);
     }
     if !rest.is_empty() {
-        return Err(format!("{} bytes after {count} records", rest.len()));
+        return Err(Corruption::TrailingRecords {
+            extra: rest.len(),
+            count,
+        });
     }
     Ok(out)
 }

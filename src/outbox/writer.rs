@@ -32,6 +32,7 @@ use super::hot::HotStatements;
 use super::open_error::OpenError;
 use super::reserve::{self, Reserve};
 use super::run::RunCutter;
+use super::storage_error::StorageError;
 use super::{heartbeat, loss, mqtt_marks, plan, schema};
 use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
 use crate::stats::Stats;
@@ -233,7 +234,7 @@ impl Writer {
                 let r = self
                     .flush_mqtt_forget()
                     .and_then(|()| mqtt_marks::load(&self.conn, &link))
-                    .map_err(|e| format!("outbox {}: MQTT marks: {e}", self.path.display()));
+                    .map_err(StorageError::at("loading MQTT marks"));
                 let _ = reply.send(r);
             }
             // Taken while gathering a group (see `run`); kept for the
@@ -242,7 +243,7 @@ impl Writer {
             Command::MqttClear { link, reply } => {
                 self.mqtt_forget.retain(|(l, _)| *l != link);
                 let r = mqtt_marks::clear(&self.conn, &link)
-                    .map_err(|e| format!("outbox {}: MQTT marks: {e}", self.path.display()));
+                    .map_err(StorageError::at("clearing MQTT marks"));
                 let _ = reply.send(r);
             }
             Command::Read {
@@ -279,7 +280,7 @@ impl Writer {
             } => {
                 let r = self
                     .drain_write(|w| w.finish(&delivered, &dead, &plans))
-                    .map_err(|e| e.to_string());
+                    .map_err(StorageError::at("finishing delivered windows"));
                 if r.is_ok() && !self.reserve.is_held() {
                     // The disk was full: keep the log from growing back
                     // into the room the drain frees, then take the reserve
@@ -291,20 +292,25 @@ impl Writer {
             }
             Command::SavePlan { save, reply } => {
                 let r = self.drain_write(|w| plan::save(&w.conn, &save));
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(StorageError::at("saving a plan")));
             }
             Command::LoadPlans { reply } => {
-                let _ = reply.send(plan::load(&self.conn).map_err(|e| e.to_string()));
+                let r = plan::load(&self.conn).map_err(StorageError::at("loading stored plans"));
+                let _ = reply.send(r);
             }
             Command::ForgetProducer { reply } => {
-                let _ = reply.send(plan::forget_producer(&self.conn).map_err(|e| e.to_string()));
+                let r = plan::forget_producer(&self.conn)
+                    .map_err(StorageError::at("forgetting the producer id"));
+                let _ = reply.send(r);
             }
             Command::Quarantine { corrupt } => self.quarantine_corrupt(corrupt),
             Command::ReadBlocks { seq_firsts, reply } => {
                 let _ = reply.send(self.read_blocks(&seq_firsts));
             }
             Command::LossPending { reply } => {
-                let _ = reply.send(loss::pending(&self.conn, 100).map_err(|e| e.to_string()));
+                let r = loss::pending(&self.conn, 100)
+                    .map_err(StorageError::at("reading loss markers"));
+                let _ = reply.send(r);
             }
             Command::SetHeartbeat { body } => match heartbeat::set(&self.conn, &body) {
                 Ok(()) => {
@@ -322,7 +328,7 @@ impl Writer {
                 if let Ok(None) = r {
                     self.waiting.heartbeat.store(false, Relaxed);
                 }
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(StorageError::at("reading the heartbeat")));
             }
             Command::HeartbeatSent { version } => {
                 let left = heartbeat::sent(&self.conn, version)
@@ -343,7 +349,8 @@ impl Writer {
                 ),
             },
             Command::DlqPending { reply } => {
-                let r = dead_letter::pending_for_dlq(&self.conn, 500).map_err(|e| e.to_string());
+                let r = dead_letter::pending_for_dlq(&self.conn, 500)
+                    .map_err(StorageError::at("reading dead letters for the DLQ topic"));
                 let _ = reply.send(r);
             }
             Command::Ping { reply } => {
@@ -358,7 +365,8 @@ impl Writer {
                 }
             }
             Command::Present { seq_firsts, reply } => {
-                let _ = reply.send(self.present(&seq_firsts).map_err(|e| e.to_string()));
+                let r = self.present(&seq_firsts);
+                let _ = reply.send(r.map_err(StorageError::at("checking blocks are stored")));
             }
             Command::SetPriorities(p) => self.priorities = p,
             Command::EvictAged => {

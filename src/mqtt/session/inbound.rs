@@ -7,6 +7,7 @@ use crate::clock::Reading;
 use crate::event::Event;
 use crate::mqtt::codec::{self, Check, Incoming, Publish};
 use crate::mqtt::mapping::{Unroutable, record_headers};
+use crate::mqtt::session_error::SessionError;
 use crate::mqtt::state::digest;
 use crate::outbox::mqtt_marks::LinkMarks;
 use log::error;
@@ -14,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 impl Session<'_> {
     /// Decode every whole packet in the buffer; messages become one batch.
-    pub(super) async fn take_packets(&mut self) -> Result<(), String> {
+    pub(super) async fn take_packets(&mut self) -> Result<(), SessionError> {
         if self.skip > 0 {
             let d = self.skip.min(self.buf.len());
             self.buf.drain(..d);
@@ -30,20 +31,18 @@ impl Session<'_> {
         while pos < buf.len() {
             let (body_start, total) = match codec::check(&buf[pos..]) {
                 Err(e) => {
-                    failure = Some(format!("malformed packet from the broker: {e}"));
+                    failure = Some(SessionError::Malformed(e));
                     break;
                 }
                 Ok(Check::Incomplete { total }) => {
                     if let Some(total) = total.filter(|t| *t > self.max_packet) {
                         match codec::publish_head(&buf[pos..]) {
-                            Err(e) => {
-                                failure = Some(format!("malformed packet from the broker: {e}"))
-                            }
+                            Err(e) => failure = Some(SessionError::Malformed(e)),
                             Ok(None) if buf[pos] >> 4 != 3 => {
-                                failure = Some(format!(
-                                    "the broker sent a packet of {total} bytes (type {})",
-                                    buf[pos] >> 4
-                                ))
+                                failure = Some(SessionError::Oversized {
+                                    total,
+                                    kind: buf[pos] >> 4,
+                                })
                             }
                             Ok(None) => {}
                             Ok(Some((qos, id, topic))) => {
@@ -72,7 +71,7 @@ impl Session<'_> {
             pos += total;
             match codec::decode(packet, body_start, self.level()) {
                 Err(e) => {
-                    failure = Some(format!("malformed packet from the broker: {e}"));
+                    failure = Some(SessionError::Malformed(e));
                     break;
                 }
                 Ok(Incoming::Publish(p)) => {
@@ -104,20 +103,18 @@ impl Session<'_> {
                     }
                 }
                 Ok(Incoming::Disconnect { code, reason }) => {
-                    failure = Some(format!(
-                        "the broker disconnected ferry (reason 0x{code:02x}{})",
-                        reason.map(|r| format!(", \"{r}\"")).unwrap_or_default()
-                    ));
+                    failure = Some(SessionError::Disconnected {
+                        code,
+                        reason: reason.map(str::to_string),
+                    });
                     break;
                 }
                 Ok(Incoming::ConnAck { .. }) => {
-                    failure = Some("a second CONNACK on one connection".into());
+                    failure = Some(SessionError::SecondConnAck);
                     break;
                 }
                 Ok(Incoming::Unexpected(kind)) => {
-                    failure = Some(format!(
-                        "packet type {kind}, which a QoS 1 subscriber never expects"
-                    ));
+                    failure = Some(SessionError::Unexpected(kind));
                     break;
                 }
             }

@@ -6,9 +6,11 @@ use super::retention::delete_blocks;
 use super::state::Writer;
 use crate::outbox::block::{Block, StoredRun, verify_block};
 use crate::outbox::command::{Corrupt, ReadLimits};
+use crate::outbox::corruption::Corruption;
 use crate::outbox::hot::{FORMAT_EVENTS, FORMAT_RUN};
 use crate::outbox::run::RunHeader;
 use crate::outbox::schema;
+use crate::outbox::storage_error::StorageError;
 use crate::stats::now_ms;
 use log::error;
 use rusqlite::params;
@@ -21,7 +23,8 @@ impl Writer {
         after: i64,
         limits: ReadLimits,
         (skip_topics, skip_blocks): (&[String], &[i64]),
-    ) -> Result<Read, String> {
+    ) -> Result<Read, StorageError> {
+        let sql = StorageError::at("reading outbox blocks");
         let mut out = Vec::new();
         let mut corrupt = Vec::new();
         let (mut events, mut raw) = (0usize, 0usize);
@@ -39,18 +42,16 @@ impl Writer {
                     "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic, format FROM blocks \
                      WHERE priority = ?1 AND seq_first > ?2 ORDER BY seq_first",
                 )
-                .map_err(|e| e.to_string())?;
-            let mut rows = stmt
-                .query(params![priority, after])
-                .map_err(|e| e.to_string())?;
-            while let Some(row) = rows.next().map_err(|e| e.to_string())? {
-                let topic = row.get_ref(6).map_err(|e| e.to_string())?;
-                let topic = topic.as_str().map_err(|e| e.to_string())?;
+                .map_err(sql)?;
+            let mut rows = stmt.query(params![priority, after]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let topic = row.get_ref(6).map_err(sql)?;
+                let topic = topic.as_str().map_err(|e| sql(e.into()))?;
                 if skip_topics.iter().any(|t| t == topic) {
                     continue;
                 }
                 if !skip_blocks.is_empty() {
-                    let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
+                    let seq_first: i64 = row.get(0).map_err(sql)?;
                     if skip_blocks.binary_search(&seq_first).is_ok() {
                         continue;
                     }
@@ -63,14 +64,14 @@ impl Writer {
                 // decompressed, or a run's records as stored (and, when
                 // the reader decodes runs, its events too).
                 let decoded = row.get::<_, i64>(2).map(|n| n.max(0) as usize);
-                let block_raw = match row.get::<_, i64>(7).map_err(|e| e.to_string())? {
+                let block_raw = match row.get::<_, i64>(7).map_err(sql)? {
                     FORMAT_RUN => row
                         .get_ref(5)
                         .and_then(|v| Ok(v.as_blob()?.len()))
                         .and_then(|stored| Ok(stored + if runs_decoded { decoded? } else { 0 })),
                     _ => decoded,
                 }
-                .map_err(|e| e.to_string())?;
+                .map_err(sql)?;
                 if raw.saturating_add(block_raw) > max_raw_bytes {
                     if out.is_empty() && strict_bytes {
                         too_large = true;
@@ -121,7 +122,8 @@ impl Writer {
     }
 
     /// Read the given blocks (those still stored), verified and decompressed.
-    pub(super) fn read_blocks(&mut self, seq_firsts: &[i64]) -> Result<Vec<Block>, String> {
+    pub(super) fn read_blocks(&mut self, seq_firsts: &[i64]) -> Result<Vec<Block>, StorageError> {
+        let sql = StorageError::at("reading the outbox blocks of a stored plan");
         let mut out = Vec::with_capacity(seq_firsts.len());
         let mut stmt = self
             .conn
@@ -129,13 +131,13 @@ impl Writer {
                 "SELECT seq_first, count, raw_bytes, created_ms, crc, payload, topic, format FROM blocks \
                  WHERE seq_first = ?1",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(sql)?;
         for &seq_first in seq_firsts {
-            let mut rows = stmt.query([seq_first]).map_err(|e| e.to_string())?;
-            let Some(row) = rows.next().map_err(|e| e.to_string())? else {
+            let mut rows = stmt.query([seq_first]).map_err(sql)?;
+            let Some(row) = rows.next().map_err(sql)? else {
                 continue;
             };
-            let topic: String = row.get(6).map_err(|e| e.to_string())?;
+            let topic: String = row.get(6).map_err(sql)?;
             // A corrupt block is left for the ordinary read to quarantine.
             if let Ok(block) = stored_block(row, topic)? {
                 out.push(block);
@@ -187,15 +189,16 @@ pub(super) enum Read {
 pub(super) fn stored_block(
     row: &rusqlite::Row<'_>,
     topic: String,
-) -> Result<Result<Block, Corrupt>, String> {
-    let seq_first: i64 = row.get(0).map_err(|e| e.to_string())?;
-    let count: u32 = row.get(1).map_err(|e| e.to_string())?;
-    let raw_bytes = row.get::<_, i64>(2).map_err(|e| e.to_string())? as usize;
-    let created_ms: i64 = row.get(3).map_err(|e| e.to_string())?;
-    let crc: u32 = row.get(4).map_err(|e| e.to_string())?;
-    let format: i64 = row.get(7).map_err(|e| e.to_string())?;
+) -> Result<Result<Block, Corrupt>, StorageError> {
+    let sql = StorageError::at("reading an outbox block");
+    let seq_first: i64 = row.get(0).map_err(sql)?;
+    let count: u32 = row.get(1).map_err(sql)?;
+    let raw_bytes = row.get::<_, i64>(2).map_err(sql)? as usize;
+    let created_ms: i64 = row.get(3).map_err(sql)?;
+    let crc: u32 = row.get(4).map_err(sql)?;
+    let format: i64 = row.get(7).map_err(sql)?;
     let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
-    let payload = payload.map_err(|e| e.to_string())?;
+    let payload = payload.map_err(sql)?;
     let block = |data, run| Block {
         seq_first,
         topic: topic.clone(),
@@ -210,16 +213,16 @@ pub(super) fn stored_block(
                 records.to_vec(),
                 Some(StoredRun::new(header, raw_bytes)),
             )),
-            Err(why) => Err((seq_first, count, why)),
+            Err(why) => Err((seq_first, count, why.to_string())),
         },
         FORMAT_EVENTS => match verify_block(payload, crc, count, raw_bytes, &topic) {
             Ok(data) => Ok(block(data, None)),
-            Err(why) => Err((seq_first, count, why)),
+            Err(why) => Err((seq_first, count, why.to_string())),
         },
         other => Err((
             seq_first,
             count,
-            format!("stored in format {other}, unknown to this ferry"),
+            Corruption::UnknownFormat(other).to_string(),
         )),
     })
 }
@@ -230,16 +233,16 @@ pub(super) fn verify_run(
     payload: &[u8],
     crc: u32,
     count: u32,
-) -> Result<(RunHeader, &[u8]), String> {
+) -> Result<(RunHeader, &[u8]), Corruption> {
     if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch".into());
+        return Err(Corruption::Checksum);
     }
     match RunHeader::read(payload) {
         Some((h, records)) if h.shape.count as i64 == i64::from(count) => Ok((h, records)),
-        Some((h, _)) => Err(format!(
-            "a run of {} records in a row of {count}",
-            h.shape.count
-        )),
-        None => Err("not a record run".into()),
+        Some((h, _)) => Err(Corruption::RunCount {
+            records: h.shape.count,
+            count,
+        }),
+        None => Err(Corruption::NotARun),
     }
 }
