@@ -4,7 +4,7 @@
 //! finish at shutdown.
 
 use super::aside::only_deferred;
-use super::lane::LaneOutcome;
+use super::lane_outcome::LaneOutcome;
 use super::plan::Lane;
 use super::window::{Running, Window};
 use super::{Delivery, Forwarder, HEARTBEAT, SHUTDOWN_GRACE, until_shutdown};

@@ -13,6 +13,7 @@
 //! goes back to the forwarder, which decides what happens next.
 
 use super::flight::{HandOver, Predecessor, Slot, Ticket};
+use super::lane_outcome::LaneOutcome;
 use super::plan::{Batch, Item, whole_stored_run};
 use crate::clock::{Reading, SystemClock, Timestamp};
 use crate::kafka::connection::{Connection, Pending};
@@ -40,28 +41,6 @@ pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
 /// On events recorded with an unsynchronised clock that could not be
 /// corrected (clock still unsynchronised, or recorded in an earlier boot).
 pub const TS_UNSYNCED_HEADER: &str = "ferry-ts-unsynced";
-
-/// What a lane attempt achieved.
-#[derive(Debug, Default)]
-pub struct LaneOutcome {
-    /// Batches delivered, from the front.
-    pub acked: usize,
-    /// Batches sent in this attempt (delivered or not), from the front.
-    pub sent: usize,
-    /// Items (indexes into the attempt's items) Kafka refused for good,
-    /// with the broker's reason.
-    pub refused: Vec<(usize, String)>,
-    /// The first undelivered batch was refused as a whole and names no
-    /// record: halve it to find the one.
-    pub halve: bool,
-    pub failure: Option<Failure>,
-    /// The lane before it (same partition) did not finish: nothing tried.
-    pub gave_up: bool,
-    /// Batches after the first undelivered one that the broker wrote all
-    /// the same (indexes into the attempt's batches): their events are
-    /// delivered; the rest of the lane goes under a new producer epoch.
-    pub written_out_of_turn: Vec<usize>,
-}
 
 /// A batch on the wire: its index, the answer to wait for, when it was
 /// sent, and the partition slot it holds.

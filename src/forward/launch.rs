@@ -3,7 +3,8 @@
 //! lane.
 
 use super::flight::{self, Ticket};
-use super::lane::{LaneJob, LaneOutcome};
+use super::lane::LaneJob;
+use super::lane_outcome::LaneOutcome;
 use super::plan::{self, Item, Lane, whole_stored_run};
 use super::security;
 use super::streams::Idempotence;

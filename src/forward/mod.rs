@@ -37,11 +37,13 @@
 //!            one task per lane
 //! planner    a window's events routed and partitioned into lanes
 //! outcomes   lane outcomes collected: acks, dead letters, leaders lost
+//!            (the lane's own state changes in lane_outcome: Lane::apply)
 //! aside      windows waiting only for a partition's leader
 //! parked     topics parked on a configuration failure
 //! status     counters, breaker and backoff, the state `ferry status` shows
 //! side       the DLQ, loss and heartbeat records
-//! lane, plan, flight, streams, deferral, parking, schedule, route:
+//! lane, lane_outcome, plan, flight, streams, deferral, parking,
+//! schedule, route:
 //!            the pure parts these use (each says its own job)
 //! ```
 
@@ -51,6 +53,7 @@ pub mod deferral;
 mod delivery;
 pub mod flight;
 pub mod lane;
+pub mod lane_outcome;
 mod launch;
 mod outcomes;
 mod parked;

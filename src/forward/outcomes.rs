@@ -2,14 +2,13 @@
 //! Kafka refuses for good (dead letters), leaders lost, failures.
 
 use super::Forwarder;
-use super::lane::LaneOutcome;
+use super::lane_outcome::{LaneFailure, LaneOutcome, StreamChange};
 use super::plan::Lane;
 use super::window::Window;
 use crate::kafka::errors::{Class, Failure};
 use crate::outbox::dead_letter::NewDeadLetter;
 use crate::stats::now_ms;
 use log::{error, info, warn};
-use std::collections::HashSet;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
@@ -38,17 +37,8 @@ impl Forwarder {
                 }
             };
             let lane = &mut lanes[i];
-            let done = lane.done();
-            let acked_before = lane.acked;
-            // Events of batches the broker wrote after an earlier one failed.
-            let written: HashSet<i64> = out
-                .written_out_of_turn
-                .iter()
-                .filter_map(|&r| lane.batches.get(acked_before + r))
-                .flat_map(|b| &lane.items[b.start as usize..(b.start + b.len) as usize])
-                .map(|item| item.seq)
-                .collect();
-            if let Some(p) = lane.producer.filter(|_| out.acked > 0) {
+            let applied = lane.apply(out);
+            if let Some(p) = applied.acknowledged {
                 self.confirmed.acknowledged(
                     &lane.topic,
                     lane.partition,
@@ -56,103 +46,59 @@ impl Forwarder {
                     Instant::now(),
                 );
             }
-            lane.acked += out.acked;
-            lane.sent_before = lane.sent_before.max(acked_before + out.sent);
-            if !out.refused.is_empty() || out.halve {
-                let f = out.failure.clone().unwrap_or_else(|| {
-                    Failure::new(Class::PermanentRecord, "OTHER", "refused".into())
-                });
-                if out.halve {
-                    let len = lane.batches.get(lane.acked).map_or(1, |b| b.len as usize);
-                    lane.batch_limit = (len / 2).max(1);
-                } else {
-                    let now = now_ms();
-                    let mut gone: Vec<usize> = Vec::new();
-                    for (rel, reason) in &out.refused {
-                        let idx = done + rel;
-                        let Some(item) = lane.items.get(idx).copied() else {
-                            continue;
-                        };
-                        let block = &blocks[item.block as usize];
-                        let event = block.event_bytes(item.offset as usize).unwrap_or_default();
-                        error!(
-                            "event {}:{} (topic {}) refused by Kafka for good: {} ({reason}); moved to dead letters (`ferry dlq list`)",
-                            self.node_id, item.seq, lane.topic, f.name
-                        );
-                        window.dead.push(NewDeadLetter {
-                            seq: item.seq,
-                            destination: lane.topic.clone(),
-                            event: event.to_vec(),
-                            reason: reason.clone(),
-                            error_name: f.name.clone(),
-                            attempts: 1,
-                            first_attempt_ms: window.first_attempt_ms,
-                            last_attempt_ms: now,
-                        });
-                        gone.push(idx);
-                    }
-                    // `gone` counts from the lane's start; drop the finished
-                    // items first, then the refused ones.
-                    let shift = lane.done();
-                    lane.compact();
-                    let mut k = shift;
-                    lane.items.retain(|_| {
-                        let keep = !gone.contains(&k);
-                        k += 1;
-                        keep
+            if let Some(LaneFailure::Refused(f)) = &applied.failure {
+                let now = now_ms();
+                for (item, reason) in applied.dead {
+                    let block = &blocks[item.block as usize];
+                    let event = block.event_bytes(item.offset as usize).unwrap_or_default();
+                    error!(
+                        "event {}:{} (topic {}) refused by Kafka for good: {} ({reason}); moved to dead letters (`ferry dlq list`)",
+                        self.node_id, item.seq, lane.topic, f.name
+                    );
+                    window.dead.push(NewDeadLetter {
+                        seq: item.seq,
+                        destination: lane.topic.clone(),
+                        event: event.to_vec(),
+                        reason,
+                        error_name: f.name.clone(),
+                        attempts: 1,
+                        first_attempt_ms: window.first_attempt_ms,
+                        last_attempt_ms: now,
                     });
-                    lane.batch_limit = usize::MAX;
                 }
-                // The batch and all after it in this partition were never
-                // written: the stream starts afresh, the lane is cut again.
-                lane.replan = true;
-                self.streams.start_afresh(&lane.topic, lane.partition);
-                if !written.is_empty() {
-                    lane.drop_written(&written);
+            }
+            if let Some(LaneFailure::Failed(f)) = &applied.failure
+                && f.class == Class::ProducerState
+            {
+                // Rare (each needs a broker error) and worth a line each.
+                warn!(
+                    "{} [{}]: the broker no longer accepts ferry's producer state for this partition; it starts afresh under {}, and batches in flight then may arrive twice",
+                    f.message,
+                    f.name,
+                    if applied.stream == StreamChange::NewProducerId {
+                        "a new producer id"
+                    } else {
+                        "the next epoch of its producer id"
+                    }
+                );
+            }
+            match applied.stream {
+                StreamChange::Continues => {}
+                StreamChange::Afresh => self.streams.start_afresh(&lane.topic, lane.partition),
+                StreamChange::NewProducerId => {
+                    self.streams.start_with_new_id(&lane.topic, lane.partition)
                 }
-                refused.get_or_insert(f);
-                continue;
             }
-            if !written.is_empty() {
-                // A hole in the partition's sequence: what follows it goes
-                // under a new epoch, without what was written already.
-                lane.drop_written(&written);
-                self.streams.start_afresh(&lane.topic, lane.partition);
-            }
-            match out.failure {
+            match applied.failure {
                 None => {}
-                Some(f) if f.class == Class::ConfigTopic => {
-                    parked.push((lane.topic.clone(), f));
+                Some(LaneFailure::Refused(f)) => {
+                    refused.get_or_insert(f);
                 }
-                // The lane before it failed; if that one's topic
-                // got parked, this lane is held below with it.
-                Some(f) if out.gave_up => {
+                Some(LaneFailure::Park(f)) => parked.push((lane.topic.clone(), f)),
+                Some(LaneFailure::GaveUp(f)) => {
                     first_error.get_or_insert(f);
                 }
-                Some(f) => {
-                    if f.class == Class::ProducerState {
-                        lane.replan = true;
-                        // Fenced (a newer epoch of ferry's producer id is
-                        // known there): a new id. Otherwise the next epoch.
-                        let fenced =
-                            f.name == "INVALID_PRODUCER_EPOCH" || f.name == "PRODUCER_FENCED";
-                        // Rare (each needs a broker error) and worth a line each.
-                        warn!(
-                            "{} [{}]: the broker no longer accepts ferry's producer state for this partition; it starts afresh under {}, and batches in flight then may arrive twice",
-                            f.message,
-                            f.name,
-                            if fenced {
-                                "a new producer id"
-                            } else {
-                                "the next epoch of its producer id"
-                            }
-                        );
-                        if fenced {
-                            self.streams.start_with_new_id(&lane.topic, lane.partition);
-                        } else {
-                            self.streams.start_afresh(&lane.topic, lane.partition);
-                        }
-                    }
+                Some(LaneFailure::Failed(f)) => {
                     // Look the leader up afresh next time.
                     if let Some(c) = self.cluster.as_mut() {
                         c.forget_topic(&lane.topic);

@@ -3,7 +3,7 @@
 //! (`kafka.max_in_flight_bytes`) the next one may take.
 
 use super::WINDOW_RAW_BYTES;
-use super::lane::LaneOutcome;
+use super::lane_outcome::LaneOutcome;
 use super::plan::{self, Lane};
 use crate::outbox::Block;
 use crate::outbox::dead_letter::NewDeadLetter;
