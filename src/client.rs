@@ -412,15 +412,16 @@ pub fn status(config: &Config, json: bool) -> i32 {
 /// daemon is not running.
 fn offline_snapshot(config: &Config) -> Result<Snapshot, OfflineError> {
     let b = offline::read_backlog(&config.outbox_path())?;
+    let c = b.counters;
     Ok(Snapshot {
         node_id: config.node_id.clone(),
-        backlog_events: b.events,
-        backlog_bytes: b.stored_bytes,
-        backlog_raw_bytes: b.raw_bytes,
-        dropped_events: b.dropped_events,
-        dropped_bytes: b.dropped_bytes,
-        quarantined: b.quarantined_events,
-        dead_letters: b.dead_letters,
+        backlog_events: c.events,
+        backlog_bytes: c.stored_bytes,
+        backlog_raw_bytes: c.raw_bytes,
+        dropped_events: c.dropped_events,
+        dropped_bytes: c.dropped_bytes,
+        quarantined: c.quarantined_events,
+        dead_letters: c.dead_letters,
         oldest_age_s: b
             .oldest_created_ms
             .map(|o| (now_ms() - o).max(0) as f64 / 1000.0),

@@ -54,6 +54,7 @@ pub use block::{Block, BlockEvents, StoredRun, verify_block};
 pub use command::{AppendBatch, Options, OutboxError, ReadLimits, StoreError, Waiting};
 pub use corruption::Corruption;
 pub use handle::{Appender, Outbox, start};
+pub use schema::Counters;
 pub use writer::open_connection;
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! counters, read-only, no scan) and the connection `ferry dlq` edits dead
 //! letters through. The SQL stays here, with the schema it reads.
 
+use super::open_error::SchemaError;
+use super::schema::{self, Counters};
 use rusqlite::{Connection, OpenFlags};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,9 @@ pub enum OfflineError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    /// A counter or table could not be read.
+    /// The backlog counters could not be read.
+    Counters { path: PathBuf, source: SchemaError },
+    /// A table could not be read.
     Read {
         what: &'static str,
         path: PathBuf,
@@ -34,6 +38,9 @@ impl fmt::Display for OfflineError {
             OfflineError::Open { path, source } => {
                 write!(f, "cannot open {}: {source}", path.display())
             }
+            OfflineError::Counters { path, source } => {
+                write!(f, "{}: {source}", path.display())
+            }
             OfflineError::Read { what, path, source } => {
                 write!(f, "cannot read {what} from {}: {source}", path.display())
             }
@@ -46,6 +53,7 @@ impl std::error::Error for OfflineError {
         match self {
             OfflineError::Missing(_) => None,
             OfflineError::Open { source, .. } | OfflineError::Read { source, .. } => Some(source),
+            OfflineError::Counters { source, .. } => Some(source),
         }
     }
 }
@@ -54,13 +62,7 @@ impl std::error::Error for OfflineError {
 /// same transactions as the rows).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
-    pub events: u64,
-    pub stored_bytes: u64,
-    pub raw_bytes: u64,
-    pub dropped_events: u64,
-    pub dropped_bytes: u64,
-    pub quarantined_events: u64,
-    pub dead_letters: u64,
+    pub counters: Counters,
     /// When the oldest stored row was written (ms since the epoch).
     pub oldest_created_ms: Option<i64>,
 }
@@ -74,17 +76,10 @@ pub fn read_backlog(path: &Path) -> Result<Backlog, OfflineError> {
                 source,
             }
         })?;
-    let get = |what: &'static str| -> Result<u64, OfflineError> {
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [what], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map(|v| v.max(0) as u64)
-        .map_err(|source| OfflineError::Read {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })
-    };
+    let counters = schema::load_counters(&conn).map_err(|source| OfflineError::Counters {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let oldest_created_ms: Option<i64> = conn
         .query_row(
             "SELECT created_ms FROM blocks ORDER BY seq_first LIMIT 1",
@@ -93,13 +88,7 @@ pub fn read_backlog(path: &Path) -> Result<Backlog, OfflineError> {
         )
         .ok();
     Ok(Backlog {
-        events: get("events")?,
-        stored_bytes: get("stored_bytes")?,
-        raw_bytes: get("raw_bytes")?,
-        dropped_events: get("dropped_events")?,
-        dropped_bytes: get("dropped_bytes")?,
-        quarantined_events: get("quarantined_events")?,
-        dead_letters: get("dead_letters")?,
+        counters,
         oldest_created_ms,
     })
 }

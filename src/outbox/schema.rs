@@ -125,9 +125,18 @@ pub fn migrate(conn: &Connection) -> Result<(), SchemaError> {
     Ok(())
 }
 
+/// What the writer loads from `meta` at start-up.
 #[derive(Debug, Default)]
 pub struct Meta {
     pub next_seq: i64,
+    pub counters: Counters,
+    pub uplink: crate::stats::UplinkUsage,
+}
+
+/// The backlog and loss counters, kept in `meta` in the same transactions
+/// as the rows they count (so neither the daemon nor `ferry status` scans).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
     pub events: u64,
     pub stored_bytes: u64,
     pub raw_bytes: u64,
@@ -135,26 +144,37 @@ pub struct Meta {
     pub dropped_bytes: u64,
     pub quarantined_events: u64,
     pub dead_letters: u64,
-    pub uplink: crate::stats::UplinkUsage,
+}
+
+/// One `meta` value; the error names it.
+fn meta_value(conn: &Connection, key: &str) -> Result<i64, SchemaError> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .map_err(|source| SchemaError::Counter {
+            key: key.to_string(),
+            source,
+        })
+}
+
+/// The backlog and loss counters (read-only: `ferry status` reads them
+/// beside the daemon or without it).
+pub fn load_counters(conn: &Connection) -> Result<Counters, SchemaError> {
+    let get = |key: &str| meta_value(conn, key).map(|v| v.max(0) as u64);
+    Ok(Counters {
+        events: get("events")?,
+        stored_bytes: get("stored_bytes")?,
+        raw_bytes: get("raw_bytes")?,
+        dropped_events: get("dropped_events")?,
+        dropped_bytes: get("dropped_bytes")?,
+        quarantined_events: get("quarantined_events")?,
+        dead_letters: get("dead_letters")?,
+    })
 }
 
 pub fn load_meta(conn: &Connection) -> Result<Meta, SchemaError> {
-    let get = |key: &str| -> Result<i64, SchemaError> {
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .map_err(|source| SchemaError::Counter {
-                key: key.to_string(),
-                source,
-            })
-    };
+    let get = |key: &str| meta_value(conn, key);
     Ok(Meta {
         next_seq: get("next_seq")?,
-        events: get("events")?.max(0) as u64,
-        stored_bytes: get("stored_bytes")?.max(0) as u64,
-        raw_bytes: get("raw_bytes")?.max(0) as u64,
-        dropped_events: get("dropped_events")?.max(0) as u64,
-        dropped_bytes: get("dropped_bytes")?.max(0) as u64,
-        quarantined_events: get("quarantined_events")?.max(0) as u64,
-        dead_letters: get("dead_letters")?.max(0) as u64,
+        counters: load_counters(conn)?,
         uplink: crate::stats::UplinkUsage {
             day: get("uplink_day")?,
             today: get("uplink_today")?.max(0) as u64,

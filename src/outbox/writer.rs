@@ -97,13 +97,14 @@ impl Writer {
             let path = path.clone();
             move |source| OpenError::Load { path, what, source }
         };
-        stats.backlog_events.store(m.events, Relaxed);
-        stats.backlog_bytes.store(m.stored_bytes, Relaxed);
-        stats.backlog_raw_bytes.store(m.raw_bytes, Relaxed);
-        stats.dropped_events.store(m.dropped_events, Relaxed);
-        stats.dropped_bytes.store(m.dropped_bytes, Relaxed);
-        stats.quarantined.store(m.quarantined_events, Relaxed);
-        stats.dead_letters.store(m.dead_letters, Relaxed);
+        let c = m.counters;
+        stats.backlog_events.store(c.events, Relaxed);
+        stats.backlog_bytes.store(c.stored_bytes, Relaxed);
+        stats.backlog_raw_bytes.store(c.raw_bytes, Relaxed);
+        stats.dropped_events.store(c.dropped_events, Relaxed);
+        stats.dropped_bytes.store(c.dropped_bytes, Relaxed);
+        stats.quarantined.store(c.quarantined_events, Relaxed);
+        stats.dead_letters.store(c.dead_letters, Relaxed);
         if let Ok(mut u) = stats.uplink.lock() {
             *u = m.uplink;
         }
@@ -182,8 +183,8 @@ impl Writer {
         info!(
             "outbox {} open: {} events ({} bytes) waiting, next sequence {}",
             w.path.display(),
-            m.events,
-            m.stored_bytes,
+            c.events,
+            c.stored_bytes,
             m.next_seq
         );
         Ok(w)
