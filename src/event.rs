@@ -10,6 +10,11 @@ use std::fmt;
 /// batch; an event larger than 1 MiB can never be produced with defaults.
 pub const KAFKA_MAX_EVENT_BYTES: u64 = 1024 * 1024;
 
+/// The header every record ferry produces from an event carries:
+/// `<node-id>:<outbox-seq>`, unique per node for the life of the outbox,
+/// for consumers that dedupe themselves.
+pub const FERRY_ID_HEADER: &str = "ferry-id";
+
 /// One event. `headers` stays in its wire encoding (see [`HeaderIter`]) so
 /// that neither ingest nor storage allocates per header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,9 @@
 //! their stored plans, as after a restart.
 
 use super::deferral::PutAside;
+use super::delivery::{Delivery, until_shutdown};
 use super::streams::Idempotence;
-use super::{Delivery, Forwarder, Running, Window, until_shutdown};
+use super::{Forwarder, Running, Window};
 use crate::kafka::errors::{Class, Failure};
 use crate::outbox::plan::{PlanSave, ProducerMeta};
 use crate::shutdown::Shutdown;
@@ -23,7 +24,7 @@ impl Forwarder {
         failure: Failure,
         shutdown: &mut Shutdown,
     ) -> Option<Option<i64>> {
-        let window = if only_deferred(&window) {
+        let window = if window.only_deferred() {
             match self.put_aside(window).await {
                 Ok(()) => return Some(None),
                 Err(back) => *back,
@@ -215,7 +216,7 @@ impl Forwarder {
                 }
                 Err(f) => f,
             };
-            if !only_deferred(&window) && failure.class != Class::PermanentRecord {
+            if !window.only_deferred() && failure.class != Class::PermanentRecord {
                 self.on_failure(&failure);
             }
             if let Err(window) = self.put_aside(window).await {
@@ -241,13 +242,4 @@ impl Forwarder {
         self.publish_state(None);
         true
     }
-}
-
-/// Every lane of `window` not yet settled waits for a partition without a
-/// leader (and there is one).
-pub(super) fn only_deferred(window: &Window) -> bool {
-    window.lanes.as_ref().is_some_and(|lanes| {
-        let mut left = lanes.iter().filter(|l| !l.settled()).peekable();
-        left.peek().is_some() && left.all(|l| l.deferred)
-    })
 }

@@ -3,20 +3,26 @@
 //! completion (blocks deleted, dead letters stored) and what may still
 //! finish at shutdown.
 
-use super::aside::only_deferred;
 use super::lane_outcome::LaneOutcome;
 use super::plan::Lane;
 use super::window::{Running, Window};
-use super::{Delivery, Forwarder, HEARTBEAT, SHUTDOWN_GRACE, until_shutdown};
+use super::{Forwarder, HEARTBEAT, SHUTDOWN_GRACE};
 use crate::kafka::errors::{Class, Failure};
 use crate::shutdown::Shutdown;
 use crate::stats::now_ms;
-use log::{debug, warn};
+use log::debug;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 impl Forwarder {
+    /// One delivery attempt of what is left of `window`.
+    pub(super) async fn attempt(&mut self, window: &mut Window) -> Result<(), Failure> {
+        self.note_expiry(window);
+        let (tasks, _) = self.launch(window, None).await?;
+        self.collect(window, tasks).await
+    }
+
     /// At shutdown: let a running window's lanes finish for a moment, and
     /// if that delivered all of it, record it.
     pub(super) async fn settle_at_shutdown(&mut self, r: Running) {
@@ -217,7 +223,7 @@ impl Forwarder {
                 }
                 // Only lanes of partitions without a leader are left: they
                 // wait aside, the rest goes on.
-                Err(f) if only_deferred(&window) => match self.put_aside(window).await {
+                Err(f) if window.only_deferred() => match self.put_aside(window).await {
                     Ok(()) => return Delivery::Done,
                     Err(back) => {
                         window = *back;
@@ -271,50 +277,30 @@ impl Forwarder {
             ));
         }
     }
+}
 
-    /// Producer ids and sequences belong to one cluster (KIP-98: the
-    /// broker keeps producer state per cluster). When the brokers now name
-    /// another cluster id than the streams were numbered for (a reload to
-    /// other brokers, a cluster rebuilt, a data dir moved), the streams
-    /// start afresh with ids of this cluster, and planned lanes are cut and
-    /// numbered again: their events go at least once, and ferry says so.
-    pub(super) fn bind_cluster(&mut self, window: &mut Window) {
-        let Some(current) = self
-            .cluster
-            .as_ref()
-            .and_then(|c| c.cluster_id())
-            .map(str::to_string)
-        else {
-            return;
-        };
-        if let Some(old) = self
-            .streams_cluster
-            .as_deref()
-            .filter(|old| *old != current)
-        {
-            warn!(
-                "the brokers now belong to Kafka cluster {current}, not {old}: ferry takes new producer ids there; events planned for {old} and not yet acknowledged are sent again at least once"
-            );
-            self.streams.reset();
-            self.at_least_once = Some(format!("events planned for cluster {old}"));
-            self.publish_state(None);
+/// What one window's delivery came to.
+pub(super) enum Delivery {
+    /// Finished: these blocks can go (the others are held for parked topics).
+    Done,
+    /// Not started; read the window again.
+    Reread,
+    Shutdown,
+}
+
+/// `work`, unless shutdown comes first: then requests already on the wire
+/// may finish for a moment (what does not is sent again after a restart,
+/// with its stored plan) and the answer is `None`.
+pub(super) async fn until_shutdown<T>(
+    work: impl std::future::Future<Output = T>,
+    shutdown: &mut Shutdown,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => Some(r),
+        _ = shutdown.recv() => {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
+            None
         }
-        self.streams_cluster = Some(current.clone());
-        match window.cluster.as_deref() {
-            Some(planned) if planned != current => {
-                if let Some(lanes) = window.lanes.as_mut() {
-                    for lane in lanes.iter_mut().filter(|l| !l.settled()) {
-                        lane.replan = true;
-                    }
-                }
-                warn!(
-                    "a delivery window planned for Kafka cluster {planned} goes to cluster {current} under new producer ids: its events are sent at least once"
-                );
-                self.at_least_once = Some(format!("events planned for cluster {planned}"));
-                self.publish_state(None);
-            }
-            _ => {}
-        }
-        window.cluster = Some(current);
     }
 }

@@ -22,11 +22,63 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 
 impl Forwarder {
-    /// One delivery attempt of what is left of `window`.
-    pub(super) async fn attempt(&mut self, window: &mut Window) -> Result<(), Failure> {
-        self.note_expiry(window);
-        let (tasks, _) = self.launch(window, None).await?;
-        self.collect(window, tasks).await
+    /// For each block of the window: is it still in the outbox? (If the
+    /// outbox cannot tell, assume so: sending twice beats losing.)
+    pub(super) async fn still_stored(&self, blocks: &[Block]) -> Vec<bool> {
+        let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
+        match self.outbox.present(ids).await {
+            Ok(present) => blocks
+                .iter()
+                .map(|b| present.binary_search(&b.seq_first).is_ok())
+                .collect(),
+            Err(_) => vec![true; blocks.len()],
+        }
+    }
+
+    /// Producer ids and sequences belong to one cluster (KIP-98: the
+    /// broker keeps producer state per cluster). When the brokers now name
+    /// another cluster id than the streams were numbered for (a reload to
+    /// other brokers, a cluster rebuilt, a data dir moved), the streams
+    /// start afresh with ids of this cluster, and planned lanes are cut and
+    /// numbered again: their events go at least once, and ferry says so.
+    pub(super) fn bind_cluster(&mut self, window: &mut Window) {
+        let Some(current) = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.cluster_id())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        if let Some(old) = self
+            .streams_cluster
+            .as_deref()
+            .filter(|old| *old != current)
+        {
+            warn!(
+                "the brokers now belong to Kafka cluster {current}, not {old}: ferry takes new producer ids there; events planned for {old} and not yet acknowledged are sent again at least once"
+            );
+            self.streams.reset();
+            self.at_least_once = Some(format!("events planned for cluster {old}"));
+            self.publish_state(None);
+        }
+        self.streams_cluster = Some(current.clone());
+        match window.cluster.as_deref() {
+            Some(planned) if planned != current => {
+                if let Some(lanes) = window.lanes.as_mut() {
+                    for lane in lanes.iter_mut().filter(|l| !l.settled()) {
+                        lane.replan = true;
+                    }
+                }
+                warn!(
+                    "a delivery window planned for Kafka cluster {planned} goes to cluster {current} under new producer ids: its events are sent at least once"
+                );
+                self.at_least_once = Some(format!("events planned for cluster {planned}"));
+                self.publish_state(None);
+            }
+            _ => {}
+        }
+        window.cluster = Some(current);
     }
 
     /// How long the broker may take to replicate a produce (`timeout_ms`):

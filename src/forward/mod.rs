@@ -42,9 +42,14 @@
 //! parked     topics parked on a configuration failure
 //! status     counters, breaker and backoff, the state `ferry status` shows
 //! side       the DLQ, loss and heartbeat records
-//! lane, lane_outcome, plan, flight, streams, deferral, parking,
-//! schedule, route:
+//! lane       one lane's attempt: batches produced, answers taken in order
+//!   record_writer  stored events into Kafka records and batches
+//!   lane_outcome   what an attempt achieved; Lane::apply
+//! plan, flight, streams, deferral, parking, schedule, route:
 //!            the pure parts these use (each says its own job)
+//! probe      `ferry check-config --connect`: what works and what to fix
+//! security   TLS and SASL read from their files (typed errors)
+//! config     the [kafka] section and its checks
 //! ```
 
 mod aside;
@@ -61,6 +66,7 @@ pub mod parking;
 pub mod plan;
 mod planner;
 pub mod probe;
+pub mod record_writer;
 mod recovery;
 pub mod route;
 pub mod schedule;
@@ -81,21 +87,21 @@ use crate::kafka::uplink::Uplink;
 use crate::log_limit::LogLimiter;
 use crate::outbox::config::Durability;
 use crate::outbox::run::node_hash;
-use crate::outbox::{Block, Outbox, ReadLimits};
+use crate::outbox::{Outbox, ReadLimits};
 use crate::pattern::PRIORITY_LEVELS;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use config::{Compression, KafkaConfig};
 use deferral::Deferral;
+use delivery::Delivery;
 use flight::{Confirmed, Flight, Predecessor, Slots};
-use lane::WriterPool;
 use log::info;
 use parking::ParkedTopics;
-use plan::Lane;
+use record_writer::WriterPool;
 use route::RouteConfig;
 use route::Router;
 use schedule::Schedule;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -148,14 +154,7 @@ const LOCAL_STORAGE: &str = "OUTBOX";
 /// The loop shows it is alive at least this often while it waits.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-pub use lane::{FERRY_ID_HEADER, TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
-
-fn abandon(lane: &mut Lane, blocks: &[Block], sources: &mut HashSet<String>) {
-    lane.abandoned = true;
-    for item in &lane.items[lane.done()..] {
-        sources.insert(blocks[item.block as usize].topic.clone());
-    }
-}
+pub use record_writer::{FERRY_ID_HEADER, TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
 
 /// The last lane started for each destination partition: the next lane of
 /// that partition follows it (see [`flight`]), which keeps order per
@@ -254,15 +253,6 @@ fn codec_of(kafka: &KafkaConfig) -> Codec {
         Compression::Zstd => Codec::Zstd(kafka.zstd_level),
         Compression::None => Codec::None,
     }
-}
-
-/// What one window's delivery came to.
-enum Delivery {
-    /// Finished: these blocks can go (the others are held for parked topics).
-    Done,
-    /// Not started; read the window again.
-    Reread,
-    Shutdown,
 }
 
 impl Forwarder {
@@ -637,23 +627,6 @@ impl Forwarder {
                 _ = tokio::time::sleep_until(due.into()), if all_sent => {}
                 _ = shutdown.recv() => return false,
             }
-        }
-    }
-}
-
-/// `work`, unless shutdown comes first: then requests already on the wire
-/// may finish for a moment (what does not is sent again after a restart,
-/// with its stored plan) and the answer is `None`.
-async fn until_shutdown<T>(
-    work: impl std::future::Future<Output = T>,
-    shutdown: &mut Shutdown,
-) -> Option<T> {
-    tokio::pin!(work);
-    tokio::select! {
-        r = &mut work => Some(r),
-        _ = shutdown.recv() => {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
-            None
         }
     }
 }

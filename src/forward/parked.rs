@@ -4,7 +4,7 @@
 
 use super::parking::Parking;
 use super::plan::Lane;
-use super::{Forwarder, LOUD_LOG_INTERVAL, abandon};
+use super::{Forwarder, LOUD_LOG_INTERVAL};
 use crate::kafka::errors::Failure;
 use crate::log_limit::LogLimiter;
 use crate::outbox::Block;
@@ -85,19 +85,6 @@ impl Forwarder {
         held
     }
 
-    /// For each block of the window: is it still in the outbox? (If the
-    /// outbox cannot tell, assume so: sending twice beats losing.)
-    pub(super) async fn still_stored(&self, blocks: &[Block]) -> Vec<bool> {
-        let ids: Vec<i64> = blocks.iter().map(|b| b.seq_first).collect();
-        match self.outbox.present(ids).await {
-            Ok(present) => blocks
-                .iter()
-                .map(|b| present.binary_search(&b.seq_first).is_ok())
-                .collect(),
-            Err(_) => vec![true; blocks.len()],
-        }
-    }
-
     /// Abandon, in this window, the unfinished lanes of topics that are
     /// parked now (without parking them again): their blocks are held.
     pub(super) fn hold_parked(&mut self, blocks: &[Block], lanes: &mut [Lane]) {
@@ -133,5 +120,12 @@ impl Forwarder {
             }
         }
         self.park(topic, sources, f);
+    }
+}
+
+fn abandon(lane: &mut Lane, blocks: &[Block], sources: &mut HashSet<String>) {
+    lane.abandoned = true;
+    for item in &lane.items[lane.done()..] {
+        sources.insert(blocks[item.block as usize].topic.clone());
     }
 }

@@ -8,7 +8,7 @@
 //! bounded by [`SIDE_BUDGET`], and what waits and why is in `ferry status`
 //! and, rate-limited, in the log.
 
-use super::lane::RecordWriter;
+use super::record_writer::RecordWriter;
 use super::{Forwarder, RECORD_OVERHEAD};
 use crate::breaker::State;
 use crate::kafka::errors::{Class, Failure};

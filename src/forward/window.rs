@@ -45,6 +45,15 @@ pub(super) struct Window {
 }
 
 impl Window {
+    /// Every lane not yet settled waits for a partition without a leader
+    /// (and there is one): the window can be put aside.
+    pub(super) fn only_deferred(&self) -> bool {
+        self.lanes.as_ref().is_some_and(|lanes| {
+            let mut left = lanes.iter().filter(|l| !l.settled()).peekable();
+            left.peek().is_some() && left.all(|l| l.deferred)
+        })
+    }
+
     pub(super) fn new(after: i64, blocks: Vec<Block>, runs_whole: bool) -> Self {
         Self {
             after,

@@ -173,14 +173,14 @@ impl Outbox {
         Ok(rx.await.map_err(closed)??)
     }
 
-    /// These blocks (by first sequence number) as far as they are still
-    /// stored, in order.
     /// Move blocks found corrupt after they were read aside (see
     /// `outbox::run`): `(first sequence, events, why)` each.
     pub async fn quarantine(&self, corrupt: Vec<(i64, u32, String)>) -> Result<(), OutboxError> {
         self.ask(Command::Quarantine { corrupt }).await
     }
 
+    /// These blocks (by first sequence number) as far as they are still
+    /// stored, in order.
     pub async fn read_blocks(&self, seq_firsts: Vec<i64>) -> Result<Vec<Block>, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.ask(Command::ReadBlocks { seq_firsts, reply }).await?;
@@ -291,12 +291,12 @@ impl Outbox {
         Ok(rx.await.map_err(closed)??)
     }
 
-    /// Ask the writer to drop events older than `max_age`.
     /// Priorities from a reloaded config, for blocks stored from now on.
     pub async fn set_priorities(&self, priorities: crate::pattern::Priorities) {
         let _ = self.tx.send(Command::SetPriorities(priorities)).await;
     }
 
+    /// Ask the writer to drop events older than `max_age`.
     pub async fn evict_aged(&self) {
         let _ = self.tx.send(Command::EvictAged).await;
     }

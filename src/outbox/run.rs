@@ -29,8 +29,7 @@ use std::sync::RwLock;
 /// outweighs the compression and encoding saved (see `STORED_FORMAT.md`).
 pub const RUN_MIN_EVENTS: usize = 32;
 
-/// The header every record's `ferry-id` is in (as the forwarder writes it).
-pub const FERRY_ID_HEADER: &str = "ferry-id";
+pub use crate::event::FERRY_ID_HEADER;
 
 /// Bytes of [`RunHeader`] in a stored payload.
 pub const RUN_HEADER_LEN: usize = 38;

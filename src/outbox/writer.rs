@@ -38,7 +38,6 @@ use crate::pattern::{MAX_PRIORITY, PRIORITY_LEVELS};
 use crate::stats::Stats;
 use log::{error, info, warn};
 use packer::Packer;
-use reads::Read;
 use rusqlite::Connection;
 pub(super) use state::Writer;
 use std::path::{Path, PathBuf};
@@ -255,23 +254,8 @@ impl Writer {
                 skip_blocks,
                 reply,
             } => {
-                let mut found = Ok((order[0], Vec::new()));
-                for p in order {
-                    if self.blocks_by_priority[p as usize] == 0 {
-                        continue;
-                    }
-                    let after = cursors[p as usize];
-                    let skip = (&skip_topics[..], &skip_blocks[..]);
-                    match self.read(p, after, limits, skip) {
-                        Ok(Read::Nothing) => continue,
-                        Ok(Read::Blocks(blocks)) => found = Ok((p, blocks)),
-                        // A lower priority does not go instead.
-                        Ok(Read::TooLarge) => {}
-                        Err(e) => found = Err(e),
-                    }
-                    break;
-                }
-                let _ = reply.send(found);
+                let skip = (&skip_topics[..], &skip_blocks[..]);
+                let _ = reply.send(self.read_by_priority(cursors, order, limits, skip));
             }
             Command::Finish {
                 delivered,

@@ -11,12 +11,37 @@ use crate::outbox::hot::{FORMAT_EVENTS, FORMAT_RUN};
 use crate::outbox::run::RunHeader;
 use crate::outbox::schema;
 use crate::outbox::storage_error::StorageError;
+use crate::pattern::PRIORITY_LEVELS;
 use crate::stats::now_ms;
 use log::error;
 use rusqlite::params;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Writer {
+    /// The first priority in `order` with blocks after its cursor gives
+    /// the read (a lower one does not go instead of one whose next block
+    /// is too large): `(priority, blocks)`, none if nothing waits.
+    pub(super) fn read_by_priority(
+        &mut self,
+        cursors: [i64; PRIORITY_LEVELS],
+        order: [u8; PRIORITY_LEVELS],
+        limits: ReadLimits,
+        skip: (&[String], &[i64]),
+    ) -> Result<(u8, Vec<Block>), StorageError> {
+        for p in order {
+            if self.blocks_by_priority[p as usize] == 0 {
+                continue;
+            }
+            return match self.read(p, cursors[p as usize], limits, skip)? {
+                Read::Nothing => continue,
+                Read::Blocks(blocks) => Ok((p, blocks)),
+                // A lower priority does not go instead.
+                Read::TooLarge => Ok((order[0], Vec::new())),
+            };
+        }
+        Ok((order[0], Vec::new()))
+    }
+
     pub(super) fn read(
         &mut self,
         priority: u8,
