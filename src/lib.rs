@@ -22,12 +22,23 @@
 //!                          the event and its at-rest encoding; counters;
 //!                          the pure retry and breaker cores
 //!             clock  units  pattern  varint  exit  shutdown  notify
-//!             log_limit  memory  dirsync
+//!             log_limit  memory  dirsync  alloc_count
 //!                          small pure pieces: time, sizes and durations, topic
 //!                          patterns, varints, exit codes, one shutdown signal,
 //!                          systemd notify, log rate limiting, giving memory
-//!                          back, names made durable (directory fsyncs)
+//!                          back, names made durable (directory fsyncs), the
+//!                          counting allocator (benchmark build only)
 //! ```
+//!
+//! Each layer's failures are typed (`thiserror` enums, or hand-written
+//! ones): `outbox::{OutboxError, StorageError, StoreError, Corruption}`,
+//! `outbox::open_error`, `outbox::offline::OfflineError`,
+//! `ingest::BindError`, `kafka::errors::Failure` (classified),
+//! `kafka::record_read::ReadError`, `kafka::sasl::SaslError`,
+//! `forward::security::SecurityError`, `units::UnitError`, the MQTT
+//! session's and mapping's, `client::ClientError` and
+//! `daemon::StartError`. Each message says what failed, where, and what to
+//! do where there is something to do.
 //!
 //! Each component owns its config section (`outbox::config::OutboxConfig`,
 //! `ingest::config::ListenerConfig`, `forward::config::KafkaConfig`,

@@ -6,10 +6,11 @@
 //! consumer     a topic read from start to end (ListOffsets, Fetch: `ferry fleet`)
 //!   cluster      bootstrap, metadata (naming topics), leaders, connections
 //!     connection   one TCP/TLS connection per broker, SASL, pipelining, timeouts
+//!       sasl         the SASL exchange's steps (rsasl), typed errors
 //!       uplink       bytes on the wire, counted, and the bandwidth cap
 //!       wire         framing around the `kafka-protocol` message codecs
 //!         answers      ferry's own decoders for the answers it reads
-//!       record_batch ferry's record-batch encoder (v2, LZ4 frame, CRC-32C)
+//!       record_batch ferry's record-batch encoder (v2, LZ4 frame or zstd, CRC-32C)
 //!         crc_combine  CRC-32C of joined bytes from their CRCs (stored runs)
 //!       record_read  record batches read back (bounded, checked)
 //!       errors       error classes: what ferry does about each Kafka error

@@ -13,6 +13,7 @@
 //! mod       Links: one task per link, reloads added, changed and removed links
 //!   link      one link: connect again after failures, reloads, session marks
 //!     session   one connection: subscribe, store each read, acknowledge in order
+//!       session/inbound  a read's packets decoded, mapped and stored
 //!       state     what a link keeps across connections; why one ended; the digest
 //!       session_error  why a connection was given up
 //!     connect   TCP/TLS, CONNECT and CONNACK; check-config --connect
