@@ -2,6 +2,7 @@
 //! so tests are exact. Jitter spreads a fleet's retries so gateways that
 //! lost the uplink together do not come back in lock-step.
 
+use crate::bad_setting::BadSetting;
 use crate::units::duration;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -98,15 +99,15 @@ pub fn seed_from_environment(node_id: &str) -> u64 {
 
 impl RetryConfig {
     /// Semantic checks of `[retry]`; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         if !(self.multiplier >= 1.0 && self.multiplier <= 100.0) {
-            return Err((
+            return Err(BadSetting::at(
                 "retry.multiplier".into(),
                 "must be between 1 and 100".into(),
             ));
         }
         if self.initial.is_zero() || self.max < self.initial {
-            return Err((
+            return Err(BadSetting::at(
                 "retry.initial".into(),
                 "must be above zero and not above retry.max".into(),
             ));

@@ -5,6 +5,7 @@
 //! produce attempts (and keeps storing local events).
 
 use crate::backoff::SplitMix64;
+use crate::bad_setting::BadSetting;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -196,16 +197,16 @@ impl Breaker {
 
 impl BreakerConfig {
     /// Semantic checks of `[breaker]`; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         let b = self;
         if b.failures == 0 || b.successes == 0 {
-            return Err((
+            return Err(BadSetting::at(
                 "breaker.failures".into(),
                 "breaker.failures and breaker.successes must be at least 1".into(),
             ));
         }
         if b.open_initial.is_zero() || b.open_max < b.open_initial {
-            return Err((
+            return Err(BadSetting::at(
                 "breaker.open_initial".into(),
                 "must be above zero and not above breaker.open_max".into(),
             ));

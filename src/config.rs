@@ -7,6 +7,7 @@
 //! at all ferry runs on defaults that need nothing installed.
 
 pub use crate::backoff::RetryConfig;
+use crate::bad_setting::BadSetting;
 pub use crate::event::KAFKA_MAX_EVENT_BYTES;
 pub use crate::forward::config::{Compression, KafkaConfig, SaslConfig, SaslMechanism, TlsConfig};
 pub use crate::forward::route::RouteConfig;
@@ -148,12 +149,14 @@ impl Config {
         config.apply_env(env).map_err(in_file)?;
         config = config.apply_env_paths(env).map_err(in_file)?;
         config.fill_defaults();
-        config.validate().map_err(|(key, message)| ConfigError {
-            file: file.map(Path::to_path_buf),
-            line: find_key_line(text, &key),
-            key: Some(key),
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|BadSetting { key, message }| ConfigError {
+                file: file.map(Path::to_path_buf),
+                line: find_key_line(text, &key),
+                key: Some(key),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -259,9 +262,9 @@ impl Config {
     }
 
     /// Semantic checks; the error names the key (`section.key`).
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), BadSetting> {
         if self.node_id.is_empty() || self.node_id.contains(':') {
-            return Err((
+            return Err(BadSetting::at(
                 "node_id".into(),
                 format!(
                     "`{}` is not a node id: it must be non-empty and contain no ':'",
@@ -273,7 +276,7 @@ impl Config {
         self.ingest.check()?;
         if let Some(t) = &self.kafka.tls {
             crate::forward::security::tls_config(t)
-                .map_err(|e| ("kafka.tls.ca_file".to_string(), e.to_string()))?;
+                .map_err(|e| BadSetting::at("kafka.tls.ca_file".to_string(), e.to_string()))?;
         }
         self.heartbeat.check()?;
         crate::mqtt::config::check_all(&self.mqtt, &self.node_id)?;

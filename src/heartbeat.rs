@@ -11,6 +11,7 @@
 //! The record is built by a pure function of a [`Reading`] (tested with
 //! fixed inputs); [`run`] takes the readings.
 
+use crate::bad_setting::BadSetting;
 use crate::stats::{Snapshot, Stats, now_ms};
 use crate::units::duration;
 use serde::{Deserialize, Serialize};
@@ -55,13 +56,13 @@ impl Default for HeartbeatConfig {
 
 impl HeartbeatConfig {
     /// What is wrong with the section: (key, message).
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         if let Some(t) = &self.topic {
             crate::event::validate_topic(t)
-                .map_err(|e| ("heartbeat.topic".to_string(), e.to_string()))?;
+                .map_err(|e| BadSetting::at("heartbeat.topic".to_string(), e.to_string()))?;
         }
         if self.interval < Duration::from_secs(1) {
-            return Err((
+            return Err(BadSetting::at(
                 "heartbeat.interval".into(),
                 "must be at least 1s (one record per interval)".into(),
             ));
@@ -474,9 +475,9 @@ mod tests {
         };
         assert!(c.check().is_ok());
         c.interval = Duration::from_millis(10);
-        assert_eq!(c.check().unwrap_err().0, "heartbeat.interval");
+        assert_eq!(c.check().unwrap_err().key, "heartbeat.interval");
         c.interval = Duration::from_secs(5);
         c.topic = Some("bad topic!".into());
-        assert_eq!(c.check().unwrap_err().0, "heartbeat.topic");
+        assert_eq!(c.check().unwrap_err().key, "heartbeat.topic");
     }
 }

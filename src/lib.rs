@@ -22,12 +22,13 @@
 //!                          the event and its at-rest encoding; counters;
 //!                          the pure retry and breaker cores
 //!             clock  units  pattern  varint  exit  shutdown  notify
-//!             log_limit  memory  dirsync  alloc_count
+//!             log_limit  memory  dirsync  alloc_count  bad_setting
 //!                          small pure pieces: time, sizes and durations, topic
 //!                          patterns, varints, exit codes, one shutdown signal,
 //!                          systemd notify, log rate limiting, giving memory
 //!                          back, names made durable (directory fsyncs), the
-//!                          counting allocator (benchmark build only)
+//!                          counting allocator (benchmark build only), a
+//!                          setting a section's check refuses (key and why)
 //! ```
 //!
 //! Each layer's failures are typed (`thiserror` enums, or hand-written
@@ -43,11 +44,14 @@
 //! Each component owns its config section (`outbox::config::OutboxConfig`,
 //! `ingest::config::ListenerConfig`, `forward::config::KafkaConfig`,
 //! `backoff::RetryConfig`, `breaker::BreakerConfig`,
-//! `metrics::MetricsConfig`); `config` composes them and re-exports them.
+//! `metrics::MetricsConfig`), and checks it, refusing a value with a
+//! `bad_setting::BadSetting` (its key and why); `config` composes them,
+//! re-exports them and names the file and line.
 
 #[cfg(feature = "count-allocs")]
 pub mod alloc_count;
 pub mod backoff;
+pub mod bad_setting;
 pub mod breaker;
 pub mod cli;
 pub mod client;

@@ -5,6 +5,7 @@
 //! optionally, the same metrics written atomically to a node_exporter
 //! textfile. Observing, never steering.
 
+use crate::bad_setting::BadSetting;
 use crate::clock::now_ms;
 use crate::outbox::Outbox;
 use crate::shutdown::Shutdown;
@@ -449,9 +450,9 @@ pub async fn write_textfile(
 
 impl MetricsConfig {
     /// Semantic checks of `[metrics]`; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err((
+            return Err(BadSetting::at(
                 "metrics.listen".into(),
                 format!(
                     "`{}` is not ip:port (for example \"127.0.0.1:9464\"; \"\" disables)",

@@ -2,6 +2,7 @@
 //! cap, timeouts, side topics, TLS and SASL. Owned by the forwarder, its
 //! only user; `config` composes it into the whole file.
 
+use crate::bad_setting::BadSetting;
 use crate::units::{duration, size};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -124,16 +125,16 @@ pub enum Compression {
 impl KafkaConfig {
     /// Semantic checks of `[kafka]`; the error names the key (`kafka.…`). The
     /// CA file is checked where it is loaded (`forward::security`).
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         if self.brokers.is_empty() {
-            return Err((
+            return Err(BadSetting::at(
                 "kafka.brokers".into(),
                 "no brokers: list at least one host:port".into(),
             ));
         }
         for b in &self.brokers {
             if b.contains(',') {
-                return Err((
+                return Err(BadSetting::at(
                     "kafka.brokers".into(),
                     format!(
                         "`{b}`: write one broker per list entry, e.g. [\"a:9092\", \"b:9092\"]"
@@ -141,7 +142,7 @@ impl KafkaConfig {
                 ));
             }
             if !b.contains(':') {
-                return Err((
+                return Err(BadSetting::at(
                     "kafka.brokers".into(),
                     format!("`{b}` is not host:port (for example \"10.0.0.5:9092\")"),
                 ));
@@ -152,11 +153,14 @@ impl KafkaConfig {
             ("kafka.request_timeout", self.request_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
-                return Err((key.into(), "must be between 100ms and 10m".into()));
+                return Err(BadSetting::at(
+                    key.into(),
+                    "must be between 100ms and 10m".into(),
+                ));
             }
         }
         if !(1..=19).contains(&self.zstd_level) {
-            return Err((
+            return Err(BadSetting::at(
                 "kafka.zstd_level".into(),
                 format!(
                     "{} is not a zstd level ferry uses: 1 (fastest) to 19 (smallest)",
@@ -165,16 +169,19 @@ impl KafkaConfig {
             ));
         }
         if self.max_batch_events == 0 {
-            return Err(("kafka.max_batch_events".into(), "must be at least 1".into()));
+            return Err(BadSetting::at(
+                "kafka.max_batch_events".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.max_batch_bytes < 1024 {
-            return Err((
+            return Err(BadSetting::at(
                 "kafka.max_batch_bytes".into(),
                 "must be at least 1024 bytes".into(),
             ));
         }
         if self.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
-            return Err((
+            return Err(BadSetting::at(
                 "kafka.max_in_flight_bytes".into(),
                 format!(
                     "{} bytes is below the smallest budget, {} KiB (one stored block of events); the default is {} MiB",
@@ -189,12 +196,16 @@ impl KafkaConfig {
             ("kafka.loss_topic", &self.loss_topic),
         ] {
             if let Some(t) = topic {
-                crate::event::validate_topic(t).map_err(|e| (key.to_string(), e.to_string()))?;
+                crate::event::validate_topic(t)
+                    .map_err(|e| BadSetting::at(key.to_string(), e.to_string()))?;
             }
         }
         if let Some(s) = &self.sasl {
             if s.username.is_empty() {
-                return Err(("kafka.sasl.username".into(), "must not be empty".into()));
+                return Err(BadSetting::at(
+                    "kafka.sasl.username".into(),
+                    "must not be empty".into(),
+                ));
             }
         }
         Ok(())

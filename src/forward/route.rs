@@ -3,6 +3,7 @@
 //! and so does a matching route that names no destinations (one that only
 //! sets a priority).
 
+use crate::bad_setting::BadSetting;
 use crate::pattern::{Priorities, glob_match};
 use serde::{Deserialize, Serialize};
 
@@ -58,13 +59,16 @@ impl Router {
 
 impl RouteConfig {
     /// Semantic checks of one `[[route]]`; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         let r = self;
         if r.pattern.is_empty() {
-            return Err(("route.pattern".into(), "must not be empty".into()));
+            return Err(BadSetting::at(
+                "route.pattern".into(),
+                "must not be empty".into(),
+            ));
         }
         if r.priority > crate::pattern::MAX_PRIORITY {
-            return Err((
+            return Err(BadSetting::at(
                 "route.priority".into(),
                 format!(
                     "route `{}`: priority {} is out of range: 0 (lowest) to 9 (highest)",
@@ -73,7 +77,8 @@ impl RouteConfig {
             ));
         }
         for t in &r.to {
-            crate::event::validate_topic(t).map_err(|e| ("route.to".to_string(), e.to_string()))?;
+            crate::event::validate_topic(t)
+                .map_err(|e| BadSetting::at("route.to".to_string(), e.to_string()))?;
         }
         Ok(())
     }

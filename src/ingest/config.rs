@@ -1,6 +1,7 @@
 //! The `[ingest]` section and the `[[listener]]` entries. Owned by ingest;
 //! `config` composes them and checks the listeners.
 
+use crate::bad_setting::BadSetting;
 use crate::event::KAFKA_MAX_EVENT_BYTES;
 use crate::units::{UnitError, size};
 use serde::{Deserialize, Serialize};
@@ -106,9 +107,9 @@ pub fn parse_mode(mode: &str) -> Result<u32, UnitError> {
 
 impl IngestConfig {
     /// Semantic checks of `[ingest]`; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         if self.max_event_bytes == 0 || self.max_event_bytes > KAFKA_MAX_EVENT_BYTES {
-            return Err((
+            return Err(BadSetting::at(
                 "ingest.max_event_bytes".into(),
                 format!(
                     "{} is out of range: it must be between 1 and {} (what a default Kafka broker accepts)",
@@ -122,29 +123,30 @@ impl IngestConfig {
 
 impl ListenerConfig {
     /// Semantic checks of one `[[listener]]`; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         match self.kind {
             ListenerKind::Unix => {
                 if self.address.is_some() {
-                    return Err((
+                    return Err(BadSetting::at(
                         "listener.address".into(),
                         "a unix listener takes `path`, not `address`".into(),
                     ));
                 }
                 if let Some(mode) = &self.mode {
-                    parse_mode(mode).map_err(|m| ("listener.mode".to_string(), m.to_string()))?;
+                    parse_mode(mode)
+                        .map_err(|m| BadSetting::at("listener.mode".to_string(), m.to_string()))?;
                 }
             }
             ListenerKind::Tcp | ListenerKind::Udp => {
                 if self.path.is_some() || self.mode.is_some() || self.group.is_some() {
-                    return Err((
+                    return Err(BadSetting::at(
                         "listener.path".into(),
                         "tcp and udp listeners take `address`, not path/mode/group".into(),
                     ));
                 }
                 if let Some(a) = &self.address {
                     a.parse::<std::net::SocketAddr>().map_err(|_| {
-                        (
+                        BadSetting::at(
                             "listener.address".to_string(),
                             format!("`{a}` is not ip:port (for example \"127.0.0.1:7070\")"),
                         )
@@ -155,17 +157,17 @@ impl ListenerConfig {
         match self.format {
             Format::Lines => match &self.topic {
                 None => {
-                    return Err((
+                    return Err(BadSetting::at(
                         "listener.topic".into(),
                         "a `lines` listener needs `topic`: lines carry only a value".into(),
                     ));
                 }
                 Some(t) => crate::event::validate_topic(t)
-                    .map_err(|e| ("listener.topic".to_string(), e.to_string()))?,
+                    .map_err(|e| BadSetting::at("listener.topic".to_string(), e.to_string()))?,
             },
             Format::Frames => {
                 if self.topic.is_some() || self.key.is_some() {
-                    return Err((
+                    return Err(BadSetting::at(
                         "listener.topic".into(),
                         "a `frames` listener takes topic and key from each frame; remove `topic`/`key`".into(),
                     ));

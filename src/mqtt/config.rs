@@ -2,6 +2,7 @@
 //! how it logs in, and how each topic filter maps to a Kafka topic and
 //! key. Owned by `mqtt`; `config` composes them.
 
+use crate::bad_setting::BadSetting;
 use crate::forward::config::TlsConfig;
 use crate::units::duration;
 use serde::{Deserialize, Serialize};
@@ -120,7 +121,7 @@ impl SubscriptionConfig {
 
 impl MqttConfig {
     /// The mapping of every subscription.
-    pub fn mapping(&self) -> Result<super::mapping::Mapping, (String, String)> {
+    pub fn mapping(&self) -> Result<super::mapping::Mapping, BadSetting> {
         super::mapping::Mapping::new(self.subscriptions.iter().map(SubscriptionConfig::spec))
     }
 
@@ -143,7 +144,7 @@ impl MqttConfig {
     }
 
     /// Semantic checks; the error names the key.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), BadSetting> {
         let named = |key: &str| format!("mqtt.{key}");
         let at = format!("[[mqtt]] `{}`", self.name);
         if self.name.is_empty()
@@ -152,7 +153,7 @@ impl MqttConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err((
+            return Err(BadSetting::at(
                 named("name"),
                 format!(
                     "`{}`: a link name is letters, digits, '-' and '_'",
@@ -161,7 +162,7 @@ impl MqttConfig {
             ));
         }
         if !self.broker.contains(':') {
-            return Err((
+            return Err(BadSetting::at(
                 named("broker"),
                 format!(
                     "{at}: `{}` is not host:port (for example \"127.0.0.1:1883\")",
@@ -170,13 +171,13 @@ impl MqttConfig {
             ));
         }
         if self.password_file.is_some() && self.username.is_none() {
-            return Err((
+            return Err(BadSetting::at(
                 named("username"),
                 format!("{at}: password_file is set but username is not"),
             ));
         }
         if self.keep_alive < Duration::from_secs(5) || self.keep_alive > Duration::from_secs(3600) {
-            return Err((
+            return Err(BadSetting::at(
                 named("keep_alive"),
                 format!("{at}: must be between 5s and 1h"),
             ));
@@ -184,30 +185,30 @@ impl MqttConfig {
         if self.connect_timeout < Duration::from_millis(100)
             || self.connect_timeout > Duration::from_secs(600)
         {
-            return Err((
+            return Err(BadSetting::at(
                 named("connect_timeout"),
                 format!("{at}: must be between 100ms and 10m"),
             ));
         }
         if self.receive_maximum == 0 {
-            return Err((
+            return Err(BadSetting::at(
                 named("receive_maximum"),
                 format!("{at}: must be at least 1"),
             ));
         }
         if let Some(t) = &self.tls {
             crate::forward::security::tls_config_in(t, "mqtt.tls")
-                .map_err(|e| (named("tls.ca_file"), format!("{at}: {e}")))?;
+                .map_err(|e| BadSetting::at(named("tls.ca_file"), format!("{at}: {e}")))?;
         }
         if self.subscriptions.is_empty() {
-            return Err((
+            return Err(BadSetting::at(
                 named("subscribe"),
                 format!("{at} subscribes to nothing: add [[mqtt.subscribe]] with filter and topic"),
             ));
         }
         for s in &self.subscriptions {
             if s.qos > 1 {
-                return Err((
+                return Err(BadSetting::at(
                     named("subscribe.qos"),
                     format!(
                         "{at}, filter `{}`: qos {} is not offered: 1 (acknowledged after the outbox commit) or 0",
@@ -215,19 +216,23 @@ impl MqttConfig {
                     ),
                 ));
             }
-            super::mapping::Route::new(s.spec())
-                .map_err(|(key, e)| (named(&format!("subscribe.{key}")), format!("{at}: {e}")))?;
+            super::mapping::Route::new(s.spec()).map_err(|e| {
+                BadSetting::at(
+                    named(&format!("subscribe.{}", e.key)),
+                    format!("{at}: {}", e.message),
+                )
+            })?;
         }
         Ok(())
     }
 }
 
 /// Check every link, and that names and client ids are unique.
-pub fn check_all(links: &[MqttConfig], node_id: &str) -> Result<(), (String, String)> {
+pub fn check_all(links: &[MqttConfig], node_id: &str) -> Result<(), BadSetting> {
     for (i, l) in links.iter().enumerate() {
         l.check()?;
         if links[..i].iter().any(|o| o.name == l.name) {
-            return Err((
+            return Err(BadSetting::at(
                 "mqtt.name".into(),
                 format!(
                     "two [[mqtt]] entries are named `{}`: give each its own name",
@@ -240,7 +245,7 @@ pub fn check_all(links: &[MqttConfig], node_id: &str) -> Result<(), (String, Str
             .iter()
             .any(|o| o.broker == l.broker && o.client_id_for(node_id) == id)
         {
-            return Err((
+            return Err(BadSetting::at(
                 "mqtt.client_id".into(),
                 format!(
                     "two [[mqtt]] entries use client id `{id}` on {}: the broker would throw one out for the other",

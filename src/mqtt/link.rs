@@ -16,6 +16,7 @@ use super::connect::{Connected, connect, initial_level};
 use super::session::Session;
 use super::state::{End, LinkState, Watched};
 use crate::backoff::{Backoff, RetryConfig};
+use crate::bad_setting::BadSetting;
 use crate::ingest::Context;
 use crate::log_limit::LogLimiter;
 use crate::shutdown::Shutdown;
@@ -29,15 +30,6 @@ use std::time::Duration;
 /// A broker that refused ferry's login is asked again at most this often.
 const AUTH_RETRY_MIN: Duration = Duration::from_secs(10);
 
-/// A subscription the link cannot map (the config check refuses these
-/// before a link is made; a reload's new config too).
-#[derive(Debug, thiserror::Error)]
-#[error("mqtt.subscribe.{key}: {message}")]
-pub struct BadSubscription {
-    pub key: String,
-    pub message: String,
-}
-
 pub struct Link {
     state: LinkState,
     retry: RetryConfig,
@@ -50,10 +42,12 @@ impl Link {
         retry: RetryConfig,
         ctx: Arc<Context>,
         stats: Arc<MqttLinkStats>,
-    ) -> Result<Link, BadSubscription> {
+    ) -> Result<Link, BadSetting> {
+        // The config check refuses these before a link is made (a
+        // reload's new config too); the key is named in full all the same.
         let mapping = config
             .mapping()
-            .map_err(|(key, message)| BadSubscription { key, message })?;
+            .map_err(|e| BadSetting::at(format!("mqtt.subscribe.{}", e.key), e.message))?;
         Ok(Link {
             state: LinkState {
                 level: initial_level(config.protocol),
@@ -248,9 +242,11 @@ impl Link {
                 self.state.subscribed = None;
                 info!("MQTT link {}: new config applied", self.name());
             }
-            Err((k, e)) => error!(
-                "MQTT link {}: reloaded subscription refused (mqtt.subscribe.{k}: {e}); the running one stays",
-                self.name()
+            Err(e) => error!(
+                "MQTT link {}: reloaded subscription refused (mqtt.subscribe.{}: {}); the running one stays",
+                self.name(),
+                e.key,
+                e.message
             ),
         }
         true

@@ -3,6 +3,7 @@
 //! Pure; rendering writes into buffers the caller reuses.
 
 use super::codec::{Properties, Property, Publish};
+use crate::bad_setting::BadSetting;
 use crate::event::{encode_headers, validate_topic};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,16 +135,21 @@ pub struct RouteSpec<'a> {
 
 impl Route {
     /// Errors: (the key within the subscription, what is wrong).
-    pub fn new(s: RouteSpec<'_>) -> Result<Route, (String, String)> {
-        check_filter(s.filter).map_err(|e| ("filter".to_string(), e.to_string()))?;
-        let topic = Template::parse(s.topic).map_err(|e| ("topic".to_string(), e.to_string()))?;
+    pub fn new(s: RouteSpec<'_>) -> Result<Route, BadSetting> {
+        check_filter(s.filter).map_err(|e| BadSetting::at("filter".to_string(), e.to_string()))?;
+        let topic = Template::parse(s.topic)
+            .map_err(|e| BadSetting::at("topic".to_string(), e.to_string()))?;
         if let Some(fixed) = topic.literal() {
-            validate_topic(&fixed).map_err(|e| ("topic".to_string(), e.to_string()))?;
+            validate_topic(&fixed)
+                .map_err(|e| BadSetting::at("topic".to_string(), e.to_string()))?;
         }
         let key = if s.key.is_empty() {
             None
         } else {
-            Some(Template::parse(s.key).map_err(|e| ("key".to_string(), e.to_string()))?)
+            Some(
+                Template::parse(s.key)
+                    .map_err(|e| BadSetting::at("key".to_string(), e.to_string()))?,
+            )
         };
         // A level the filter always has: a fixed level or a `+`; `#` may be empty.
         let levels = s.filter.split('/').filter(|l| *l != "#").count();
@@ -151,7 +157,7 @@ impl Route {
             if let Some(i) = t.and_then(Template::max_level)
                 && i >= levels
             {
-                return Err((
+                return Err(BadSetting::at(
                     what.to_string(),
                     format!(
                         "`{}` uses level {{{}}}, but topics matching `{}` may have only {levels}",
@@ -260,7 +266,7 @@ pub enum Unroutable {
 impl Mapping {
     pub fn new<'a>(
         subscriptions: impl IntoIterator<Item = RouteSpec<'a>>,
-    ) -> Result<Mapping, (String, String)> {
+    ) -> Result<Mapping, BadSetting> {
         let routes = subscriptions
             .into_iter()
             .map(Route::new)
@@ -394,15 +400,15 @@ mod tests {
     #[test]
     fn bad_config_names_the_key() {
         let e = Route::new(sub("a/#/b", "t", "")).unwrap_err();
-        assert_eq!(e.0, "filter");
+        assert_eq!(e.key, "filter");
         let e = Route::new(sub("a/+", "t.{3}", "")).unwrap_err();
-        assert_eq!(e.0, "topic");
-        assert!(e.1.contains("{3}"), "{}", e.1);
+        assert_eq!(e.key, "topic");
+        assert!(e.message.contains("{3}"), "{}", e.message);
         let e = Route::new(sub("a/+", "bad topic", "")).unwrap_err();
-        assert_eq!(e.0, "topic");
+        assert_eq!(e.key, "topic");
         let e = Route::new(sub("a/+", "t", "{x}")).unwrap_err();
-        assert_eq!(e.0, "key");
+        assert_eq!(e.key, "key");
         let e = Route::new(sub("$share/g/a/+", "t", "")).unwrap_err();
-        assert_eq!(e.0, "filter");
+        assert_eq!(e.key, "filter");
     }
 }
