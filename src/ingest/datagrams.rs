@@ -2,7 +2,7 @@
 //! what is refused is counted and logged, rate-limited.
 
 use super::config::{Format, ListenerConfig};
-use super::door::{Context, FRAME_OVERHEAD, Planned, admit, stamp_time, too_large};
+use super::door::{Context, FRAME_OVERHEAD, admit, stamp_time, too_large};
 use super::frame::{self, Check, Frame};
 use super::line_connection::LineEvents;
 use super::lines::LineSplitter;
@@ -73,8 +73,7 @@ pub(super) async fn serve_udp(
                                         batch.count += 1;
                                         None
                                     }
-                                    Err(Planned::Refused(_, msg)) => Some(msg),
-                                    Err(_) => None,
+                                    Err(refusal) => Some(refusal.message),
                                 }
                             }
                             Err(e) => {

@@ -11,12 +11,6 @@ use std::sync::Arc;
 /// Read this much at a time; a frame larger than this grows the buffer.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
 
-/// A producer that keeps the socket full gets larger reads, up to this:
-/// each read becomes one batch of the group commit, so a busy connection
-/// is stored in fewer, larger transactions (fewer flushes in `fsync`
-/// durability, and less written per event).
-pub(super) const MAX_READ_CHUNK: usize = 512 * 1024;
-
 /// Room for topic, key length, timestamp and header framing around
 /// `max_event_bytes` of payload.
 pub(super) const FRAME_OVERHEAD: usize = 1024;
@@ -30,11 +24,12 @@ pub struct Context {
     pub node_id: String,
 }
 
-/// What to answer, in order, once the batch of this round is committed.
-pub(super) enum Planned {
-    Stored(u32),
-    Refused(ErrorCode, String),
-    Status,
+/// An event refused at the door: the code a `frames` client gets, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(super) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 /// A client's timestamp is kept as sent; otherwise ferry's, marked when
@@ -57,19 +52,22 @@ pub(super) fn too_large(len: usize, ctx: &Context) -> String {
 }
 
 /// The checks every event passes at the door.
-pub(super) fn admit(event: &Event<'_>, ctx: &Context) -> Result<(), Planned> {
+pub(super) fn admit(event: &Event<'_>, ctx: &Context) -> Result<(), Refusal> {
     if let Err(e) = validate_topic(event.topic) {
-        return Err(Planned::Refused(ErrorCode::InvalidTopic, e.to_string()));
+        return Err(Refusal {
+            code: ErrorCode::InvalidTopic,
+            message: e.to_string(),
+        });
     }
     let len = event.payload_len();
     if len > ctx.max_event_bytes {
-        return Err(Planned::Refused(
-            ErrorCode::TooLarge,
-            format!(
+        return Err(Refusal {
+            code: ErrorCode::TooLarge,
+            message: format!(
                 "event of {len} bytes (key + headers + value) refused: the limit is {} bytes (ingest.max_event_bytes)",
                 ctx.max_event_bytes
             ),
-        ));
+        });
     }
     Ok(())
 }
