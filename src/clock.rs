@@ -122,13 +122,24 @@ impl SystemClock {
 /// Where systemd-timesyncd marks a synchronised clock.
 const TIMESYNCD_DIR: &str = "/run/systemd/timesync";
 
-/// Whether the clock is synchronised. The kernel's view first: `adjtimex`
-/// (read-only: modes 0) returns TIME_ERROR while unsynchronised. Where a
-/// sandbox refuses the call, systemd-timesyncd's flag file answers: it
-/// exists once timesyncd has synchronised the clock. Without either the
-/// state is unknown: said once in the log, and the clock is trusted (the
-/// alternative would mark every event unsynchronised).
+/// Set to `1` where the kernel never learns that the clock is good (a VM
+/// or container whose host keeps time, a gateway whose RTC is set but
+/// whose time daemon does not discipline the kernel): the wall clock is
+/// then taken as synchronised whatever `adjtimex` says.
+pub const CLOCK_SYNCHRONIZED_ENV: &str = "FERRY_CLOCK_SYNCHRONIZED";
+
+/// Whether the clock is synchronised. [`CLOCK_SYNCHRONIZED_ENV`] first;
+/// then the kernel's view: `adjtimex` (read-only: modes 0) returns
+/// TIME_ERROR while unsynchronised. Where a sandbox refuses the call,
+/// systemd-timesyncd's flag file answers: it exists once timesyncd has
+/// synchronised the clock. Without either the state is unknown: said once
+/// in the log, and the clock is trusted (the alternative would mark every
+/// event unsynchronised).
 fn synchronized() -> bool {
+    static DECLARED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *DECLARED.get_or_init(|| std::env::var(CLOCK_SYNCHRONIZED_ENV).is_ok_and(|v| v == "1")) {
+        return true;
+    }
     // SAFETY: an all-zero timex with modes = 0 only reads the clock state.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     // SAFETY: `tx` is a valid, writable timex.

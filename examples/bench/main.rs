@@ -188,6 +188,11 @@ mod bench {
                 .args(["run", "-c"])
                 .arg(&config)
                 .env("NOTIFY_SOCKET", &notify_path)
+                // The host's kernel may never call its clock synchronised
+                // (a VM): events would then be stamped unsynchronised and
+                // never stored as record runs, which is not what a gateway
+                // with a synchronised clock does.
+                .env("FERRY_CLOCK_SYNCHRONIZED", "1")
                 .env(
                     "FERRY_LOG",
                     std::env::var("BENCH_FERRY_LOG").unwrap_or_else(|_| "warn".into()),

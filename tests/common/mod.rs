@@ -24,9 +24,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 /// through `FERRY_TEST_RUNNER` (e.g. an aarch64 build under
 /// `qemu-aarch64 -L /usr/aarch64-linux-gnu`), so the same tests check the
 /// ARM binaries against the mock broker on the host.
+/// The ferry under test. Its wall clock is declared synchronised
+/// (`FERRY_CLOCK_SYNCHRONIZED=1`): the tests run on machines whose kernel
+/// may never say so (VMs, containers), and what ferry stores and sends
+/// must not depend on that (events stamped unsynchronised carry a header
+/// and are never stored as record runs). The unsynchronised path is
+/// tested with a fake clock (`src/clock.rs`).
 pub fn ferry_command() -> Command {
     let bin = std::env::var("FERRY_TEST_BIN").unwrap_or_else(|_| BIN.to_string());
-    match std::env::var("FERRY_TEST_RUNNER") {
+    let mut cmd = match std::env::var("FERRY_TEST_RUNNER") {
         Ok(runner) if !runner.trim().is_empty() => {
             let mut parts = runner.split_whitespace();
             let mut cmd = Command::new(parts.next().unwrap());
@@ -34,7 +40,9 @@ pub fn ferry_command() -> Command {
             cmd
         }
         _ => Command::new(bin),
-    }
+    };
+    cmd.env("FERRY_CLOCK_SYNCHRONIZED", "1");
+    cmd
 }
 
 pub type Cluster = MockCluster<'static, DefaultProducerContext>;
