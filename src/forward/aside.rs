@@ -39,7 +39,7 @@ impl Forwarder {
     /// Mark lane `i` of `window` as waiting for its partition.
     pub(super) fn defer_lane(window: &mut Window, i: usize) {
         if let Some(lane) = window.lanes.as_mut().and_then(|l| l.get_mut(i)) {
-            lane.deferred = true;
+            lane.defer();
         }
     }
 
@@ -197,7 +197,7 @@ impl Forwarder {
             if let Some(lanes) = window.lanes.as_mut() {
                 for lane in lanes.iter_mut() {
                     if w.never_sent.contains(&(lane.topic.clone(), lane.partition)) {
-                        lane.sent_before = 0;
+                        lane.never_sent();
                     }
                 }
             }

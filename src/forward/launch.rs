@@ -67,7 +67,7 @@ impl Forwarder {
             Some(planned) if planned != current => {
                 if let Some(lanes) = window.lanes.as_mut() {
                     for lane in lanes.iter_mut().filter(|l| !l.settled()) {
-                        lane.replan = true;
+                        lane.cut_again();
                     }
                 }
                 warn!(
@@ -195,7 +195,7 @@ impl Forwarder {
         }
         let mut lanes = window.lanes.take().expect("planned above");
         for lane in &mut lanes {
-            lane.deferred = false;
+            lane.undefer();
         }
         // Lanes whose topic got parked since the window was read.
         self.hold_parked(&blocks, &mut lanes);

@@ -124,7 +124,7 @@ impl Forwarder {
 }
 
 fn abandon(lane: &mut Lane, blocks: &[Block], sources: &mut HashSet<String>) {
-    lane.abandoned = true;
+    lane.abandon();
     for item in &lane.items[lane.done()..] {
         sources.insert(blocks[item.block as usize].topic.clone());
     }

@@ -74,6 +74,33 @@ impl Lane {
         }
     }
 
+    /// Its partition has no leader: not sent in this attempt.
+    pub fn defer(&mut self) {
+        self.deferred = true;
+    }
+
+    /// A new attempt: every lane is tried again (see `forward::deferral`).
+    pub fn undefer(&mut self) {
+        self.deferred = false;
+    }
+
+    /// Its topic got parked: given up on for this window.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    /// Known never to have been sent (a window put aside before it went):
+    /// none of its batches can have reached the broker.
+    pub fn never_sent(&mut self) {
+        self.sent_before = 0;
+    }
+
+    /// Its batches' numbering no longer holds (another cluster, another
+    /// producer): cut and numbered again before it is sent.
+    pub fn cut_again(&mut self) {
+        self.replan = true;
+    }
+
     /// Items finished, from the front.
     pub fn done(&self) -> usize {
         if self.acked == 0 {
