@@ -95,6 +95,26 @@ impl Lane {
         self.sent_before = 0;
     }
 
+    /// Restored after a restart with the batches it was planned as, under
+    /// the producer that numbered them: sent again exactly so (they may have
+    /// reached the broker, which then drops them as duplicates).
+    pub fn resume(&mut self, batches: &[(u32, i32)], producer: ProducerIdentity, generation: u64) {
+        let mut start = 0u32;
+        self.batches.clear();
+        for &(len, base_sequence) in batches {
+            self.batches.push(Batch {
+                start,
+                len,
+                base_sequence,
+            });
+            start += len;
+        }
+        self.producer = Some(producer);
+        self.generation = generation;
+        self.sent_before = self.batches.len();
+        self.replan = false;
+    }
+
     /// Its batches' numbering no longer holds (another cluster, another
     /// producer): cut and numbered again before it is sent.
     pub fn cut_again(&mut self) {

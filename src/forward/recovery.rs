@@ -127,24 +127,13 @@ impl Forwarder {
                 && self.streams.producer_of(&lane.topic, lane.partition) == Some(s.producer)
                 && !self.streams.needs_producer_id(&lane.topic, lane.partition);
             if trusted && complete && current {
-                let mut start = 0u32;
-                for (len, base_sequence) in s.batches {
-                    lane.batches.push(plan::Batch {
-                        start,
-                        len,
-                        base_sequence,
-                    });
-                    start += len;
-                }
-                lane.producer = Some(s.producer);
-                lane.generation = self
+                let generation = self
                     .streams
                     .generation_of(&lane.topic, lane.partition)
                     .unwrap_or(0);
-                lane.sent_before = lane.batches.len();
-                lane.replan = false;
+                lane.resume(&s.batches, s.producer, generation);
             } else if !at_start {
-                lane.replan = true;
+                lane.cut_again();
             } else if !s.batches.is_empty() {
                 // Sent again under a stream that starts afresh: at least once.
                 warn!(
