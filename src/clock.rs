@@ -128,6 +128,13 @@ const TIMESYNCD_DIR: &str = "/run/systemd/timesync";
 /// then taken as synchronised whatever `adjtimex` says.
 pub const CLOCK_SYNCHRONIZED_ENV: &str = "FERRY_CLOCK_SYNCHRONIZED";
 
+/// Whether [`CLOCK_SYNCHRONIZED_ENV`] is `1` (read once: the daemon says
+/// so at start, as it changes how every event's timestamp is taken).
+pub fn declared_synchronized() -> bool {
+    static DECLARED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DECLARED.get_or_init(|| std::env::var(CLOCK_SYNCHRONIZED_ENV).is_ok_and(|v| v == "1"))
+}
+
 /// Whether the clock is synchronised. [`CLOCK_SYNCHRONIZED_ENV`] first;
 /// then the kernel's view: `adjtimex` (read-only: modes 0) returns
 /// TIME_ERROR while unsynchronised. Where a sandbox refuses the call,
@@ -136,8 +143,7 @@ pub const CLOCK_SYNCHRONIZED_ENV: &str = "FERRY_CLOCK_SYNCHRONIZED";
 /// in the log, and the clock is trusted (the alternative would mark every
 /// event unsynchronised).
 fn synchronized() -> bool {
-    static DECLARED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *DECLARED.get_or_init(|| std::env::var(CLOCK_SYNCHRONIZED_ENV).is_ok_and(|v| v == "1")) {
+    if declared_synchronized() {
         return true;
     }
     // SAFETY: an all-zero timex with modes = 0 only reads the clock state.

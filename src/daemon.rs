@@ -170,6 +170,12 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), StartError
         config.outbox_path().display(),
         config.kafka.brokers.join(",")
     );
+    if crate::clock::declared_synchronized() {
+        info!(
+            "{}=1: the wall clock is taken as synchronised whatever the kernel says; events are not marked or corrected as recorded before synchronisation",
+            crate::clock::CLOCK_SYNCHRONIZED_ENV
+        );
+    }
     if let Err(e) = notify::notify("READY=1\nSTATUS=forwarding") {
         warn!("cannot notify systemd: {e}");
     }
