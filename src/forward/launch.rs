@@ -184,7 +184,7 @@ impl Forwarder {
                 error!(
                     "{} stored runs do not decode and cannot be sent (first: {}); quarantined",
                     undecodable.len(),
-                    undecodable[0].2
+                    undecodable[0].why
                 );
                 self.outbox
                     .quarantine(undecodable)

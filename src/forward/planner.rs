@@ -10,8 +10,8 @@ use super::plan::{Item, Lane};
 use super::route::Router;
 use crate::kafka::partitioner::{Sticky, partition_for_key};
 use crate::kafka::record_batch::Codec;
-use crate::outbox::Block;
 use crate::outbox::run::KEYLESS;
+use crate::outbox::{Block, CorruptBlock};
 use log::debug;
 use std::collections::HashMap;
 
@@ -34,7 +34,7 @@ pub struct PlanInputs<'a, C: Fn(&str) -> Option<i32>> {
 pub struct Planned<'b> {
     pub lanes: Vec<Lane>,
     /// Stored runs that do not decode: `(seq_first, count, why)`.
-    pub undecodable: Vec<(i64, u32, String)>,
+    pub undecodable: Vec<CorruptBlock>,
     /// Each source topic met and the one partition count its events go
     /// with (`None`: unknown, or its destinations differ), for the outbox
     /// to cut new runs by.
@@ -50,7 +50,7 @@ impl Forwarder {
         &mut self,
         blocks: &[Block],
         keep: &[bool],
-    ) -> (Vec<Lane>, Vec<(i64, u32, String)>) {
+    ) -> (Vec<Lane>, Vec<CorruptBlock>) {
         let cluster = self.cluster.as_ref();
         let inputs = PlanInputs {
             router: &self.router,
@@ -187,7 +187,11 @@ pub fn plan_window<'b, C: Fn(&str) -> Option<i32>>(
                 continue;
             }
             if let Some(Err(why)) = block.decoded_run() {
-                undecodable.push((block.seq_first, block.count, why.to_string()));
+                undecodable.push(CorruptBlock {
+                    seq_first: block.seq_first,
+                    events: block.count,
+                    why: why.to_string(),
+                });
                 continue;
             }
         }

@@ -70,8 +70,14 @@ pub struct ReadLimits {
     pub runs_decoded: bool,
 }
 
-/// A corrupt block: first sequence number, events, why.
-pub type Corrupt = (i64, u32, String);
+/// A block found corrupt, to be quarantined: the reason is kept as text
+/// beside it in the `quarantine` table (and said in the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptBlock {
+    pub seq_first: i64,
+    pub events: u32,
+    pub why: String,
+}
 
 pub(super) enum Command {
     Append {
@@ -107,7 +113,7 @@ pub(super) enum Command {
     /// Blocks found corrupt after they were read (a stored run whose
     /// records do not decode): quarantined if still stored.
     Quarantine {
-        corrupt: Vec<Corrupt>,
+        corrupt: Vec<CorruptBlock>,
     },
     ReadBlocks {
         seq_firsts: Vec<i64>,

@@ -4,8 +4,8 @@
 
 use super::block::Block;
 use super::command::{
-    AppendBatch, Command, Options, OutboxError, QUEUE_DEPTH, ReadLimits, StoreError, Stored,
-    Waiting, closed,
+    AppendBatch, Command, CorruptBlock, Options, OutboxError, QUEUE_DEPTH, ReadLimits, StoreError,
+    Stored, Waiting, closed,
 };
 use super::config::OutboxConfig;
 use super::dead_letter::{self, NewDeadLetter};
@@ -175,7 +175,7 @@ impl Outbox {
 
     /// Move blocks found corrupt after they were read aside (see
     /// `outbox::run`): `(first sequence, events, why)` each.
-    pub async fn quarantine(&self, corrupt: Vec<(i64, u32, String)>) -> Result<(), OutboxError> {
+    pub async fn quarantine(&self, corrupt: Vec<CorruptBlock>) -> Result<(), OutboxError> {
         self.ask(Command::Quarantine { corrupt }).await
     }
 

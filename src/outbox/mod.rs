@@ -51,7 +51,9 @@ pub use storage_error::StorageError;
 mod writer;
 
 pub use block::{Block, BlockEvents, StoredRun, verify_block};
-pub use command::{AppendBatch, Options, OutboxError, ReadLimits, StoreError, Waiting};
+pub use command::{
+    AppendBatch, CorruptBlock, Options, OutboxError, ReadLimits, StoreError, Waiting,
+};
 pub use corruption::Corruption;
 pub use handle::{Appender, Outbox, start};
 pub use schema::Counters;

@@ -5,7 +5,7 @@
 use super::retention::delete_blocks;
 use super::state::Writer;
 use crate::outbox::block::{Block, StoredRun, verify_block};
-use crate::outbox::command::{Corrupt, ReadLimits};
+use crate::outbox::command::{CorruptBlock, ReadLimits};
 use crate::outbox::corruption::Corruption;
 use crate::outbox::hot::{FORMAT_EVENTS, FORMAT_RUN};
 use crate::outbox::run::RunHeader;
@@ -111,7 +111,7 @@ impl Writer {
                         raw += block_raw;
                         out.push(block);
                     }
-                    Err((seq_first, count, why)) => corrupt.push((seq_first, count, why)),
+                    Err(bad) => corrupt.push(bad),
                 }
                 if events >= max_events || raw >= max_raw_bytes {
                     break;
@@ -129,8 +129,13 @@ impl Writer {
     }
 
     /// Move corrupt blocks aside, each said in the log.
-    pub(super) fn quarantine_corrupt(&mut self, corrupt: Vec<Corrupt>) {
-        for (seq_first, count, why) in corrupt {
+    pub(super) fn quarantine_corrupt(&mut self, corrupt: Vec<CorruptBlock>) {
+        for CorruptBlock {
+            seq_first,
+            events: count,
+            why,
+        } in corrupt
+        {
             if let Err(e) = self.quarantine(seq_first, &why) {
                 error!(
                     "outbox {}: cannot quarantine block {seq_first}: {e}",
@@ -210,11 +215,11 @@ pub(super) enum Read {
 
 /// A `blocks` row (`seq_first, count, raw_bytes, created_ms, crc, payload`
 /// first, `format` eighth), verified and decompressed (a run: checked and
-/// kept as stored); a corrupt one as `(seq_first, count, why)`.
+/// kept as stored); a corrupt one as a [`CorruptBlock`].
 pub(super) fn stored_block(
     row: &rusqlite::Row<'_>,
     topic: String,
-) -> Result<Result<Block, Corrupt>, StorageError> {
+) -> Result<Result<Block, CorruptBlock>, StorageError> {
     let sql = StorageError::at("reading an outbox block");
     let seq_first: i64 = row.get(0).map_err(sql)?;
     let count: u32 = row.get(1).map_err(sql)?;
@@ -224,6 +229,11 @@ pub(super) fn stored_block(
     let format: i64 = row.get(7).map_err(sql)?;
     let payload = row.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into));
     let payload = payload.map_err(sql)?;
+    let corrupt = |why: Corruption| CorruptBlock {
+        seq_first,
+        events: count,
+        why: why.to_string(),
+    };
     let block = |data, run| Block {
         seq_first,
         topic: topic.clone(),
@@ -238,17 +248,13 @@ pub(super) fn stored_block(
                 records.to_vec(),
                 Some(StoredRun::new(header, raw_bytes)),
             )),
-            Err(why) => Err((seq_first, count, why.to_string())),
+            Err(why) => Err(corrupt(why)),
         },
         FORMAT_EVENTS => match verify_block(payload, crc, count, raw_bytes, &topic) {
             Ok(data) => Ok(block(data, None)),
-            Err(why) => Err((seq_first, count, why.to_string())),
+            Err(why) => Err(corrupt(why)),
         },
-        other => Err((
-            seq_first,
-            count,
-            Corruption::UnknownFormat(other).to_string(),
-        )),
+        other => Err(corrupt(Corruption::UnknownFormat(other))),
     })
 }
 
