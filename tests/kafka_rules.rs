@@ -348,6 +348,65 @@ fn a_record_refused_in_a_new_producers_first_batch_leaves_no_duplicates() {
     assert_eq!(f.terminate().0, Some(0));
 }
 
+/// A new producer's first batch to a partition goes alone (a probe), and
+/// the next window's lane of that partition waits for its answer too, also
+/// when the first lane is a single batch (all sent before any answer). A
+/// broker holding no state for the producer takes the next lane's batch at
+/// any sequence when the probe is refused: it would be written ahead of
+/// the probe's other events, which go again under the next epoch (per-key
+/// order broken).
+#[test]
+fn the_next_window_waits_for_a_single_batch_probe_to_be_answered() {
+    let model = KafkaModel::start(1);
+    model.create_topic("q", 1);
+    model.set_answer_delay(Duration::from_millis(400));
+    let bad = "a-refused".to_string();
+    model.refuse_value(Some(bad.clone().into_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Ferry::new(dir.path(), &model.bootstrap(), "[kafka]\nlinger_ms = 2\n");
+    f.start();
+    let mut client = FrameClient::connect(&f.socket()).expect("connect to ferry");
+    let mut send = |values: &[&str]| {
+        for v in values {
+            client
+                .send_event("q", Some(b"k"), &[], v.as_bytes())
+                .expect("send");
+        }
+        let (ok, errors) = client.answers_for(values.len() as u32).expect("answers");
+        assert_eq!(ok as usize, values.len(), "refused: {errors:?}");
+    };
+    // One window, one batch: the probe, refused for its second record.
+    send(&["a-first", &bad]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_plans(dir.path()) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first window is planned\n{}",
+            f.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The next window of the same key and partition, while the probe's
+    // answer is on its way.
+    send(&["b-second"]);
+    f.wait_status(Duration::from_secs(30), "delivered", |s| {
+        s.backlog_events == 0
+    });
+    assert_eq!(f.status().dead_letters, 1);
+    let got: Vec<String> = model
+        .records("q")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(
+        got,
+        ["a-first", "b-second"],
+        "in order, once\n{}",
+        f.log_text()
+    );
+    assert_eq!(f.terminate().0, Some(0));
+}
+
 /// The broker forgot ferry's producer while ferry still trusts it (state
 /// expired within the window ferry trusts an acknowledgement for), and
 /// the first batch after that is refused with batches pipelined behind

@@ -5,8 +5,10 @@
 //! On a distant uplink (a cellular link's round trip is 100–600 ms) a
 //! window's requests spend most of their life waiting for answers. So a
 //! lane starts sending as soon as the same partition's lane of the window
-//! before has *sent* its batches, not when they are acknowledged, with at
-//! most [`SLOTS_PER_PARTITION`] requests of a partition in flight across
+//! before has *sent* its batches, not when they are acknowledged (a new
+//! producer's probe, its first batch to the partition, is waited for until
+//! answered), with at most [`SLOTS_PER_PARTITION`] requests of a partition
+//! in flight across
 //! windows (the idempotent producer keeps order for five). A lane that got
 //! an error answer while the lane before it failed was refused because of
 //! that gap: it waits to learn how the lane before ended and then gives up

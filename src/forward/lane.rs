@@ -111,6 +111,21 @@ impl LaneJob {
         }
     }
 
+    /// The next lane of the partition may start once every batch of this
+    /// one is sent and, for a probe, the first is answered: until then the
+    /// broker may hold no state for this producer, and would take the next
+    /// lane's batch as a first one even if the probe was refused (a gap
+    /// written out of order). A single-batch probe is all sent before its
+    /// answer, so this is asked again when an answer comes.
+    fn hand_over_once_sent(&self, hand_over: Option<&HandOver>, out: &LaneOutcome) {
+        if out.sent == self.batches.len()
+            && (!self.probe || out.acked > 0)
+            && let Some(h) = hand_over
+        {
+            h.all_sent();
+        }
+    }
+
     async fn produce_all(
         &mut self,
         hand_over: Option<&HandOver>,
@@ -180,9 +195,7 @@ impl LaneJob {
                 out.sent += 1;
                 if out.sent == self.batches.len() {
                     self.ticket.all_sent();
-                    if let Some(h) = hand_over {
-                        h.all_sent();
-                    }
+                    self.hand_over_once_sent(hand_over, &out);
                 }
             }
             let Some((i, pending, started, slot)) = inflight.pop_front() else {
@@ -227,6 +240,7 @@ impl LaneJob {
                 out.acked += 1;
                 self.stats.sent.fetch_add(batch.len as u64, Relaxed);
                 self.stats.beat_forward();
+                self.hand_over_once_sent(hand_over, &out);
                 continue;
             }
             // An error while the lane before this one has failed: most

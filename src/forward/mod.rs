@@ -7,11 +7,13 @@
 //! keeps per-key order), and deletes the blocks only after Kafka has
 //! acknowledged (or ferry dead-lettered) every event in them.
 //!
-//! Two windows are in flight at once, so the cores stay busy while the
-//! last batches of one window are on the wire: a lane (one partition's
-//! events of a window) starts producing only when the same partition's
-//! lane of the window before has finished. When anything fails, the
-//! windows in flight are brought to a stop and retried one after another.
+//! Two windows are in flight at once (up to six on a distant link), so the
+//! cores stay busy while the last batches of one window are on the wire: a
+//! lane (one partition's events of a window) starts producing once the same
+//! partition's lane of the window before has sent its batches, and its
+//! first answered when that was a new producer's probe (see [`flight`]).
+//! When anything fails, the windows in flight are brought to a stop and
+//! retried one after another.
 //! After a crash the stored plans are delivered first, with the same
 //! producer ids and sequences, so the broker drops what it already has.
 //!
