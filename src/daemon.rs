@@ -66,6 +66,13 @@ pub fn run(config: Config, source: Option<PathBuf>) -> i32 {
         }
     };
     memory::fixed_thresholds();
+    // Said before any listener takes an event: it changes how each is stamped.
+    if crate::clock::declared_synchronized() {
+        info!(
+            "{}=1: the wall clock is taken as synchronised whatever the kernel says; events are not marked as recorded before synchronisation",
+            crate::clock::CLOCK_SYNCHRONIZED_ENV
+        );
+    }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get().min(2))
         .unwrap_or(1);
@@ -170,12 +177,6 @@ async fn serve(config: Config, source: Option<PathBuf>) -> Result<(), StartError
         config.outbox_path().display(),
         config.kafka.brokers.join(",")
     );
-    if crate::clock::declared_synchronized() {
-        info!(
-            "{}=1: the wall clock is taken as synchronised whatever the kernel says; events are not marked or corrected as recorded before synchronisation",
-            crate::clock::CLOCK_SYNCHRONIZED_ENV
-        );
-    }
     if let Err(e) = notify::notify("READY=1\nSTATUS=forwarding") {
         warn!("cannot notify systemd: {e}");
     }

@@ -16,13 +16,14 @@
 //!       ingest  forward  metrics  heartbeat
 //!                          listeners and formats; what to send and when;
 //!                          /metrics and /health; the fleet heartbeat
-//!         kafka  outbox    ferry's own producer (its own layers: kafka/mod.rs);
-//!                          SQLite storage, group commit, plans beside it
-//!           event  stats  backoff  breaker
+//!         outbox           SQLite storage, group commit, plans beside it
+//!                          (stored runs are written with kafka's codec)
+//!           kafka          ferry's own producer (its own layers: kafka/mod.rs)
+//!             event  stats  backoff  breaker
 //!                          the event and its at-rest encoding; counters;
 //!                          the pure retry and breaker cores
-//!             clock  units  pattern  varint  exit  shutdown  notify
-//!             log_limit  memory  dirsync  alloc_count  bad_setting
+//!               clock  units  pattern  varint  exit  shutdown  notify
+//!               log_limit  memory  dirsync  alloc_count  bad_setting
 //!                          small pure pieces: time, sizes and durations, topic
 //!                          patterns, varints, exit codes, one shutdown signal,
 //!                          systemd notify, log rate limiting, giving memory
@@ -42,7 +43,9 @@
 //! do where there is something to do.
 //!
 //! Each component owns its config section (`outbox::config::OutboxConfig`,
-//! `ingest::config::ListenerConfig`, `forward::config::KafkaConfig`,
+//! `ingest::config::{IngestConfig, ListenerConfig}`,
+//! `forward::config::KafkaConfig`, `forward::route::RouteConfig`,
+//! `mqtt::config::MqttConfig`, `heartbeat::HeartbeatConfig`,
 //! `backoff::RetryConfig`, `breaker::BreakerConfig`,
 //! `metrics::MetricsConfig`), and checks it, refusing a value with a
 //! `bad_setting::BadSetting` (its key and why); `config` composes them,

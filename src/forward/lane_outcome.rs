@@ -122,7 +122,7 @@ impl Lane {
             }
             // The batch and all after it in this partition were never
             // written: the stream starts afresh, the lane is cut again.
-            self.replan = true;
+            self.cut_again();
             applied.stream = StreamChange::Afresh;
             if !written.is_empty() {
                 self.drop_written(&written);
@@ -144,7 +144,7 @@ impl Lane {
             Some(f) if out.gave_up => Some(LaneFailure::GaveUp(f)),
             Some(f) => {
                 if f.class == Class::ProducerState {
-                    self.replan = true;
+                    self.cut_again();
                     let fenced = f.name == "INVALID_PRODUCER_EPOCH" || f.name == "PRODUCER_FENCED";
                     applied.stream = if fenced {
                         StreamChange::NewProducerId

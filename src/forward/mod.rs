@@ -39,7 +39,8 @@
 //!            one task per lane
 //! planner    a window's events routed and partitioned into lanes
 //! outcomes   lane outcomes collected: acks, dead letters, leaders lost
-//!            (the lane's own state changes in lane_outcome: Lane::apply)
+//!            (a lane's state changes through its own methods: Lane::apply
+//!            in lane_outcome for an outcome, the rest in plan)
 //! aside      windows waiting only for a partition's leader
 //! parked     topics parked on a configuration failure
 //! status     counters, breaker and backoff, the state `ferry status` shows

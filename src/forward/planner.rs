@@ -33,7 +33,7 @@ pub struct PlanInputs<'a, C: Fn(&str) -> Option<i32>> {
 #[derive(Debug, Default)]
 pub struct Planned<'b> {
     pub lanes: Vec<Lane>,
-    /// Stored runs that do not decode: `(seq_first, count, why)`.
+    /// Stored runs that do not decode (to be quarantined).
     pub undecodable: Vec<CorruptBlock>,
     /// Each source topic met and the one partition count its events go
     /// with (`None`: unknown, or its destinations differ), for the outbox

@@ -111,7 +111,8 @@ impl WriterPool {
 
 /// A finished record batch in two parts, sent one after the other: the
 /// whole batch and nothing (compressed: the compressor wrote it there), or
-/// the header and the records (uncompressed: the records as encoded).
+/// the header and the records (uncompressed: the records as encoded; a
+/// stored run: its records as stored, compressed or not).
 #[derive(Default)]
 pub struct EncodedBatch {
     head: Vec<u8>,

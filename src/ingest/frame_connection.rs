@@ -8,6 +8,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::now_ms;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A producer that keeps the socket full gets larger reads, up to this:
 /// each read becomes one batch of the group commit, so a busy connection
@@ -16,19 +17,18 @@ use std::sync::atomic::Ordering::Relaxed;
 const MAX_READ_CHUNK: usize = 512 * 1024;
 
 /// What to answer, in order, once the batch of this round is committed.
-pub(super) enum Planned {
+enum Planned {
     Stored(u32),
     Refused(ErrorCode, String),
     Status,
 }
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A batch handed to the outbox whose answers are not written yet: what
 /// each of its frames became, in stream order.
-pub(super) struct Unanswered {
-    pub(super) plan: Vec<Planned>,
+struct Unanswered {
+    plan: Vec<Planned>,
     /// How storing its events went; `None` while they await the commit.
-    pub(super) outcome: Option<Result<(), StoreError>>,
+    outcome: Option<Result<(), StoreError>>,
 }
 
 /// One `frames` connection. It reads and decodes the next batch while the
@@ -197,14 +197,14 @@ pub(super) async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The oldest batch waiting for its commit has its answer.
-pub(super) fn settle_oldest(unanswered: &mut VecDeque<Unanswered>, result: Result<(), StoreError>) {
+fn settle_oldest(unanswered: &mut VecDeque<Unanswered>, result: Result<(), StoreError>) {
     if let Some(u) = unanswered.iter_mut().find(|u| u.outcome.is_none()) {
         u.outcome = Some(result);
     }
 }
 
 /// Write the answers for one batch's frames; false if the client is gone.
-pub(super) async fn write_answers<S: AsyncWrite + Unpin>(
+async fn write_answers<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut Vec<u8>,
     batch: &mut Unanswered,
@@ -229,7 +229,7 @@ pub(super) async fn write_answers<S: AsyncWrite + Unpin>(
     out.is_empty() || stream.write_all(out).await.is_ok()
 }
 
-pub(super) fn store_code(e: &StoreError) -> ErrorCode {
+fn store_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Full { .. } => ErrorCode::OutboxFull,
         StoreError::Storage(_) => ErrorCode::Storage,

@@ -68,7 +68,9 @@ pub fn start(
 
 impl Outbox {
     /// Blocks after `after`, in order, up to the given limits (at least
-    /// one), leaving out blocks of `skip_topics`.
+    /// one), leaving out blocks of `skip_topics` (the unit tests' view; the
+    /// forwarder reads by priority).
+    #[cfg(test)]
     pub async fn read(
         &self,
         after: i64,
@@ -174,7 +176,7 @@ impl Outbox {
     }
 
     /// Move blocks found corrupt after they were read aside (see
-    /// `outbox::run`): `(first sequence, events, why)` each.
+    /// `outbox::run`), each with why it is corrupt.
     pub async fn quarantine(&self, corrupt: Vec<CorruptBlock>) -> Result<(), OutboxError> {
         self.ask(Command::Quarantine { corrupt }).await
     }

@@ -1,7 +1,9 @@
 //! The durable outbox: one SQLite database in WAL mode, owned by a single
 //! writer thread. Ingest hands it batches of encoded events; it group-commits
-//! everything waiting into LZ4-compressed, CRC-checked blocks and only then
-//! acknowledges. The forwarder reads blocks by priority, in sequence order
+//! everything waiting into CRC-checked blocks and only then acknowledges.
+//! A block is a record run (a partition's events as Kafka records,
+//! compressed with the wire's codec, see `run`) where the forwarder has
+//! said how a topic is partitioned, otherwise a block of events (LZ4). The forwarder reads blocks by priority, in sequence order
 //! within one, and deletes them once Kafka has acknowledged every event in
 //! them.
 //!

@@ -1,5 +1,6 @@
 //! The writer thread: owns the SQLite connection; group-commits appended
-//! batches into blocks (one per topic, filed under its priority), answers
+//! batches into blocks (per topic: record runs cut by partition and size,
+//! or one block of events; filed under its priority), answers
 //! reads, finishes delivered windows, stores plans, enforces the size and
 //! age caps with loss markers, quarantines corrupt blocks. This file is
 //! the thread's loop and its commands; each job has its file:
