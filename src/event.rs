@@ -15,6 +15,16 @@ pub const KAFKA_MAX_EVENT_BYTES: u64 = 1024 * 1024;
 /// for consumers that dedupe themselves.
 pub const FERRY_ID_HEADER: &str = "ferry-id";
 
+/// Writes the [`FERRY_ID_HEADER`] value `<node-id>:<seq>` into `out`
+/// (cleared first; reused, so no allocation per event). The number goes
+/// through `itoa`: through `fmt` it was 3 % of ferry's instructions.
+pub fn write_ferry_id(out: &mut Vec<u8>, node_id: &str, seq: i64) {
+    out.clear();
+    out.extend_from_slice(node_id.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+}
+
 /// One event. `headers` stays in its wire encoding (see [`HeaderIter`]) so
 /// that neither ingest nor storage allocates per header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -157,7 +157,7 @@ const LOCAL_STORAGE: &str = "OUTBOX";
 /// The loop shows it is alive at least this often while it waits.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-pub use record_writer::{FERRY_ID_HEADER, TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
+pub use record_writer::{TS_CORRECTED_HEADER, TS_UNSYNCED_HEADER};
 
 /// The last lane started for each destination partition: the next lane of
 /// that partition follows it (see [`flight`]), which keeps order per

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-pub use crate::event::FERRY_ID_HEADER;
+use crate::event::{FERRY_ID_HEADER, write_ferry_id};
 /// On events recorded before the clock was synchronised, whose timestamp
 /// ferry recomputed: the original timestamp (ms).
 pub const TS_CORRECTED_HEADER: &str = "ferry-ts-corrected";
@@ -218,12 +218,9 @@ impl RecordWriter {
         clock: &Reading,
         extra: &[(&[u8], &[u8])],
     ) {
-        self.id.clear();
-        if let Some(seq) = seq {
-            self.id.extend_from_slice(self.node_id.as_bytes());
-            self.id.push(b':');
-            self.id
-                .extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        match seq {
+            Some(seq) => write_ferry_id(&mut self.id, &self.node_id, seq),
+            None => self.id.clear(),
         }
         let (timestamp_ms, clock_header): (i64, Option<Header<'_>>) =
             match crate::clock::correct(event.timestamp_ms, event.clock, clock) {

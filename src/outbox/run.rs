@@ -29,7 +29,7 @@ use std::sync::RwLock;
 /// outweighs the compression and encoding saved (see `STORED_FORMAT.md`).
 pub const RUN_MIN_EVENTS: usize = 32;
 
-pub use crate::event::FERRY_ID_HEADER;
+use crate::event::{FERRY_ID_HEADER, write_ferry_id};
 
 /// Bytes of [`RunHeader`] in a stored payload.
 pub const RUN_HEADER_LEN: usize = 38;
@@ -319,13 +319,7 @@ impl RunCutter {
                 if n > 0 && (n >= shape.max_events || room > shape.max_raw_bytes) {
                     break;
                 }
-                // `node:seq`, the number written by `itoa` (through
-                // `fmt` it was 3 % of ferry's instructions).
-                self.id.clear();
-                self.id.extend_from_slice(node_id.as_bytes());
-                self.id.push(b':');
-                self.id
-                    .extend_from_slice(itoa::Buffer::new().format(first + n as i64).as_bytes());
+                write_ferry_id(&mut self.id, node_id, first + n as i64);
                 let headers = event
                     .raw_header_iter()
                     .chain(std::iter::once((FERRY_ID_HEADER.as_bytes(), &self.id[..])));
