@@ -5,10 +5,9 @@
 
 use super::deferral::PutAside;
 use super::delivery::{Delivery, until_shutdown};
-use super::streams::Idempotence;
 use super::{Forwarder, Running, Window};
 use crate::kafka::errors::{Class, Failure};
-use crate::outbox::plan::{PlanSave, ProducerMeta};
+use crate::outbox::plan::PlanSave;
 use crate::shutdown::Shutdown;
 use log::{debug, error, info};
 use std::collections::VecDeque;
@@ -120,19 +119,6 @@ impl Forwarder {
         );
         self.publish_state(None);
         Ok(())
-    }
-
-    /// The producer id and epoch new streams take, with this boot, for a
-    /// stored plan (`None` without idempotence).
-    pub(super) fn producer_meta(&self) -> Option<ProducerMeta> {
-        match self.streams.idempotence {
-            Idempotence::On(current) => Some(ProducerMeta {
-                producer_id: current.producer_id,
-                epoch: current.epoch,
-                boot: i64::from(self.clock.read().boot),
-            }),
-            _ => None,
-        }
     }
 
     /// Try the windows put aside again, in launch order, once each: each

@@ -14,7 +14,7 @@ use crate::kafka::cluster::Cluster;
 use crate::kafka::errors::{Class, Failure};
 use crate::kafka::producer;
 use crate::outbox::Block;
-use crate::outbox::plan::PlanSave;
+use crate::outbox::plan::{PlanSave, ProducerMeta};
 use log::{error, info, warn};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -348,6 +348,19 @@ impl Forwarder {
             });
         }
         Ok((set, left))
+    }
+
+    /// The producer id and epoch new streams take, with this boot, for a
+    /// stored plan (`None` without idempotence).
+    pub(super) fn producer_meta(&self) -> Option<ProducerMeta> {
+        match self.streams.idempotence {
+            Idempotence::On(current) => Some(ProducerMeta {
+                producer_id: current.producer_id,
+                epoch: current.epoch,
+                boot: i64::from(self.clock.read().boot),
+            }),
+            _ => None,
+        }
     }
 
     /// Cut the lanes that need it into numbered batches and, if anything

@@ -13,6 +13,7 @@
 //! reads      blocks for the forwarder (verified; corrupt ones quarantined)
 //! finish     a delivered window's blocks removed, dead letters stored
 //! retention  the size and age caps, with loss markers
+//! removal    the one DELETE of blocks (delivered, dropped, quarantined)
 //! full_disk  the drain's writes on a full disk: log truncated, reserve given
 //! counting   totals applied after commits and drops
 //!   totals     what a commit or drop adds or removes
@@ -24,6 +25,7 @@ mod finish;
 mod full_disk;
 mod packer;
 mod reads;
+mod removal;
 mod retention;
 mod start;
 mod state;

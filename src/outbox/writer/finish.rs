@@ -1,7 +1,7 @@
 //! Finishing a delivered window: its blocks deleted, dead letters stored
 //! and its plan removed in one transaction.
 
-use super::retention::delete_blocks;
+use super::removal::delete_blocks;
 use super::state::Writer;
 use crate::outbox::config::Durability;
 use crate::outbox::dead_letter::{self, NewDeadLetter};

@@ -2,7 +2,7 @@
 //! limits, verified (a corrupt one quarantined, never blocking the rest),
 //! and blocks named by a stored plan.
 
-use super::retention::delete_blocks;
+use super::removal::delete_blocks;
 use super::state::Writer;
 use crate::outbox::block::{Block, StoredRun, verify_block};
 use crate::outbox::command::{CorruptBlock, ReadLimits};
