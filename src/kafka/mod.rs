@@ -14,6 +14,7 @@
 //!         crc_combine  CRC-32C of joined bytes from their CRCs (stored runs)
 //!       record_read  record batches read back (bounded, checked)
 //!       errors       error classes: what ferry does about each Kafka error
+//!       throttle     KIP-219: which request versions the client holds off for
 //!       partitioner  the Java client's murmur2 partitioner; sticky keyless batches
 //! ```
 //!
@@ -31,5 +32,6 @@ pub mod producer;
 pub mod record_batch;
 pub mod record_read;
 pub mod sasl;
+pub mod throttle;
 pub mod uplink;
 pub mod wire;

@@ -1,9 +1,9 @@
 //! The producer side of the protocol: the idempotent producer's identity
 //! (InitProducerId) and Produce requests for one partition's record batch,
-//! answered with what the broker said of that partition. Throttling is
-//! honoured here: a throttled answer is a success, and the connection holds
-//! the next request back for `throttle_time_ms` (from the versions where
-//! the client is to; to older ones the broker already held the answer).
+//! answered with what the broker said of that partition. A throttled
+//! answer is a success: the connection holds the next request back for
+//! `throttle_time_ms` (from the versions where the client is to, see
+//! `throttle`; to older ones the broker already held the answer).
 
 use super::connection::{Connection, Pending};
 use super::errors::{Class, Failure};
