@@ -8,8 +8,8 @@
 //! before has *sent* its batches, not when they are acknowledged (a new
 //! producer's probe, its first batch to the partition, is waited for until
 //! answered), with at most [`SLOTS_PER_PARTITION`] requests of a partition
-//! in flight across
-//! windows (the idempotent producer keeps order for five). A lane that got
+//! in flight across windows (the idempotent producer keeps order for
+//! five). A lane that got
 //! an error answer while the lane before it failed was refused because of
 //! that gap: it waits to learn how the lane before ended and then gives up
 //! (the windows are delivered again one after another) instead of taking
